@@ -1,0 +1,513 @@
+//! The pipeline's one configuration file (TOML), shared by all three services, with environment overrides.
+//!
+//! Resolution: defaults ← the file ← `PGM__SECTION__KEY` environment variables (`PGM__KAFKA__BROKERS=…`,
+//! `PGM__SOURCE__PASSWORD=…`). Unknown keys are errors, so a typo fails at start instead of being ignored. Every
+//! error names the file (or variable), the key and what was expected. Passwords are [`Secret`]s: they never print.
+//! The reference with every key and default is `docs/configuration.md`; `compose/pipeline.example.toml` is a
+//! working example.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+use crate::change::TableRef;
+use crate::topics::{TopicError, Topics};
+
+/// Prefix of environment overrides; nesting is `__`.
+pub const ENV_PREFIX: &str = "PGM__";
+
+/// A password or other credential. Debug and Display print `***`.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The only way to the value: grep for `expose` to audit every use.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str("***")
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SslMode {
+    #[default]
+    Disable,
+    Prefer,
+    Require,
+}
+
+/// Where a PostgreSQL database is and how to log in.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PgConfig {
+    pub host: String,
+    #[serde(default = "default_pg_port")]
+    pub port: u16,
+    pub user: String,
+    #[serde(default)]
+    pub password: Secret,
+    pub dbname: String,
+    #[serde(default)]
+    pub sslmode: SslMode,
+}
+
+fn default_pg_port() -> u16 {
+    5432
+}
+
+impl PgConfig {
+    /// An ordinary (non-replication) connection configuration.
+    pub fn to_tokio_postgres(&self, application_name: &str) -> tokio_postgres::Config {
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host(&self.host)
+            .port(self.port)
+            .user(&self.user)
+            .dbname(&self.dbname)
+            .application_name(application_name)
+            .ssl_mode(match self.sslmode {
+                SslMode::Disable => tokio_postgres::config::SslMode::Disable,
+                SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+                SslMode::Require => tokio_postgres::config::SslMode::Require,
+            });
+        if !self.password.is_empty() {
+            config.password(self.password.expose());
+        }
+        config
+    }
+
+    /// `host:port/dbname as user`, for logs and errors (never the password).
+    pub fn describe(&self) -> String {
+        format!("{}:{}/{} as {}", self.host, self.port, self.dbname, self.user)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// `host:port[,host:port…]` (librdkafka's `bootstrap.servers`).
+    pub brokers: String,
+    /// Passed to librdkafka as is (`security.protocol`, `sasl.mechanism`, `ssl.ca.location`, …). Values whose key
+    /// contains `password` or `secret` are never printed.
+    #[serde(default)]
+    pub librdkafka: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicsConfig {
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+    /// Partitions of every raw and out topic. The txn topic always has one.
+    #[serde(default = "default_partitions")]
+    pub partitions: i32,
+    #[serde(default = "default_replication")]
+    pub replication_factor: i32,
+}
+
+fn default_prefix() -> String {
+    "pgm".to_owned()
+}
+fn default_partitions() -> i32 {
+    4
+}
+fn default_replication() -> i32 {
+    1
+}
+
+impl Default for TopicsConfig {
+    fn default() -> Self {
+        TopicsConfig { prefix: default_prefix(), partitions: default_partitions(), replication_factor: default_replication() }
+    }
+}
+
+/// Which source tables the pipeline carries, as `schema.table` (identifiers exactly as in the catalog, unquoted).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TablesConfig {
+    #[serde(default)]
+    pub include: Vec<String>,
+}
+
+impl TablesConfig {
+    /// The included tables. A name is split at its first `.` (schemas with a dot are not supported here).
+    pub fn tables(&self) -> Result<Vec<TableRef>, ConfigError> {
+        self.include
+            .iter()
+            .map(|name| match name.split_once('.') {
+                Some((schema, table)) if !schema.is_empty() && !table.is_empty() => Ok(TableRef::new(schema, table)),
+                _ => Err(ConfigError::Invalid {
+                    origin: "configuration".into(),
+                    key: "tables.include".into(),
+                    problem: format!("{name:?} is not schema.table; write it like \"public.orders\""),
+                }),
+            })
+            .collect()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaptureConfig {
+    #[serde(default = "default_slot")]
+    pub slot: String,
+    /// Prefixes of logical decoding messages to carry (cutover markers use `pgm`).
+    #[serde(default = "default_message_prefixes")]
+    pub message_prefixes: Vec<String>,
+    #[serde(default = "default_heartbeat_ms")]
+    pub heartbeat_interval_ms: u64,
+    #[serde(default = "default_capture_metrics")]
+    pub metrics_addr: String,
+}
+
+fn default_slot() -> String {
+    "pgm".to_owned()
+}
+fn default_message_prefixes() -> Vec<String> {
+    vec!["pgm".to_owned()]
+}
+fn default_heartbeat_ms() -> u64 {
+    1000
+}
+fn default_capture_metrics() -> String {
+    "127.0.0.1:9101".to_owned()
+}
+
+impl Default for CaptureConfig {
+    fn default() -> Self {
+        CaptureConfig {
+            slot: default_slot(),
+            message_prefixes: default_message_prefixes(),
+            heartbeat_interval_ms: default_heartbeat_ms(),
+            metrics_addr: default_capture_metrics(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransformConfig {
+    #[serde(default = "default_transform_group")]
+    pub group_id: String,
+    #[serde(default = "default_transform_metrics")]
+    pub metrics_addr: String,
+}
+
+fn default_transform_group() -> String {
+    "pgm-transform".to_owned()
+}
+fn default_transform_metrics() -> String {
+    "127.0.0.1:9102".to_owned()
+}
+
+impl Default for TransformConfig {
+    fn default() -> Self {
+        TransformConfig { group_id: default_transform_group(), metrics_addr: default_transform_metrics() }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApplyConfig {
+    #[serde(default = "default_apply_group")]
+    pub group_id: String,
+    #[serde(default = "default_apply_metrics")]
+    pub metrics_addr: String,
+}
+
+fn default_apply_group() -> String {
+    "pgm-apply".to_owned()
+}
+fn default_apply_metrics() -> String {
+    "127.0.0.1:9103".to_owned()
+}
+
+impl Default for ApplyConfig {
+    fn default() -> Self {
+        ApplyConfig { group_id: default_apply_group(), metrics_addr: default_apply_metrics() }
+    }
+}
+
+/// The whole pipeline's configuration.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// DB1, the database being migrated away from.
+    pub source: PgConfig,
+    /// DB2, the database being migrated to.
+    pub target: PgConfig,
+    pub kafka: KafkaConfig,
+    #[serde(default)]
+    pub topics: TopicsConfig,
+    #[serde(default)]
+    pub tables: TablesConfig,
+    #[serde(default)]
+    pub capture: CaptureConfig,
+    #[serde(default)]
+    pub transform: TransformConfig,
+    #[serde(default)]
+    pub apply: ApplyConfig,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration file {path} cannot be read: {source}")]
+    Unreadable {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Parse(String),
+    #[error("{origin}: key `{key}`: {problem}")]
+    Invalid { origin: String, key: String, problem: String },
+}
+
+impl PipelineConfig {
+    /// Loads `path`, applies `PGM__…` overrides from the process environment, validates.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Self::load_with_env(path, Env::prefixed(ENV_PREFIX).split("__"))
+    }
+
+    fn load_with_env(path: &Path, env: Env) -> Result<Self, ConfigError> {
+        // figment silently treats a missing file as empty: check first, so the operator hears about the path.
+        std::fs::metadata(path).map_err(|source| ConfigError::Unreadable { path: path.to_owned(), source })?;
+        let config: PipelineConfig = Figment::new()
+            .merge(Toml::file_exact(path))
+            .merge(env)
+            .extract()
+            .map_err(|err| ConfigError::Parse(describe_figment_error(err)))?;
+        config.validate(&path.display().to_string())?;
+        Ok(config)
+    }
+
+    /// Parses a TOML document without file or environment (tests, embedded configs).
+    pub fn from_toml_str(text: &str) -> Result<Self, ConfigError> {
+        let config: PipelineConfig = Figment::new()
+            .merge(Toml::string(text))
+            .extract()
+            .map_err(|err| ConfigError::Parse(describe_figment_error(err)))?;
+        config.validate("configuration")?;
+        Ok(config)
+    }
+
+    fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        let invalid = |key: &str, problem: String| ConfigError::Invalid {
+            origin: origin.to_owned(),
+            key: key.to_owned(),
+            problem,
+        };
+        Topics::new(&self.topics.prefix).map_err(|e: TopicError| invalid("topics.prefix", e.to_string()))?;
+        if !(1..=10_000).contains(&self.topics.partitions) {
+            return Err(invalid("topics.partitions", format!("{} is not between 1 and 10000", self.topics.partitions)));
+        }
+        if self.topics.replication_factor < 1 {
+            return Err(invalid("topics.replication_factor", "must be at least 1".into()));
+        }
+        if self.kafka.brokers.trim().is_empty() {
+            return Err(invalid("kafka.brokers", "is empty; set it to host:port of at least one broker".into()));
+        }
+        let slot = &self.capture.slot;
+        if slot.is_empty() || slot.len() > 63 || !slot.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
+            return Err(invalid(
+                "capture.slot",
+                format!("{slot:?} is not a valid replication slot name (lower-case letters, digits and '_', at most 63)"),
+            ));
+        }
+        for (key, addr) in [
+            ("capture.metrics_addr", &self.capture.metrics_addr),
+            ("transform.metrics_addr", &self.transform.metrics_addr),
+            ("apply.metrics_addr", &self.apply.metrics_addr),
+        ] {
+            addr.parse::<std::net::SocketAddr>()
+                .map_err(|_| invalid(key, format!("{addr:?} is not ip:port, like 127.0.0.1:9101")))?;
+        }
+        self.tables.tables().map_err(|e| match e {
+            ConfigError::Invalid { key, problem, .. } => invalid(&key, problem),
+            other => other,
+        })?;
+        Ok(())
+    }
+
+    pub fn topics(&self) -> Topics {
+        Topics::new(&self.topics.prefix).expect("validated at load")
+    }
+
+    pub fn tables(&self) -> Vec<TableRef> {
+        self.tables.tables().expect("validated at load")
+    }
+}
+
+/// figment's errors already name the key and the file ("invalid type: found string "x", expected u16 for key
+/// `source.port` in pipeline.toml TOML file"); drop the found value when it could be a secret or row data.
+fn describe_figment_error(err: figment::Error) -> String {
+    err.into_iter()
+        .map(|e| {
+            let key = if e.path.is_empty() { "(top level)".to_owned() } else { e.path.join(".") };
+            let origin = e
+                .metadata
+                .as_ref()
+                .map(|m| match &m.source {
+                    Some(source) => format!("{} {source}", m.name),
+                    None => m.name.to_string(),
+                })
+                .unwrap_or_else(|| "configuration".to_owned());
+            let sensitive = key.contains("password") || key.contains("secret");
+            let problem = match (&e.kind, sensitive) {
+                (figment::error::Kind::InvalidType(_, expected), true) => format!("invalid type, expected {expected}"),
+                (kind, _) => kind.to_string(),
+            };
+            format!("{origin}: key `{key}`: {problem}")
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[source]
+host = "127.0.0.1"
+user = "app"
+password = "hunter2"
+dbname = "shop"
+
+[target]
+host = "127.0.0.1"
+port = 5433
+user = "app"
+dbname = "shop2"
+
+[kafka]
+brokers = "127.0.0.1:9092"
+[kafka.librdkafka]
+"security.protocol" = "plaintext"
+
+[tables]
+include = ["public.orders", "Sales Dept.Order Items"]
+"#;
+
+    fn write(text: &str) -> tempfile::NamedTempFile {
+        let file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+        std::fs::write(file.path(), text).unwrap();
+        file
+    }
+
+    fn no_env() -> Env {
+        Env::prefixed("PGM_TEST_NOTHING_SET_HERE__").split("__")
+    }
+
+    #[test]
+    fn minimal_file_gets_defaults() {
+        let file = write(MINIMAL);
+        let config = PipelineConfig::load_with_env(file.path(), no_env()).unwrap();
+        assert_eq!(config.source.port, 5432);
+        assert_eq!(config.target.port, 5433);
+        assert_eq!(config.topics, TopicsConfig::default());
+        assert_eq!(config.capture.slot, "pgm");
+        assert_eq!(config.kafka.librdkafka["security.protocol"], "plaintext");
+        assert_eq!(config.tables(), [TableRef::new("public", "orders"), TableRef::new("Sales Dept", "Order Items")]);
+    }
+
+    #[test]
+    fn passwords_never_print() {
+        let file = write(MINIMAL);
+        let config = PipelineConfig::load_with_env(file.path(), no_env()).unwrap();
+        assert_eq!(config.source.password.expose(), "hunter2");
+        assert!(!format!("{config:?}").contains("hunter2"));
+        assert!(!serde_json::to_string(&config).unwrap().contains("hunter2"));
+        assert!(!config.source.describe().contains("hunter2"));
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("p.toml", MINIMAL)?;
+            jail.set_env("PGM__KAFKA__BROKERS", "10.0.0.1:9093");
+            jail.set_env("PGM__SOURCE__PASSWORD", "from-env");
+            jail.set_env("PGM__TOPICS__PARTITIONS", "8");
+            let config = PipelineConfig::load(Path::new("p.toml")).map_err(|e| e.to_string())?;
+            assert_eq!(config.kafka.brokers, "10.0.0.1:9093");
+            assert_eq!(config.source.password.expose(), "from-env");
+            assert_eq!(config.topics.partitions, 8);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_file() {
+        let file = write(&MINIMAL.replace("[kafka]", "[kafka]\nbrokerz = \"x\""));
+        let err = PipelineConfig::load_with_env(file.path(), no_env()).unwrap_err().to_string();
+        assert!(err.contains("brokerz"), "{err}");
+        assert!(err.contains(&file.path().display().to_string()), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_names_key_and_expectation() {
+        let file = write(&MINIMAL.replace("port = 5433", "port = \"high\""));
+        let err = PipelineConfig::load_with_env(file.path(), no_env()).unwrap_err().to_string();
+        assert!(err.contains("target.port") && err.contains("u16"), "{err}");
+    }
+
+    #[test]
+    fn wrongly_typed_password_is_not_echoed() {
+        let file = write(&MINIMAL.replace("password = \"hunter2\"", "password = [\"hunter2\"]"));
+        let err = PipelineConfig::load_with_env(file.path(), no_env()).unwrap_err().to_string();
+        assert!(err.contains("source.password") && !err.contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn missing_section_and_missing_file() {
+        let file = write(&MINIMAL.replace("[kafka]\nbrokers = \"127.0.0.1:9092\"", "[kafka]"));
+        let err = PipelineConfig::load_with_env(file.path(), no_env()).unwrap_err().to_string();
+        assert!(err.contains("brokers"), "{err}");
+        let err = PipelineConfig::load_with_env(Path::new("/nonexistent/pgm.toml"), no_env()).unwrap_err().to_string();
+        assert!(err.contains("/nonexistent/pgm.toml"), "{err}");
+    }
+
+    #[test]
+    fn semantic_checks_name_the_key() {
+        for (from, to, key) in [
+            ("[tables]", "[topics]\npartitions = 0\n[tables]", "topics.partitions"),
+            ("[tables]", "[topics]\nprefix = \"a b\"\n[tables]", "topics.prefix"),
+            ("[tables]", "[capture]\nslot = \"Bad-Slot\"\n[tables]", "capture.slot"),
+            ("\"public.orders\"", "\"orders\"", "tables.include"),
+        ] {
+            let err = PipelineConfig::from_toml_str(&MINIMAL.replace(from, to)).unwrap_err().to_string();
+            assert!(err.contains(key), "{key}: {err}");
+        }
+    }
+}

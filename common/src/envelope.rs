@@ -1,0 +1,276 @@
+//! The JSON values of Kafka records, versioned. Documented for users in `docs/records.md`.
+//!
+//! ```text
+//! <prefix>.raw.<schema>.<table>  key = position   value = RawRecord   (capture → transform)
+//! <prefix>.txn                   key = position   value = TxnRecord   (capture → apply; begin/commit/message/heartbeat)
+//! <prefix>.out.<schema>.<table>  key = position   value = OutRecord   (transform → apply; same key and partition)
+//! ```
+//!
+//! Every value carries `"v": 1`. Readers refuse a version they do not know (naming it) rather than guess; fields may
+//! be added within a version, so readers ignore fields they do not know.
+
+use serde::{Deserialize, Serialize};
+
+use crate::change::{Row, TableRef};
+use crate::lsn::{Lsn, Position};
+
+pub const ENVELOPE_VERSION: u32 = 1;
+
+/// What a raw or target operation does to its row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Op {
+    Insert,
+    Update,
+    Delete,
+    Truncate,
+    /// A row copied by the snapshot bootstrap: applied as an upsert.
+    Snapshot,
+}
+
+/// One source row change, as capture publishes it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RawRecord {
+    pub v: u32,
+    pub pos: Position,
+    pub op: Op,
+    pub source: TableRef,
+    /// Source transaction id; absent for snapshot rows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xid: Option<u32>,
+    /// Primary-key column names of the source table.
+    #[serde(default)]
+    pub key: Vec<String>,
+    /// New row (insert, update, snapshot). Columns the source did not send are absent, not null.
+    #[serde(default, skip_serializing_if = "Row::is_empty")]
+    pub new: Row,
+    /// Old replica identity (update, delete).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub old: Option<Row>,
+}
+
+/// How many change records a transaction has in one topic-partition: apply waits for exactly these.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct PartitionCount {
+    pub topic: String,
+    pub partition: i32,
+    pub count: u64,
+}
+
+/// A record of the single-partition `<prefix>.txn` topic, in source commit order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum TxnRecord {
+    /// A transaction starts; its changes have positions `(commit_lsn, 1..)`.
+    Begin { v: u32, xid: u32, commit_lsn: Lsn, commit_time: Option<String> },
+    /// A transaction is complete once `counts` records have been seen in each listed topic-partition.
+    Commit {
+        v: u32,
+        xid: u32,
+        commit_lsn: Lsn,
+        /// wal2json's `nextlsn`: the LSN capture confirms to the slot once this transaction is durable in Kafka.
+        end_lsn: Lsn,
+        commit_time: Option<String>,
+        counts: Vec<PartitionCount>,
+    },
+    /// A logical decoding message (cutover markers use these). Transactional ones sit between their transaction's
+    /// begin and commit and have that transaction's positions.
+    Message { v: u32, pos: Position, transactional: bool, prefix: String, content: String },
+    /// Emitted while the source is idle, so progress and lag move downstream.
+    Heartbeat { v: u32, wal_end: Lsn, sent_at_ms: u64 },
+}
+
+/// Transform's output for one raw record: same key, same partition, zero or more target operations.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutRecord {
+    pub v: u32,
+    pub pos: Position,
+    pub source: TableRef,
+    pub ops: Vec<TargetOp>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetOp {
+    pub op: Op,
+    pub target: TableRef,
+    /// Key column names in the target table.
+    #[serde(default)]
+    pub key: Vec<String>,
+    #[serde(default, skip_serializing_if = "Row::is_empty")]
+    pub new: Row,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub old: Option<Row>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EnvelopeError {
+    #[error("record at {pos} in {topic}[{partition}] has envelope version {found}; this build reads version {ENVELOPE_VERSION}: upgrade pg-migrator")]
+    Version { topic: String, partition: i32, pos: String, found: u32 },
+    #[error("record at offset {offset} in {topic}[{partition}] is not a valid {expected} envelope ({reason}): was it written by pg-migrator?")]
+    Malformed { topic: String, partition: i32, offset: i64, expected: &'static str, reason: String },
+}
+
+/// Where a record came from, for error messages.
+#[derive(Clone, Copy, Debug)]
+pub struct RecordOrigin<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+trait Versioned {
+    const NAME: &'static str;
+    fn version(&self) -> u32;
+    fn describe_pos(&self) -> String;
+}
+
+impl Versioned for RawRecord {
+    const NAME: &'static str = "raw";
+    fn version(&self) -> u32 {
+        self.v
+    }
+    fn describe_pos(&self) -> String {
+        self.pos.to_string()
+    }
+}
+
+impl Versioned for OutRecord {
+    const NAME: &'static str = "out";
+    fn version(&self) -> u32 {
+        self.v
+    }
+    fn describe_pos(&self) -> String {
+        self.pos.to_string()
+    }
+}
+
+impl Versioned for TxnRecord {
+    const NAME: &'static str = "txn";
+    fn version(&self) -> u32 {
+        match self {
+            TxnRecord::Begin { v, .. }
+            | TxnRecord::Commit { v, .. }
+            | TxnRecord::Message { v, .. }
+            | TxnRecord::Heartbeat { v, .. } => *v,
+        }
+    }
+    fn describe_pos(&self) -> String {
+        match self {
+            TxnRecord::Begin { commit_lsn, .. } | TxnRecord::Commit { commit_lsn, .. } => commit_lsn.to_string(),
+            TxnRecord::Message { pos, .. } => pos.to_string(),
+            TxnRecord::Heartbeat { wal_end, .. } => wal_end.to_string(),
+        }
+    }
+}
+
+fn decode<T: Versioned + for<'de> Deserialize<'de>>(bytes: &[u8], origin: RecordOrigin<'_>) -> Result<T, EnvelopeError> {
+    let record: T = serde_json::from_slice(bytes).map_err(|err| EnvelopeError::Malformed {
+        topic: origin.topic.to_owned(),
+        partition: origin.partition,
+        offset: origin.offset,
+        expected: T::NAME,
+        // Category and place only: the message of a data error could quote row values.
+        reason: format!("{:?} error at line {} column {}", err.classify(), err.line(), err.column()),
+    })?;
+    if record.version() != ENVELOPE_VERSION {
+        return Err(EnvelopeError::Version {
+            topic: origin.topic.to_owned(),
+            partition: origin.partition,
+            pos: record.describe_pos(),
+            found: record.version(),
+        });
+    }
+    Ok(record)
+}
+
+impl RawRecord {
+    pub fn decode(bytes: &[u8], origin: RecordOrigin<'_>) -> Result<Self, EnvelopeError> {
+        decode(bytes, origin)
+    }
+}
+
+impl OutRecord {
+    pub fn decode(bytes: &[u8], origin: RecordOrigin<'_>) -> Result<Self, EnvelopeError> {
+        decode(bytes, origin)
+    }
+}
+
+impl TxnRecord {
+    pub fn decode(bytes: &[u8], origin: RecordOrigin<'_>) -> Result<Self, EnvelopeError> {
+        decode(bytes, origin)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::change::{Column, Datum};
+
+    fn origin() -> RecordOrigin<'static> {
+        RecordOrigin { topic: "pgm.raw.public.t", partition: 2, offset: 7 }
+    }
+
+    fn raw() -> RawRecord {
+        RawRecord {
+            v: ENVELOPE_VERSION,
+            pos: Position::new(Lsn(0x16_B374_D848), 3),
+            op: Op::Update,
+            source: TableRef::new("public", "t"),
+            xid: Some(735),
+            key: vec!["id".into()],
+            new: Row(vec![Column {
+                name: "amount".into(),
+                type_name: "numeric".into(),
+                type_oid: 1700,
+                value: Datum::Text("12345678901234567890.1234567890".into()),
+            }]),
+            old: Some(Row(vec![Column { name: "id".into(), type_name: "bigint".into(), type_oid: 20, value: Datum::Null }])),
+        }
+    }
+
+    #[test]
+    fn raw_record_has_the_documented_shape() {
+        let json = serde_json::to_value(raw()).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "v": 1, "pos": "00000016/B374D848:00000000000000000003", "op": "update",
+                "source": {"schema": "public", "table": "t"}, "xid": 735, "key": ["id"],
+                "new": [{"name": "amount", "type": "numeric", "oid": 1700, "value": "12345678901234567890.1234567890"}],
+                "old": [{"name": "id", "type": "bigint", "oid": 20, "value": null}]
+            })
+        );
+        let bytes = serde_json::to_vec(&raw()).unwrap();
+        assert_eq!(RawRecord::decode(&bytes, origin()).unwrap(), raw());
+    }
+
+    #[test]
+    fn txn_records_are_tagged_by_kind() {
+        let commit = TxnRecord::Commit {
+            v: 1,
+            xid: 9,
+            commit_lsn: Lsn(0x100),
+            end_lsn: Lsn(0x130),
+            commit_time: Some("2026-11-25 21:24:32.251444+00".into()),
+            counts: vec![PartitionCount { topic: "pgm.raw.public.t".into(), partition: 1, count: 2 }],
+        };
+        let json = serde_json::to_value(&commit).unwrap();
+        assert_eq!(json["kind"], "commit");
+        assert_eq!(json["end_lsn"], "0/130");
+        let back = TxnRecord::decode(&serde_json::to_vec(&commit).unwrap(), origin()).unwrap();
+        assert_eq!(back, commit);
+    }
+
+    #[test]
+    fn unknown_version_and_garbage_are_refused_with_their_origin() {
+        let mut record = raw();
+        record.v = 2;
+        let err = RawRecord::decode(&serde_json::to_vec(&record).unwrap(), origin()).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("version 2") && text.contains("pgm.raw.public.t[2]") && text.contains("16/B374D848#3"), "{text}");
+
+        let err = RawRecord::decode(br#"{"v":1,"pos":"secret"}"#, origin()).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("offset 7") && !text.contains("secret"), "{text}");
+    }
+}

@@ -1,0 +1,95 @@
+//! The one place every Kafka client is configured, so librdkafka settings, TLS and SASL are set alike everywhere.
+//!
+//! Producers are idempotent (`enable.idempotence`, `acks=all`); the pipeline uses no Kafka transactions — exactly-once
+//! comes from positions, deduplication and the progress table in DB2 (see DESIGN.md). Consumers never auto-commit:
+//! each stage commits only what the next stage has made durable.
+
+use rdkafka::admin::AdminClient;
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::StreamConsumer;
+use rdkafka::error::KafkaError;
+use rdkafka::producer::FutureProducer;
+
+use crate::config::KafkaConfig;
+
+/// Settings common to every client, then the role's defaults, then the user's `kafka.librdkafka` passthrough
+/// (which wins over both).
+pub fn client_config(kafka: &KafkaConfig, client_id: &str, role_defaults: &[(&str, &str)]) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", &kafka.brokers).set("client.id", client_id);
+    for (key, value) in role_defaults {
+        config.set(*key, *value);
+    }
+    for (key, value) in &kafka.librdkafka {
+        config.set(key, value);
+    }
+    config
+}
+
+pub const PRODUCER_DEFAULTS: &[(&str, &str)] = &[
+    ("enable.idempotence", "true"),
+    ("acks", "all"),
+    ("max.in.flight.requests.per.connection", "5"),
+    ("linger.ms", "5"),
+];
+
+pub const CONSUMER_DEFAULTS: &[(&str, &str)] = &[
+    ("enable.auto.commit", "false"),
+    ("enable.auto.offset.store", "false"),
+    ("auto.offset.reset", "earliest"),
+    ("enable.partition.eof", "false"),
+];
+
+pub fn producer(kafka: &KafkaConfig, client_id: &str) -> Result<FutureProducer, KafkaError> {
+    client_config(kafka, client_id, PRODUCER_DEFAULTS).create()
+}
+
+pub fn consumer(kafka: &KafkaConfig, client_id: &str, group_id: &str) -> Result<StreamConsumer, KafkaError> {
+    let mut config = client_config(kafka, client_id, CONSUMER_DEFAULTS);
+    config.set("group.id", group_id);
+    config.create()
+}
+
+pub fn admin(kafka: &KafkaConfig, client_id: &str) -> Result<AdminClient<DefaultClientContext>, KafkaError> {
+    client_config(kafka, client_id, &[]).create()
+}
+
+/// The passthrough table for logs: values of keys that look like credentials are masked.
+pub fn describe_passthrough(kafka: &KafkaConfig) -> Vec<(String, String)> {
+    kafka
+        .librdkafka
+        .iter()
+        .map(|(key, value)| {
+            let secret = ["password", "secret", "key.pem", "token"].iter().any(|s| key.contains(s));
+            (key.clone(), if secret { "***".to_owned() } else { value.clone() })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn kafka() -> KafkaConfig {
+        KafkaConfig {
+            brokers: "127.0.0.1:1".into(),
+            librdkafka: BTreeMap::from([
+                ("sasl.password".into(), "hunter2".into()),
+                ("acks".into(), "1".into()),
+            ]),
+        }
+    }
+
+    #[test]
+    fn passthrough_wins_and_secrets_are_masked() {
+        let config = client_config(&kafka(), "t", PRODUCER_DEFAULTS);
+        assert_eq!(config.get("enable.idempotence"), Some("true"));
+        assert_eq!(config.get("bootstrap.servers"), Some("127.0.0.1:1"));
+        assert_eq!(config.get("acks"), Some("1"));
+        let shown = describe_passthrough(&kafka());
+        assert!(shown.contains(&("sasl.password".into(), "***".into())));
+        assert!(shown.contains(&("acks".into(), "1".into())));
+    }
+}

@@ -1,0 +1,148 @@
+//! Logging (tracing, human or JSON lines) and the metrics endpoint every service serves.
+//!
+//! Log fields name tables, positions and errors (`table = %t, pos = %p, error = %e`), never row values.
+//! `GET /metrics` answers Prometheus text from the service's registry; `GET /healthz` answers 200 while the
+//! service's main loop is alive, 503 after it stopped.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    #[default]
+    Human,
+    Json,
+}
+
+/// Installs the global subscriber; `RUST_LOG` filters (default `info`).
+pub fn init_tracing(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Human => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
+
+/// Liveness reported by `/healthz`.
+#[derive(Clone, Debug)]
+pub struct Health(Arc<AtomicBool>);
+
+impl Default for Health {
+    fn default() -> Self {
+        Health(Arc::new(AtomicBool::new(true)))
+    }
+}
+
+impl Health {
+    pub fn set_alive(&self, alive: bool) {
+        self.0.store(alive, Ordering::Relaxed);
+    }
+
+    pub fn is_alive(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+#[derive(Clone)]
+struct Endpoint {
+    registry: Arc<Mutex<Registry>>,
+    health: Health,
+}
+
+/// Binds `addr` and serves `/metrics` and `/healthz` until `shutdown`. Returns the bound address (port 0 picks one).
+pub async fn serve_metrics(
+    addr: SocketAddr,
+    registry: Arc<Mutex<Registry>>,
+    health: Health,
+    shutdown: CancellationToken,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .with_state(Endpoint { registry, health });
+    let task = tokio::spawn(async move {
+        let served = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
+        if let Err(error) = served {
+            tracing::error!(%error, "metrics endpoint stopped");
+        }
+    });
+    Ok((bound, task))
+}
+
+async fn metrics(State(endpoint): State<Endpoint>) -> impl IntoResponse {
+    let mut body = String::new();
+    let encoded = {
+        let registry = endpoint.registry.lock().unwrap_or_else(|e| e.into_inner());
+        prometheus_client::encoding::text::encode(&mut body, &registry)
+    };
+    match encoded {
+        Ok(()) => (StatusCode::OK, [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body),
+        Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, [(header::CONTENT_TYPE, "text/plain")], "encoding failed".into()),
+    }
+}
+
+async fn healthz(State(endpoint): State<Endpoint>) -> impl IntoResponse {
+    if endpoint.health.is_alive() {
+        (StatusCode::OK, "ok\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "stopped\n")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus_client::metrics::counter::Counter;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn get(addr: SocketAddr, path: &str) -> String {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        response
+    }
+
+    #[tokio::test]
+    async fn serves_metrics_and_health() {
+        let mut registry = Registry::default();
+        let counter: Counter = Counter::default();
+        registry.register("pgm_test_records", "records seen", counter.clone());
+        counter.inc_by(3);
+        let health = Health::default();
+        let shutdown = CancellationToken::new();
+        let (addr, task) = serve_metrics(
+            "127.0.0.1:0".parse().unwrap(),
+            Arc::new(Mutex::new(registry)),
+            health.clone(),
+            shutdown.clone(),
+        )
+        .await
+        .unwrap();
+        let body = get(addr, "/metrics").await;
+        assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+        assert!(body.contains("pgm_test_records_total 3"), "{body}");
+        assert!(get(addr, "/healthz").await.starts_with("HTTP/1.1 200"));
+        health.set_alive(false);
+        assert!(get(addr, "/healthz").await.starts_with("HTTP/1.1 503"));
+        shutdown.cancel();
+        task.await.unwrap();
+    }
+}

@@ -1,0 +1,102 @@
+//! Kafka topic names for the pipeline: `<prefix>.raw.<schema>.<table>`, `<prefix>.txn`, `<prefix>.out.<schema>.<table>`.
+//!
+//! PostgreSQL identifiers may hold anything (quotes, spaces, `.`, non-ASCII); Kafka topic names only
+//! `[a-zA-Z0-9._-]`, at most 249 bytes. Identifiers are escaped injectively: `[A-Za-z0-9_]` stay, `-` becomes `--`,
+//! every other byte of the UTF-8 form becomes `-XX` (upper-case hex). So `Sales Dept` → `Sales-20Dept`, and no two
+//! tables share a topic.
+
+use crate::change::TableRef;
+
+/// Kafka's limit on topic name length.
+pub const MAX_TOPIC_LEN: usize = 249;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TopicError {
+    #[error("topic prefix {prefix:?} may only hold ASCII letters, digits, '.', '_' and '-' (Kafka's rule), and must not be empty")]
+    BadPrefix { prefix: String },
+    #[error("topic name for {table} would be {len} bytes, over Kafka's limit of {MAX_TOPIC_LEN}: use a shorter topics.prefix")]
+    TooLong { table: TableRef, len: usize },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Topics {
+    prefix: String,
+}
+
+impl Topics {
+    pub fn new(prefix: &str) -> Result<Self, TopicError> {
+        let valid = !prefix.is_empty()
+            && prefix.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if !valid {
+            return Err(TopicError::BadPrefix { prefix: prefix.to_owned() });
+        }
+        Ok(Topics { prefix: prefix.to_owned() })
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    pub fn txn(&self) -> String {
+        format!("{}.txn", self.prefix)
+    }
+
+    pub fn raw(&self, table: &TableRef) -> Result<String, TopicError> {
+        self.table_topic("raw", table)
+    }
+
+    pub fn out(&self, table: &TableRef) -> Result<String, TopicError> {
+        self.table_topic("out", table)
+    }
+
+    fn table_topic(&self, stage: &str, table: &TableRef) -> Result<String, TopicError> {
+        let name = format!("{}.{stage}.{}.{}", self.prefix, escape(&table.schema), escape(&table.table));
+        if name.len() > MAX_TOPIC_LEN {
+            return Err(TopicError::TooLong { table: table.clone(), len: name.len() });
+        }
+        Ok(name)
+    }
+}
+
+fn escape(ident: &str) -> String {
+    let mut out = String::with_capacity(ident.len());
+    for b in ident.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'_' => out.push(char::from(b)),
+            b'-' => out.push_str("--"),
+            other => out.push_str(&format!("-{other:02X}")),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn names() {
+        let topics = Topics::new("pgm").unwrap();
+        assert_eq!(topics.txn(), "pgm.txn");
+        assert_eq!(topics.raw(&TableRef::new("public", "orders")).unwrap(), "pgm.raw.public.orders");
+        assert_eq!(
+            topics.out(&TableRef::new("Sales Dept", "Order \"Items\" Ü")).unwrap(),
+            "pgm.out.Sales-20Dept.Order-20-22Items-22-20-C3-9C"
+        );
+        assert_eq!(topics.raw(&TableRef::new("a.b", "c-d")).unwrap(), "pgm.raw.a-2Eb.c--d");
+        assert!(Topics::new("").is_err());
+        assert!(Topics::new("pg m").is_err());
+        let long = TableRef::new("public", "x".repeat(240));
+        assert!(matches!(topics.raw(&long), Err(TopicError::TooLong { .. })));
+    }
+
+    proptest! {
+        #[test]
+        fn escaping_is_injective_and_kafka_safe(a in "\\PC{0,12}", b in "\\PC{0,12}") {
+            let (ea, eb) = (escape(&a), escape(&b));
+            prop_assert!(ea.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-'));
+            prop_assert_eq!(a == b, ea == eb);
+        }
+    }
+}
