@@ -46,8 +46,24 @@ pub enum Command {
     },
 }
 
+#[cfg(test)]
+const HELP_SUBCOMMANDS: &[&str] = &["run", "pause", "resume", "status", "reset"];
+
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let config = cli.global.start()?;
     tracing::info!(target_db = %config.target.describe(), group = %config.apply.group_id, "configuration loaded");
     anyhow::bail!("pgm-apply {:?} is not built yet (issue #5); this release only validates the configuration", cli.command)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn help_lists_the_subcommands() {
+        let help = Cli::try_parse_from(["pgm-apply", "--help"]).unwrap_err().to_string();
+        for line in HELP_SUBCOMMANDS {
+            assert!(help.contains(line), "{line} missing from:\n{help}");
+        }
+    }
 }

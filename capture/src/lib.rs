@@ -43,8 +43,24 @@ pub enum SlotAction {
     Status,
 }
 
+#[cfg(test)]
+const HELP_SUBCOMMANDS: &[&str] = &["run", "check", "slot"];
+
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let config = cli.global.start()?;
     tracing::info!(source = %config.source.describe(), slot = %config.capture.slot, "configuration loaded");
     anyhow::bail!("pgm-capture {:?} is not built yet (issue #3); this release only validates the configuration", cli.command)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn help_lists_the_subcommands() {
+        let help = Cli::try_parse_from(["pgm-capture", "--help"]).unwrap_err().to_string();
+        for line in HELP_SUBCOMMANDS {
+            assert!(help.contains(line), "{line} missing from:\n{help}");
+        }
+    }
 }

@@ -1,1 +1,4 @@
-//! placeholder
+//! Integration tests on real PostgreSQL 15 + wal2json and a real Kafka-protocol broker (one test binary, so one
+//! broker per run; see `support/`).
+
+mod smoke;

@@ -30,8 +30,24 @@ pub enum Command {
     Scaffold,
 }
 
+#[cfg(test)]
+const HELP_SUBCOMMANDS: &[&str] = &["run", "check", "scaffold"];
+
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let config = cli.global.start()?;
     tracing::info!(group = %config.transform.group_id, "configuration loaded");
     anyhow::bail!("pgm-transform {:?} is not built yet (issue #4); this release only validates the configuration", cli.command)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn help_lists_the_subcommands() {
+        let help = Cli::try_parse_from(["pgm-transform", "--help"]).unwrap_err().to_string();
+        for line in HELP_SUBCOMMANDS {
+            assert!(help.contains(line), "{line} missing from:\n{help}");
+        }
+    }
 }
