@@ -52,7 +52,10 @@ const HELP_SUBCOMMANDS: &[&str] = &["run", "pause", "resume", "status", "reset"]
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let config = cli.global.start()?;
     tracing::info!(target_db = %config.target.describe(), group = %config.apply.group_id, "configuration loaded");
-    anyhow::bail!("pgm-apply {:?} is not built yet (issue #5); this release only validates the configuration", cli.command)
+    anyhow::bail!(
+        "pgm-apply {:?} is not built yet (issue #5); this release only validates the configuration",
+        cli.command
+    )
 }
 
 #[cfg(test)]

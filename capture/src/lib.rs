@@ -49,7 +49,10 @@ const HELP_SUBCOMMANDS: &[&str] = &["run", "check", "slot"];
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let config = cli.global.start()?;
     tracing::info!(source = %config.source.describe(), slot = %config.capture.slot, "configuration loaded");
-    anyhow::bail!("pgm-capture {:?} is not built yet (issue #3); this release only validates the configuration", cli.command)
+    anyhow::bail!(
+        "pgm-capture {:?} is not built yet (issue #3); this release only validates the configuration",
+        cli.command
+    )
 }
 
 #[cfg(test)]

@@ -148,7 +148,11 @@ fn default_replication() -> i32 {
 
 impl Default for TopicsConfig {
     fn default() -> Self {
-        TopicsConfig { prefix: default_prefix(), partitions: default_partitions(), replication_factor: default_replication() }
+        TopicsConfig {
+            prefix: default_prefix(),
+            partitions: default_partitions(),
+            replication_factor: default_replication(),
+        }
     }
 }
 
@@ -339,10 +343,15 @@ impl PipelineConfig {
             return Err(invalid("kafka.brokers", "is empty; set it to host:port of at least one broker".into()));
         }
         let slot = &self.capture.slot;
-        if slot.is_empty() || slot.len() > 63 || !slot.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
+        if slot.is_empty()
+            || slot.len() > 63
+            || !slot.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        {
             return Err(invalid(
                 "capture.slot",
-                format!("{slot:?} is not a valid replication slot name (lower-case letters, digits and '_', at most 63)"),
+                format!(
+                    "{slot:?} is not a valid replication slot name (lower-case letters, digits and '_', at most 63)"
+                ),
             ));
         }
         for (key, addr) in [
@@ -453,6 +462,7 @@ include = ["public.orders", "Sales Dept.Order Items"]
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API fixes the closure's error type
     fn environment_overrides_the_file() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("p.toml", MINIMAL)?;

@@ -163,7 +163,10 @@ impl Versioned for TxnRecord {
     }
 }
 
-fn decode<T: Versioned + for<'de> Deserialize<'de>>(bytes: &[u8], origin: RecordOrigin<'_>) -> Result<T, EnvelopeError> {
+fn decode<T: Versioned + for<'de> Deserialize<'de>>(
+    bytes: &[u8],
+    origin: RecordOrigin<'_>,
+) -> Result<T, EnvelopeError> {
     let record: T = serde_json::from_slice(bytes).map_err(|err| EnvelopeError::Malformed {
         topic: origin.topic.to_owned(),
         partition: origin.partition,
@@ -224,7 +227,12 @@ mod tests {
                 type_oid: 1700,
                 value: Datum::Text("12345678901234567890.1234567890".into()),
             }]),
-            old: Some(Row(vec![Column { name: "id".into(), type_name: "bigint".into(), type_oid: 20, value: Datum::Null }])),
+            old: Some(Row(vec![Column {
+                name: "id".into(),
+                type_name: "bigint".into(),
+                type_oid: 20,
+                value: Datum::Null,
+            }])),
         }
     }
 
@@ -267,7 +275,10 @@ mod tests {
         record.v = 2;
         let err = RawRecord::decode(&serde_json::to_vec(&record).unwrap(), origin()).unwrap_err();
         let text = err.to_string();
-        assert!(text.contains("version 2") && text.contains("pgm.raw.public.t[2]") && text.contains("16/B374D848#3"), "{text}");
+        assert!(
+            text.contains("version 2") && text.contains("pgm.raw.public.t[2]") && text.contains("16/B374D848#3"),
+            "{text}"
+        );
 
         let err = RawRecord::decode(br#"{"v":1,"pos":"secret"}"#, origin()).unwrap_err();
         let text = err.to_string();

@@ -75,10 +75,7 @@ mod tests {
     fn kafka() -> KafkaConfig {
         KafkaConfig {
             brokers: "127.0.0.1:1".into(),
-            librdkafka: BTreeMap::from([
-                ("sasl.password".into(), "hunter2".into()),
-                ("acks".into(), "1".into()),
-            ]),
+            librdkafka: BTreeMap::from([("sasl.password".into(), "hunter2".into()), ("acks".into(), "1".into())]),
         }
     }
 

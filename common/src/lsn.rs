@@ -37,7 +37,9 @@ impl fmt::Display for Lsn {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid LSN {input:?}: expected two hexadecimal numbers of at most 8 digits separated by '/', like 16/B374D848")]
+#[error(
+    "invalid LSN {input:?}: expected two hexadecimal numbers of at most 8 digits separated by '/', like 16/B374D848"
+)]
 pub struct ParseLsnError {
     pub input: String,
 }
@@ -112,9 +114,7 @@ impl Position {
         if key.len() != KEY_LEN || key[8] != b'/' || key[17] != b':' {
             return Err(err());
         }
-        let upper_hex = |part: &[u8]| {
-            part.iter().all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(b))
-        };
+        let upper_hex = |part: &[u8]| part.iter().all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(b));
         let (hi, lo, ord) = (&key[0..8], &key[9..17], &key[18..]);
         if !upper_hex(hi) || !upper_hex(lo) || !ord.iter().all(u8::is_ascii_digit) {
             return Err(err());

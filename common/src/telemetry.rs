@@ -90,7 +90,11 @@ async fn metrics(State(endpoint): State<Endpoint>) -> impl IntoResponse {
         prometheus_client::encoding::text::encode(&mut body, &registry)
     };
     match encoded {
-        Ok(()) => (StatusCode::OK, [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body),
+        Ok(()) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+            body,
+        ),
         Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, [(header::CONTENT_TYPE, "text/plain")], "encoding failed".into()),
     }
 }

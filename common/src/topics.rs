@@ -25,8 +25,8 @@ pub struct Topics {
 
 impl Topics {
     pub fn new(prefix: &str) -> Result<Self, TopicError> {
-        let valid = !prefix.is_empty()
-            && prefix.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        let valid =
+            !prefix.is_empty() && prefix.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
         if !valid {
             return Err(TopicError::BadPrefix { prefix: prefix.to_owned() });
         }

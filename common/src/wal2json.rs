@@ -156,12 +156,7 @@ pub fn decode(json: &[u8]) -> Result<Change, DecodeError> {
                 (_, Some(identity)) => Some(row(&table, identity)?),
                 (_, None) => return Err(missing("identity")),
             };
-            let key_columns = msg
-                .pk
-                .ok_or_else(|| missing("pk"))?
-                .into_iter()
-                .map(|k| k.name.into_owned())
-                .collect();
+            let key_columns = msg.pk.ok_or_else(|| missing("pk"))?.into_iter().map(|k| k.name.into_owned()).collect();
             Ok(Change::Row(RowChange {
                 op,
                 table,
@@ -198,7 +193,12 @@ fn row(table: &TableRef, columns: &[WireColumn<'_>]) -> Result<Row, DecodeError>
                     column: c.name.clone().into_owned(),
                 })?),
             };
-            Ok(Column { name: c.name.clone().into_owned(), type_name: c.type_name.clone().into_owned(), type_oid, value })
+            Ok(Column {
+                name: c.name.clone().into_owned(),
+                type_name: c.type_name.clone().into_owned(),
+                type_oid,
+                value,
+            })
         })
         .collect::<Result<Vec<_>, _>>()
         .map(Row)

@@ -48,7 +48,9 @@ fn every_fixture_message_decodes_and_transactions_are_well_formed() {
                 transactions += 1;
             }
             Change::Message(Message { transactional: false, .. }) => assert!(open.is_none()),
-            Change::Row(_) | Change::Truncate(_) | Change::Message(_) => assert!(open.is_some(), "change outside a transaction"),
+            Change::Row(_) | Change::Truncate(_) | Change::Message(_) => {
+                assert!(open.is_some(), "change outside a transaction")
+            }
         }
     }
     assert!(transactions > 20);
@@ -169,7 +171,11 @@ fn messages_and_truncate() {
             _ => None,
         })
         .collect();
-    assert_eq!(truncated, [&TableRef::new("public", "parent"), &TableRef::new("public", "child")], "CASCADE: one per table");
+    assert_eq!(
+        truncated,
+        [&TableRef::new("public", "parent"), &TableRef::new("public", "child")],
+        "CASCADE: one per table"
+    );
 
     // The transaction with the transactional message holds its three inserts in statement order.
     let pos = changes.iter().position(|c| matches!(c, Change::Message(m) if m.transactional)).unwrap();

@@ -24,7 +24,8 @@ async fn wal2json_slot_decodes_an_insert() -> anyhow::Result<()> {
     client.batch_execute("CREATE TABLE orders (id bigint PRIMARY KEY, amount numeric(30,2), note text)").await?;
     client.batch_execute("SELECT pg_create_logical_replication_slot('smoke', 'wal2json')").await?;
     client.batch_execute("INSERT INTO orders VALUES (1, 1234567890123456789012345678.90, 'first')").await?;
-    let options: Vec<String> = wal2json::PLUGIN_OPTIONS.iter().flat_map(|(k, v)| [format!("'{k}'"), format!("'{v}'")]).collect();
+    let options: Vec<String> =
+        wal2json::PLUGIN_OPTIONS.iter().flat_map(|(k, v)| [format!("'{k}'"), format!("'{v}'")]).collect();
     let sql = format!("SELECT data FROM pg_logical_slot_get_changes('smoke', NULL, NULL, {})", options.join(", "));
     let changes: Vec<Change> = client
         .query(&sql, &[])

@@ -30,7 +30,9 @@ pub fn tansu_binary() -> crate::Result<PathBuf> {
         .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
         .map(|dir| dir.join("tansu"))
         .find(|p| p.exists());
-    on_path.context("tansu not found: run compose/install (it builds tansu 0.6.0 once), or set PGM_TANSU or PGM_TEST_BROKERS")
+    on_path.context(
+        "tansu not found: run compose/install (it builds tansu 0.6.0 once), or set PGM_TANSU or PGM_TEST_BROKERS",
+    )
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -141,8 +143,12 @@ pub struct Broker {
 
 impl Broker {
     pub fn start(storage: Storage) -> crate::Result<Self> {
-        let mut broker =
-            Broker { dir: tempfile::Builder::new().prefix("pgm-tansu-").tempdir()?, port: crate::free_port()?, storage, child: None };
+        let mut broker = Broker {
+            dir: tempfile::Builder::new().prefix("pgm-tansu-").tempdir()?,
+            port: crate::free_port()?,
+            storage,
+            child: None,
+        };
         broker.restart()?;
         Ok(broker)
     }

@@ -33,7 +33,8 @@ fn server_user() -> crate::Result<Option<(u32, u32)>> {
         if id("-u", None)? != 0 {
             return Ok(None);
         }
-        let uid = id("-u", Some("postgres")).map_err(|e| format!("running as root needs a postgres user ({e}); install postgresql-15"))?;
+        let uid = id("-u", Some("postgres"))
+            .map_err(|e| format!("running as root needs a postgres user ({e}); install postgresql-15"))?;
         Ok(Some((uid, id("-g", Some("postgres"))?)))
     })
     .clone()
@@ -106,7 +107,15 @@ impl PgCluster {
         let dir = tempfile::Builder::new().prefix("pgm-pg-").tempdir()?;
         hand_over(dir.path())?;
         let mut initdb = server_command("initdb")?;
-        initdb.arg("-D").arg(dir.path().join("data")).args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync"]);
+        initdb.arg("-D").arg(dir.path().join("data")).args([
+            "-U",
+            "postgres",
+            "-A",
+            "trust",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        ]);
         run(initdb, "initdb")?;
         let mut cluster = PgCluster { dir, port: crate::free_port()?, running: false };
         cluster.write_settings(BASE_SETTINGS.iter().chain(settings))?;
@@ -119,10 +128,18 @@ impl PgCluster {
         let dir = tempfile::Builder::new().prefix("pgm-standby-").tempdir()?;
         hand_over(dir.path())?;
         let mut backup = server_command("pg_basebackup")?;
-        backup
-            .arg("-D")
-            .arg(dir.path().join("data"))
-            .args(["-h", "127.0.0.1", "-p", &primary.port.to_string(), "-U", "postgres", "-R", "-X", "stream", "--no-sync"]);
+        backup.arg("-D").arg(dir.path().join("data")).args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &primary.port.to_string(),
+            "-U",
+            "postgres",
+            "-R",
+            "-X",
+            "stream",
+            "--no-sync",
+        ]);
         run(backup, "pg_basebackup")?;
         // The port is a command-line flag, never in the copied configuration, so the standby simply gets its own.
         let mut standby = PgCluster { dir, port: crate::free_port()?, running: false };
@@ -141,7 +158,8 @@ impl PgCluster {
     fn write_settings<'a>(&self, settings: impl Iterator<Item = &'a (&'a str, &'a str)>) -> crate::Result<()> {
         use std::io::Write;
         let path = self.data_dir().join("postgresql.auto.conf");
-        let mut file = std::fs::OpenOptions::new().append(true).open(&path).with_context(|| path.display().to_string())?;
+        let mut file =
+            std::fs::OpenOptions::new().append(true).open(&path).with_context(|| path.display().to_string())?;
         for (key, value) in settings {
             writeln!(file, "{key} = '{}'", value.replace('\'', "''"))?;
         }
@@ -150,12 +168,14 @@ impl PgCluster {
 
     fn start_server(&mut self) -> crate::Result<()> {
         let mut pg_ctl = server_command("pg_ctl")?;
-        pg_ctl
-            .arg("-D")
-            .arg(self.data_dir())
-            .arg("-l")
-            .arg(self.log_path())
-            .args(["-w", "-t", "60", "-o", &format!("-p {}", self.port), "start"]);
+        pg_ctl.arg("-D").arg(self.data_dir()).arg("-l").arg(self.log_path()).args([
+            "-w",
+            "-t",
+            "60",
+            "-o",
+            &format!("-p {}", self.port),
+            "start",
+        ]);
         if let Err(err) = run(pg_ctl, "pg_ctl start") {
             let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
             bail!("{err}\nserver log:\n{log}");

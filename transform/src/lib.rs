@@ -12,7 +12,11 @@ use clap::{Parser, Subcommand};
 use pgm_common::cli::GlobalArgs;
 
 #[derive(Debug, Parser)]
-#[command(name = "pgm-transform", version, about = "Rewrites raw changes for the new schema, as one Kafka consumer group")]
+#[command(
+    name = "pgm-transform",
+    version,
+    about = "Rewrites raw changes for the new schema, as one Kafka consumer group"
+)]
 pub struct Cli {
     #[command(flatten)]
     pub global: GlobalArgs,
@@ -36,7 +40,10 @@ const HELP_SUBCOMMANDS: &[&str] = &["run", "check", "scaffold"];
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let config = cli.global.start()?;
     tracing::info!(group = %config.transform.group_id, "configuration loaded");
-    anyhow::bail!("pgm-transform {:?} is not built yet (issue #4); this release only validates the configuration", cli.command)
+    anyhow::bail!(
+        "pgm-transform {:?} is not built yet (issue #4); this release only validates the configuration",
+        cli.command
+    )
 }
 
 #[cfg(test)]
