@@ -6,7 +6,15 @@
 //!          └───────────── standby status update: flush = end LSN of the last durable txn ◀──────┘ acks
 //! ```
 //!
-//! Issue #3 builds the stream; this crate currently holds its command line only.
+//! `walsender` speaks the replication protocol, `stream` runs the loop, `publisher` makes records and tracks
+//! acknowledgements, `slot` and `check` serve the operator commands, `metrics` names what is measured.
+
+pub mod check;
+pub mod metrics;
+pub mod publisher;
+pub mod slot;
+pub mod stream;
+pub mod walsender;
 
 use clap::{Parser, Subcommand};
 use pgm_common::cli::GlobalArgs;
@@ -46,13 +54,128 @@ pub enum SlotAction {
 #[cfg(test)]
 const HELP_SUBCOMMANDS: &[&str] = &["run", "check", "slot"];
 
+/// Why capture stopped. [`CaptureError::is_transient`] tells a supervisor whether a restart can help.
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Walsender(#[from] walsender::WalsenderError),
+    #[error("{what}: {source}")]
+    Source {
+        what: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error("kafka: {0}")]
+    Kafka(#[source] rdkafka::error::KafkaError),
+    #[error("kafka did not accept the record at {pos} for {topic}[{partition}]: {error}; nothing after it was confirmed to the slot, a restart resumes there")]
+    Delivery { topic: String, partition: i32, pos: pgm_common::Position, error: rdkafka::error::KafkaError },
+    #[error("cannot decode the wal2json message at WAL {wal_start}: {source}")]
+    Decode {
+        wal_start: pgm_common::Lsn,
+        #[source]
+        source: pgm_common::wal2json::DecodeError,
+    },
+    #[error("replication stream out of order: {0}")]
+    Stream(String),
+}
+
+impl CaptureError {
+    pub fn is_transient(&self) -> bool {
+        match self {
+            CaptureError::Walsender(e) => e.is_transient(),
+            CaptureError::Kafka(_) | CaptureError::Delivery { .. } => true,
+            CaptureError::Source { source, .. } => source.as_db_error().is_none(),
+            CaptureError::Config(_) | CaptureError::Decode { .. } | CaptureError::Stream(_) => false,
+        }
+    }
+}
+
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let config = cli.global.start()?;
-    tracing::info!(source = %config.source.describe(), slot = %config.capture.slot, "configuration loaded");
-    anyhow::bail!(
-        "pgm-capture {:?} is not built yet (issue #3); this release only validates the configuration",
-        cli.command
-    )
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Run => run_stream(config).await,
+            Command::Check => {
+                let findings = check::run(&config).await?;
+                for finding in &findings {
+                    println!("{finding}");
+                }
+                let failed = findings.iter().filter(|f| f.level == check::Level::Fail).count();
+                if failed > 0 {
+                    anyhow::bail!("{failed} check(s) failed on {}", config.source.describe());
+                }
+                Ok(())
+            }
+            Command::Slot { action } => {
+                let out = match action {
+                    SlotAction::Create => slot::create(&config).await?,
+                    SlotAction::Drop => slot::drop(&config).await?,
+                    SlotAction::Status => slot::status(&config).await?,
+                };
+                println!("{out}");
+                Ok(())
+            }
+        }
+    })
+}
+
+async fn run_stream(config: pgm_common::config::PipelineConfig) -> anyhow::Result<()> {
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    spawn_signal_handler(shutdown.clone());
+    let metrics = metrics::CaptureMetrics::default();
+    let health = pgm_common::telemetry::Health::default();
+    let addr = config.capture.metrics_addr.parse()?;
+    let (bound, _server) =
+        pgm_common::telemetry::serve_metrics(addr, metrics.register(), health.clone(), shutdown.clone()).await?;
+    tracing::info!(metrics = %bound, source = %config.source.describe(), slot = %config.capture.slot, "pgm-capture starting");
+    // Transient failures (DB1 restarting, the slot still held by a killed predecessor, the broker away too long)
+    // restart the stream from the slot's confirmed position after a backoff; definite ones stop capture.
+    let mut backoff = std::time::Duration::from_millis(500);
+    let result = loop {
+        let attempt = async {
+            let publisher = publisher::Publisher::new(&config, metrics.clone()).await?;
+            stream::run(&config, publisher, metrics.clone(), shutdown.clone()).await
+        };
+        match attempt.await {
+            Err(error) if error.is_transient() && !shutdown.is_cancelled() => {
+                tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "capture interrupted; resuming from the slot");
+                tokio::select! {
+                    _ = shutdown.cancelled() => break Ok(()),
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(std::time::Duration::from_secs(30));
+            }
+            other => break other,
+        }
+    };
+    health.set_alive(false);
+    shutdown.cancel();
+    if let Err(error) = &result {
+        tracing::error!(%error, "capture stopped");
+    }
+    Ok(result?)
+}
+
+/// SIGINT/SIGTERM start a drain (wait for Kafka acknowledgements, confirm, exit), not an abort.
+fn spawn_signal_handler(shutdown: tokio_util::sync::CancellationToken) {
+    tokio::spawn(async move {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM");
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("signal received: draining");
+        shutdown.cancel();
+    });
 }
 
 #[cfg(test)]

@@ -1,4 +1,5 @@
 //! Integration tests on real PostgreSQL 15 + wal2json and a real Kafka-protocol broker (one test binary, so one
 //! broker per run; see `support/`).
 
+mod capture;
 mod smoke;

@@ -144,3 +144,36 @@ async fn own_broker_with_sqlite_storage_keeps_records_and_offsets_across_a_kill(
     assert_eq!(consume(&kafka, &topic, &group, 5).await?, keys(2..7));
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+/// The pipeline produces without waiting for each acknowledgement (many records per batch). tansu 0.6.0 keeps
+/// them all, but its high watermark (ListOffsets) is wrong for such batches — readers must not stop at it.
+async fn pipelined_produce_keeps_every_record() -> anyhow::Result<()> {
+    let kafka = KafkaConfig { brokers: shared_brokers()?, librdkafka: Default::default() };
+    let topic = unique("pipelined");
+    create_topic(&kafka, &topic, 3).await?;
+    let producer = kafka::producer(&kafka, "pgm-tests-producer")?;
+    let mut futures = Vec::new();
+    for i in 0..3000u32 {
+        let key = format!("{i:06}");
+        let f = producer
+            .send_result(FutureRecord::to(&topic).key(&key).payload(&key).partition((i % 3) as i32))
+            .map_err(|(e, _)| e)?;
+        futures.push(f);
+    }
+    for f in futures {
+        f.await?.map_err(|(e, _)| e)?;
+    }
+    let group = unique("g");
+    let consumer = kafka::consumer(&kafka, "c", &group)?;
+    consumer.subscribe(&[&topic])?;
+    let mut keys = std::collections::BTreeSet::new();
+    while keys.len() < 3000 {
+        let message = tokio::time::timeout(Duration::from_secs(30), consumer.recv()).await??;
+        keys.insert(message.key().unwrap_or_default().to_vec());
+    }
+    assert_eq!(keys.len(), 3000);
+    let records = tokio::task::block_in_place(|| pgm_test_support::kafka::read_all(&kafka.brokers, &topic))?;
+    assert_eq!(records.len(), 3000, "read_all must not trust the high watermark");
+    Ok(())
+}

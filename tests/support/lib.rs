@@ -9,6 +9,7 @@
 //! - [`wait::until`]: poll a condition until it holds or a deadline passes, with a message saying what was awaited.
 
 pub mod broker;
+pub mod kafka;
 pub mod names;
 pub mod pg;
 pub mod wait;

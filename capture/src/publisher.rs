@@ -1,0 +1,414 @@
+//! Turns decoded changes into Kafka records and tracks which source positions are durable.
+//!
+//! ```text
+//!   Begin  ──▶ txn topic: begin record                       (ordinal 0)
+//!   Row    ──▶ raw topic of its table, partition = hash(key)  (ordinals 1, 2, …; counted per topic-partition)
+//!   Truncate ▶ raw topic of its table, partition 0
+//!   Message ─▶ txn topic (transactional: inside its transaction's ordinals)
+//!   Commit ──▶ txn topic: commit record with the counts      (tag: end LSN)
+//! ```
+//!
+//! Every produce is enqueued without waiting and its delivery future pushed, in produce order, onto a
+//! `FuturesOrdered`; it yields in that order, so when a commit record's delivery comes out, every record before it
+//! is acknowledged too, and the transaction's end LSN may be confirmed to the slot. Nothing is ever confirmed ahead
+//! of a record Kafka has not acknowledged.
+
+use std::collections::{BTreeMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::stream::{FuturesOrdered, StreamExt};
+use pgm_common::change::{Begin, Commit, Message, Row, RowChange, RowOp, TableRef, Truncate};
+use pgm_common::config::PipelineConfig;
+use pgm_common::envelope::{Op, PartitionCount, RawRecord, TxnRecord, ENVELOPE_VERSION};
+use pgm_common::topics::Topics;
+use pgm_common::{kafka, Lsn, Position};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode as Code;
+
+use crate::metrics::{CaptureMetrics, TableLabel};
+use crate::CaptureError;
+
+/// Records in flight (enqueued, not yet acknowledged) before capture stops reading from the slot.
+pub const MAX_IN_FLIGHT: usize = 50_000;
+
+type Ack = Pin<Box<dyn Future<Output = Result<Option<Lsn>, CaptureError>> + Send>>;
+
+struct OpenTxn {
+    xid: u32,
+    commit_lsn: Lsn,
+    next_ordinal: u64,
+    counts: BTreeMap<(String, i32), u64>,
+}
+
+pub struct Publisher {
+    producer: FutureProducer,
+    admin: AdminClient<DefaultClientContext>,
+    topics: Topics,
+    txn_topic: String,
+    partitions: i32,
+    replication_factor: i32,
+    include: Option<HashSet<TableRef>>,
+    ready_topics: HashSet<String>,
+    in_flight: FuturesOrdered<Ack>,
+    txn: Option<OpenTxn>,
+    metrics: CaptureMetrics,
+}
+
+impl Publisher {
+    pub async fn new(config: &PipelineConfig, metrics: CaptureMetrics) -> Result<Self, CaptureError> {
+        let mut producer_config = kafka::client_config(&config.kafka, "pgm-capture", kafka::PRODUCER_DEFAULTS);
+        // Bound librdkafka's queue above MAX_IN_FLIGHT so QueueFull stays an exception, not the flow control.
+        if !config.kafka.librdkafka.contains_key("queue.buffering.max.messages") {
+            producer_config.set("queue.buffering.max.messages", (2 * MAX_IN_FLIGHT).to_string());
+        }
+        let producer: FutureProducer = producer_config.create().map_err(CaptureError::Kafka)?;
+        let admin = kafka::admin(&config.kafka, "pgm-capture-admin").map_err(CaptureError::Kafka)?;
+        let tables = config.tables();
+        let mut publisher = Publisher {
+            producer,
+            admin,
+            topics: config.topics(),
+            txn_topic: config.topics().txn(),
+            partitions: config.topics.partitions,
+            replication_factor: config.topics.replication_factor,
+            include: (!tables.is_empty()).then(|| tables.iter().cloned().collect()),
+            ready_topics: HashSet::new(),
+            in_flight: FuturesOrdered::new(),
+            txn: None,
+            metrics,
+        };
+        let txn_topic = publisher.txn_topic.clone();
+        publisher.ensure_topic(&txn_topic, 1).await?;
+        for table in &tables {
+            let topic = publisher.topics.raw(table).map_err(|e| CaptureError::Config(e.to_string()))?;
+            publisher.ensure_topic(&topic, publisher.partitions).await?;
+        }
+        Ok(publisher)
+    }
+
+    /// Creates the topic, or checks the partition count of an existing one.
+    async fn ensure_topic(&mut self, topic: &str, partitions: i32) -> Result<(), CaptureError> {
+        if self.ready_topics.contains(topic) {
+            return Ok(());
+        }
+        let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(self.replication_factor));
+        let results = self
+            .admin
+            .create_topics(&[new], &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))))
+            .await
+            .map_err(CaptureError::Kafka)?;
+        for result in results {
+            match result {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((topic, code)) => {
+                    return Err(CaptureError::Kafka(KafkaError::AdminOp(code)))
+                        .map_err(|e| CaptureError::Config(format!("cannot create topic {topic}: {e}")))
+                }
+            }
+        }
+        let metadata =
+            self.producer.client().fetch_metadata(Some(topic), Duration::from_secs(30)).map_err(CaptureError::Kafka)?;
+        let found = metadata.topics().iter().find(|t| t.name() == topic).map_or(0, |t| t.partitions().len());
+        if found != partitions as usize {
+            return Err(CaptureError::Config(format!(
+                "topic {topic} has {found} partitions but the configuration says {partitions} (topics.partitions; the txn topic always has 1): \
+                 set topics.partitions to {found}, or use a new topics.prefix"
+            )));
+        }
+        self.ready_topics.insert(topic.to_owned());
+        Ok(())
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.in_flight.len() >= MAX_IN_FLIGHT
+    }
+
+    /// Nothing enqueued is unacknowledged and no transaction is open: the server's WAL end may be confirmed.
+    pub fn is_idle(&self) -> bool {
+        self.in_flight.is_empty() && self.txn.is_none()
+    }
+
+    /// The next acknowledgement in produce order: `Some(lsn)` when it completes a transaction (or heartbeat).
+    pub async fn next_ack(&mut self) -> Option<Result<Option<Lsn>, CaptureError>> {
+        self.in_flight.next().await
+    }
+
+    /// Waits for every record in flight (shutdown).
+    pub async fn drain(&mut self) -> Result<Option<Lsn>, CaptureError> {
+        let mut last = None;
+        while let Some(ack) = self.in_flight.next().await {
+            if let Some(lsn) = ack? {
+                last = Some(lsn);
+            }
+        }
+        Ok(last)
+    }
+
+    async fn produce(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        key: &str,
+        payload: &[u8],
+        tag: Option<Lsn>,
+        pos: Position,
+    ) -> Result<(), CaptureError> {
+        let mut record = FutureRecord::to(topic).partition(partition).key(key).payload(payload);
+        loop {
+            match self.producer.send_result(record) {
+                Ok(delivery) => {
+                    let errors = self.metrics.delivery_errors.clone();
+                    let topic = topic.to_owned();
+                    self.in_flight.push_back(Box::pin(async move {
+                        match delivery.await {
+                            Ok(Ok(_)) => Ok(tag),
+                            Ok(Err((error, _))) => {
+                                errors.inc();
+                                Err(CaptureError::Delivery { topic, partition, pos, error })
+                            }
+                            Err(_) => {
+                                Err(CaptureError::Delivery { topic, partition, pos, error: KafkaError::Canceled })
+                            }
+                        }
+                    }));
+                    return Ok(());
+                }
+                Err((KafkaError::MessageProduction(Code::QueueFull), returned)) => {
+                    record = returned;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err((error, _)) => {
+                    return Err(CaptureError::Delivery { topic: topic.to_owned(), partition, pos, error })
+                }
+            }
+        }
+    }
+
+    async fn produce_txn(&mut self, pos: Position, record: &TxnRecord, tag: Option<Lsn>) -> Result<(), CaptureError> {
+        let payload = serde_json::to_vec(record).expect("txn records serialize");
+        let topic = self.txn_topic.clone();
+        self.produce(&topic, 0, &pos.to_key(), &payload, tag, pos).await
+    }
+
+    pub async fn begin(&mut self, begin: Begin) -> Result<(), CaptureError> {
+        if let Some(open) = &self.txn {
+            return Err(CaptureError::Stream(format!(
+                "begin of transaction {} at {} while transaction {} is open: the decoder lost a commit",
+                begin.xid, begin.commit_lsn, open.xid
+            )));
+        }
+        let pos = Position::new(begin.commit_lsn, Position::BEGIN);
+        let record = TxnRecord::Begin {
+            v: ENVELOPE_VERSION,
+            xid: begin.xid,
+            commit_lsn: begin.commit_lsn,
+            commit_time: begin.commit_time,
+        };
+        self.produce_txn(pos, &record, None).await?;
+        self.txn =
+            Some(OpenTxn { xid: begin.xid, commit_lsn: begin.commit_lsn, next_ordinal: 1, counts: BTreeMap::new() });
+        Ok(())
+    }
+
+    fn next_position(&mut self, what: &str) -> Result<(Position, u32), CaptureError> {
+        let txn = self.txn.as_mut().ok_or_else(|| CaptureError::Stream(format!("{what} outside a transaction")))?;
+        let pos = Position::new(txn.commit_lsn, txn.next_ordinal);
+        txn.next_ordinal += 1;
+        Ok((pos, txn.xid))
+    }
+
+    fn included(&self, table: &TableRef) -> bool {
+        self.include.as_ref().is_none_or(|tables| tables.contains(table))
+    }
+
+    async fn publish_raw(&mut self, record: RawRecord, partition: i32) -> Result<(), CaptureError> {
+        let topic = self.topics.raw(&record.source).map_err(|e| CaptureError::Config(e.to_string()))?;
+        if !self.ready_topics.contains(&topic) {
+            let partitions = self.partitions;
+            self.ensure_topic(&topic, partitions).await?;
+        }
+        let payload = serde_json::to_vec(&record).expect("raw records serialize");
+        let label = TableLabel { table: record.source.to_string() };
+        self.metrics.records.get_or_create(&label).inc();
+        self.metrics.bytes.get_or_create(&label).inc_by(payload.len() as u64);
+        self.produce(&topic, partition, &record.pos.to_key(), &payload, None, record.pos).await?;
+        let txn = self.txn.as_mut().expect("checked by next_position");
+        *txn.counts.entry((topic, partition)).or_default() += 1;
+        Ok(())
+    }
+
+    pub async fn row(&mut self, change: RowChange) -> Result<(), CaptureError> {
+        if !self.included(&change.table) {
+            return Ok(());
+        }
+        let (pos, xid) = self.next_position("row change")?;
+        let partition = partition_for(&change, self.partitions);
+        let record = RawRecord {
+            v: ENVELOPE_VERSION,
+            pos,
+            op: match change.op {
+                RowOp::Insert => Op::Insert,
+                RowOp::Update => Op::Update,
+                RowOp::Delete => Op::Delete,
+            },
+            source: change.table,
+            xid: Some(xid),
+            key: change.key_columns,
+            new: change.new,
+            old: change.identity,
+        };
+        self.publish_raw(record, partition).await
+    }
+
+    pub async fn truncate(&mut self, truncate: Truncate) -> Result<(), CaptureError> {
+        if !self.included(&truncate.table) {
+            return Ok(());
+        }
+        let (pos, xid) = self.next_position("truncate")?;
+        let record = RawRecord {
+            v: ENVELOPE_VERSION,
+            pos,
+            op: Op::Truncate,
+            source: truncate.table,
+            xid: Some(xid),
+            key: Vec::new(),
+            new: Row::default(),
+            old: None,
+        };
+        self.publish_raw(record, 0).await
+    }
+
+    pub async fn message(&mut self, message: Message) -> Result<(), CaptureError> {
+        let pos = if message.transactional {
+            self.next_position("transactional message")?.0
+        } else {
+            Position::new(message.lsn, Position::BEGIN)
+        };
+        let record = TxnRecord::Message {
+            v: ENVELOPE_VERSION,
+            pos,
+            transactional: message.transactional,
+            prefix: message.prefix,
+            content: message.content,
+        };
+        self.produce_txn(pos, &record, None).await
+    }
+
+    pub async fn commit(&mut self, commit: Commit) -> Result<(), CaptureError> {
+        let txn =
+            self.txn.take().ok_or_else(|| CaptureError::Stream(format!("commit of {} without begin", commit.xid)))?;
+        if txn.commit_lsn != commit.commit_lsn {
+            return Err(CaptureError::Stream(format!(
+                "commit at {} does not match the open transaction's commit LSN {}",
+                commit.commit_lsn, txn.commit_lsn
+            )));
+        }
+        let counts = txn
+            .counts
+            .into_iter()
+            .map(|((topic, partition), count)| PartitionCount { topic, partition, count })
+            .collect();
+        let record = TxnRecord::Commit {
+            v: ENVELOPE_VERSION,
+            xid: commit.xid,
+            commit_lsn: commit.commit_lsn,
+            end_lsn: commit.end_lsn,
+            commit_time: commit.commit_time,
+            counts,
+        };
+        self.produce_txn(Position::new(commit.commit_lsn, Position::COMMIT), &record, Some(commit.end_lsn)).await?;
+        self.metrics.transactions.inc();
+        Ok(())
+    }
+
+    /// A heartbeat while idle: tells downstream that nothing before `wal_end` is missing.
+    pub async fn heartbeat(&mut self, wal_end: Lsn) -> Result<(), CaptureError> {
+        let sent_at_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let record = TxnRecord::Heartbeat { v: ENVELOPE_VERSION, wal_end, sent_at_ms };
+        self.produce_txn(Position::new(wal_end, Position::BEGIN), &record, Some(wal_end)).await
+    }
+}
+
+/// Partition of a row change: a stable hash (FNV-1a 64) of its key values, so one row's history stays in one
+/// partition. The key is the new row's primary key when the change carries it (insert, update — also after a key
+/// change, where the row lives on), else the old identity (delete); without a primary key, every identity column.
+pub fn partition_for(change: &RowChange, partitions: i32) -> i32 {
+    let row = if change.new.is_empty() { change.key_row() } else { &change.new };
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut feed = |bytes: &[u8]| {
+        for b in bytes {
+            hash ^= u64::from(*b);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    let mut feed_value = |value: Option<&str>| match value {
+        // Length-prefixed, so ("ab","c") and ("a","bc") differ; NULL has its own marker.
+        Some(text) => {
+            feed(&(text.len() as u64).to_be_bytes());
+            feed(text.as_bytes());
+        }
+        None => feed(&[0xff; 9]),
+    };
+    if change.key_columns.is_empty() {
+        for column in row.columns() {
+            feed_value(column.value.as_text());
+        }
+    } else {
+        for name in &change.key_columns {
+            let value = row.columns().iter().find(|c| &c.name == name).and_then(|c| c.value.as_text());
+            feed_value(value);
+        }
+    }
+    (hash % partitions.max(1) as u64) as i32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pgm_common::change::{Column, Datum};
+
+    fn change(op: RowOp, new: &[(&str, &str)], old: &[(&str, &str)]) -> RowChange {
+        let row = |cols: &[(&str, &str)]| {
+            Row(cols
+                .iter()
+                .map(|(n, v)| Column {
+                    name: (*n).into(),
+                    type_name: "text".into(),
+                    type_oid: 25,
+                    value: Datum::Text((*v).into()),
+                })
+                .collect())
+        };
+        RowChange {
+            op,
+            table: TableRef::new("public", "t"),
+            key_columns: vec!["id".into()],
+            new: row(new),
+            identity: (!old.is_empty()).then(|| row(old)),
+            lsn: None,
+        }
+    }
+
+    #[test]
+    fn one_row_keeps_its_partition() {
+        let insert = change(RowOp::Insert, &[("id", "7"), ("v", "a")], &[]);
+        let update = change(RowOp::Update, &[("id", "7"), ("v", "b")], &[("id", "7")]);
+        let delete = change(RowOp::Delete, &[], &[("id", "7")]);
+        let p = partition_for(&insert, 8);
+        assert_eq!(partition_for(&update, 8), p);
+        assert_eq!(partition_for(&delete, 8), p);
+        // Values spread over partitions.
+        let spread: HashSet<i32> =
+            (0..100).map(|i| partition_for(&change(RowOp::Insert, &[("id", &i.to_string())], &[]), 8)).collect();
+        assert_eq!(spread.len(), 8);
+    }
+}

@@ -1,0 +1,93 @@
+//! The logical replication slot on DB1: create, drop, inspect.
+
+use pgm_common::config::PipelineConfig;
+use tokio_postgres::NoTls;
+
+use crate::walsender::Walsender;
+use crate::CaptureError;
+
+/// Slot names are validated at config load (lower-case letters, digits, `_`), so they can be quoted as literals.
+fn literal(slot: &str) -> String {
+    format!("'{}'", slot.replace('\'', "''"))
+}
+
+/// Creates the slot (wal2json) unless it exists; checks the plugin of an existing one.
+pub async fn ensure_exists(conn: &mut Walsender, slot: &str) -> Result<(), CaptureError> {
+    let rows = conn
+        .simple_query(&format!("SELECT plugin, database FROM pg_replication_slots WHERE slot_name = {}", literal(slot)))
+        .await?;
+    match rows.first() {
+        None => {
+            let created = conn.create_slot(slot, false).await?;
+            tracing::info!(slot, consistent_point = %created.consistent_point, "replication slot created");
+            Ok(())
+        }
+        Some(row) if row.first().cloned().flatten().as_deref() != Some("wal2json") => Err(CaptureError::Config(format!(
+            "slot {slot} exists with plugin {:?}, not wal2json: drop it (pgm-capture slot drop) or set capture.slot to another name",
+            row.first().cloned().flatten()
+        ))),
+        Some(_) => Ok(()),
+    }
+}
+
+pub async fn connect(config: &PipelineConfig) -> Result<tokio_postgres::Client, CaptureError> {
+    let (client, connection) =
+        config.source.to_tokio_postgres("pgm-capture").connect(NoTls).await.map_err(|e| CaptureError::Source {
+            what: format!("connect to {}", config.source.describe()),
+            source: e,
+        })?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::warn!(%error, "source connection ended");
+        }
+    });
+    Ok(client)
+}
+
+pub async fn create(config: &PipelineConfig) -> Result<String, CaptureError> {
+    let mut conn = Walsender::connect(&config.source, "pgm-capture").await?;
+    let created = conn.create_slot(&config.capture.slot, false).await?;
+    Ok(format!("slot {} created at {}", config.capture.slot, created.consistent_point))
+}
+
+pub async fn drop(config: &PipelineConfig) -> Result<String, CaptureError> {
+    let client = connect(config).await?;
+    client
+        .execute("SELECT pg_drop_replication_slot($1)", &[&config.capture.slot])
+        .await
+        .map_err(|e| CaptureError::Source { what: format!("drop slot {}", config.capture.slot), source: e })?;
+    Ok(format!("slot {} dropped", config.capture.slot))
+}
+
+/// One line per fact: plugin, confirmed_flush_lsn, retained WAL bytes, active pid.
+pub async fn status(config: &PipelineConfig) -> Result<String, CaptureError> {
+    let client = connect(config).await?;
+    let row = client
+        .query_opt(
+            "SELECT plugin, database, confirmed_flush_lsn::text, restart_lsn::text,
+                    pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint, active_pid, wal_status
+             FROM pg_replication_slots WHERE slot_name = $1",
+            &[&config.capture.slot],
+        )
+        .await
+        .map_err(|e| CaptureError::Source { what: "read pg_replication_slots".into(), source: e })?;
+    let Some(row) = row else {
+        return Err(CaptureError::Config(format!(
+            "slot {} does not exist on {}: create it with `pgm-capture slot create` (run creates it too)",
+            config.capture.slot,
+            config.source.describe()
+        )));
+    };
+    let text = |i: usize| row.get::<_, Option<String>>(i).unwrap_or_else(|| "-".into());
+    Ok(format!(
+        "slot:                 {}\nplugin:               {}\ndatabase:             {}\nconfirmed_flush_lsn:  {}\nrestart_lsn:          {}\nretained_wal_bytes:   {}\nactive_pid:           {}\nwal_status:           {}",
+        config.capture.slot,
+        text(0),
+        text(1),
+        text(2),
+        text(3),
+        row.get::<_, Option<i64>>(4).map_or("-".into(), |b| b.to_string()),
+        row.get::<_, Option<i32>>(5).map_or("-".into(), |p| p.to_string()),
+        text(6),
+    ))
+}

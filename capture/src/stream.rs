@@ -1,0 +1,156 @@
+//! The capture loop: slot → decode → publish, acknowledgements → slot. It only connects the pieces:
+//!
+//! ```text
+//!   select! (biased):
+//!     1. shutdown            → stop reading, wait for every record in flight, confirm, return
+//!     2. Kafka acknowledgement → flushed = end LSN of the last fully acknowledged transaction
+//!     3. feedback timer      → status update (write = received, flush = apply = flushed); heartbeat when idle
+//!     4. replication message → wal2json::decode → Publisher (only while fewer than MAX_IN_FLIGHT are unacknowledged)
+//! ```
+//!
+//! A keepalive while nothing is in flight confirms the server's WAL end, so an idle DB1 (or one busy in other
+//! databases) does not pile up WAL for the slot.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use pgm_common::change::Change;
+use pgm_common::config::PipelineConfig;
+use pgm_common::{wal2json, Lsn};
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::CaptureMetrics;
+use crate::publisher::Publisher;
+use crate::walsender::{ReplicationMessage, ReplicationStream, Walsender};
+use crate::CaptureError;
+
+/// wal2json options for this pipeline: the decoder's required options plus table and message filters.
+pub fn plugin_options(config: &PipelineConfig) -> Vec<(String, String)> {
+    let mut options: Vec<(String, String)> =
+        wal2json::PLUGIN_OPTIONS.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+    let tables = config.tables();
+    if !tables.is_empty() {
+        // wal2json's add-tables: comma-separated schema.table, with space, quote, comma, period, asterisk and
+        // backslash escaped by a backslash.
+        let escape = |s: &str| {
+            s.chars().fold(String::new(), |mut out, c| {
+                if matches!(c, ' ' | '\'' | ',' | '.' | '*' | '\\') {
+                    out.push('\\');
+                }
+                out.push(c);
+                out
+            })
+        };
+        let list: Vec<String> = tables.iter().map(|t| format!("{}.{}", escape(&t.schema), escape(&t.table))).collect();
+        options.push(("add-tables".into(), list.join(",")));
+    }
+    let prefixes: Vec<String> = config.capture.message_prefixes.iter().map(|p| p.replace(',', "\\,")).collect();
+    // An empty add-msg-prefixes would carry every message; with no prefixes configured, carry none we know of.
+    options.push(("add-msg-prefixes".into(), if prefixes.is_empty() { "\u{1}".into() } else { prefixes.join(",") }));
+    options
+}
+
+struct Progress {
+    received: Lsn,
+    flushed: Lsn,
+    server_end: Lsn,
+}
+
+/// Streams from the slot until `shutdown` or an error. Resumes at the slot's confirmed_flush_lsn.
+pub async fn run(
+    config: &PipelineConfig,
+    mut publisher: Publisher,
+    metrics: CaptureMetrics,
+    shutdown: CancellationToken,
+) -> Result<(), CaptureError> {
+    let mut conn = Walsender::connect(&config.source, "pgm-capture").await?;
+    let timeout_ms = conn.wal_sender_timeout_ms().await?;
+    let feedback_every = Duration::from_millis(if timeout_ms == 0 { 1000 } else { (timeout_ms / 2).clamp(100, 1000) });
+    crate::slot::ensure_exists(&mut conn, &config.capture.slot).await?;
+    let mut stream = conn.start_logical(&config.capture.slot, Lsn::ZERO, &plugin_options(config)).await?;
+    tracing::info!(slot = %config.capture.slot, feedback_ms = feedback_every.as_millis() as u64, "streaming started");
+
+    let mut progress = Progress { received: Lsn::ZERO, flushed: Lsn::ZERO, server_end: Lsn::ZERO };
+    let mut feedback = tokio::time::interval(feedback_every);
+    feedback.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let heartbeat_every = Duration::from_millis(config.capture.heartbeat_interval_ms.max(100));
+    let mut last_heartbeat = Instant::now();
+
+    loop {
+        tokio::select! {
+            biased;
+            // 1. Shutdown: drain, confirm what is durable, leave.
+            _ = shutdown.cancelled() => {
+                tracing::info!(in_flight = publisher.in_flight(), "shutting down: waiting for Kafka acknowledgements");
+                if let Some(lsn) = publisher.drain().await? {
+                    progress.flushed = progress.flushed.max(lsn);
+                }
+                send_feedback(&mut stream, &progress, &metrics, false).await?;
+                tracing::info!(flushed = %progress.flushed, "confirmed to the slot; stopped");
+                return Ok(());
+            }
+            // 2. Acknowledgements, in produce order.
+            Some(ack) = publisher.next_ack(), if publisher.in_flight() > 0 => {
+                if let Some(lsn) = ack? {
+                    progress.flushed = progress.flushed.max(lsn);
+                    metrics.flushed_lsn.set(progress.flushed.0 as i64);
+                }
+            }
+            // 3. Feedback on a timer; heartbeats while idle.
+            _ = feedback.tick() => {
+                if publisher.is_idle() && last_heartbeat.elapsed() >= heartbeat_every && progress.server_end > Lsn::ZERO {
+                    publisher.heartbeat(progress.server_end).await?;
+                    last_heartbeat = Instant::now();
+                }
+                send_feedback(&mut stream, &progress, &metrics, false).await?;
+            }
+            // 4. Input, while there is room in flight.
+            message = stream.recv(), if !publisher.is_full() => {
+                match message? {
+                    ReplicationMessage::XLogData { wal_start, wal_end, data } => {
+                        progress.received = progress.received.max(wal_end).max(wal_start);
+                        progress.server_end = progress.server_end.max(wal_end);
+                        metrics.received_lsn.set(progress.received.0 as i64);
+                        let change = wal2json::decode(&data).map_err(|source| CaptureError::Decode { wal_start, source })?;
+                        publish(&mut publisher, change).await?;
+                    }
+                    ReplicationMessage::Keepalive { wal_end, reply_requested } => {
+                        progress.server_end = progress.server_end.max(wal_end);
+                        if publisher.is_idle() {
+                            // Every message before this keepalive is published and acknowledged.
+                            progress.received = progress.received.max(wal_end);
+                            progress.flushed = progress.flushed.max(wal_end);
+                            metrics.flushed_lsn.set(progress.flushed.0 as i64);
+                        }
+                        if reply_requested {
+                            send_feedback(&mut stream, &progress, &metrics, false).await?;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn publish(publisher: &mut Publisher, change: Change) -> Result<(), CaptureError> {
+    match change {
+        Change::Begin(begin) => publisher.begin(begin).await,
+        Change::Row(row) => publisher.row(row).await,
+        Change::Truncate(truncate) => publisher.truncate(truncate).await,
+        Change::Message(message) => publisher.message(message).await,
+        Change::Commit(commit) => publisher.commit(commit).await,
+    }
+}
+
+async fn send_feedback(
+    stream: &mut ReplicationStream,
+    progress: &Progress,
+    metrics: &CaptureMetrics,
+    reply: bool,
+) -> Result<(), CaptureError> {
+    let written = progress.received.max(progress.flushed);
+    stream.send_status(written, progress.flushed, progress.flushed, reply).await?;
+    metrics.lag_bytes.set(progress.server_end.bytes_since(progress.flushed) as i64);
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+    metrics.last_feedback.set(now);
+    Ok(())
+}
