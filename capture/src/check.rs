@@ -65,7 +65,8 @@ pub async fn run(config: &PipelineConfig) -> Result<Vec<Finding>, CaptureError> 
         .query_one("SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user", &[])
         .await
         .map_err(sql_err("read pg_roles"))?;
-    findings.push(if role.get::<_, bool>(0) {
+    let may_replicate: bool = role.get(0);
+    findings.push(if may_replicate {
         finding(Level::Ok, "REPLICATION privilege", format!("{} may replicate", config.source.user), None)
     } else {
         finding(
@@ -114,7 +115,7 @@ pub async fn run(config: &PipelineConfig) -> Result<Vec<Finding>, CaptureError> 
     });
 
     // The plugin loads: a temporary slot is the only test that cannot lie (needs a free slot and wal_level).
-    if wal_level == "logical" && (slots < max_slots) {
+    if wal_level == "logical" && slots < max_slots && may_replicate {
         let probe = client
             .query_one(
                 "SELECT slot_name::text FROM pg_create_logical_replication_slot('pgm_check_' || pg_backend_pid(), 'wal2json', true)",

@@ -443,3 +443,76 @@ async fn idle_source_with_writes_elsewhere_keeps_the_slot_current() -> anyhow::R
     assert!(heartbeats > 0, "no heartbeat while idle");
     Ok(())
 }
+
+fn run_check(config: &std::path::Path) -> anyhow::Result<(bool, String)> {
+    let out = Command::new(env!("CARGO_BIN_EXE_pgm-test-capture")).arg("--config").arg(config).arg("check").output()?;
+    Ok((out.status.success(), String::from_utf8(out.stdout)?))
+}
+
+fn check_config(dir: &std::path::Path, port: u16, db: &str, user: &str, tables: &[&str], slot: &str) -> anyhow::Result<PathBuf> {
+    let path = dir.join(format!("{slot}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            "[source]\nhost = \"127.0.0.1\"\nport = {port}\nuser = \"{user}\"\ndbname = \"{db}\"\n\
+             [target]\nhost = \"127.0.0.1\"\nport = {port}\nuser = \"{user}\"\ndbname = \"{db}\"\n\
+             [kafka]\nbrokers = \"127.0.0.1:1\"\n[tables]\ninclude = {tables:?}\n[capture]\nslot = \"{slot}\"\n"
+        ),
+    )?;
+    Ok(path)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_reports_each_misconfiguration_with_its_fix() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+
+    // A cluster set up right passes.
+    let good = PgCluster::start()?;
+    let db = good.create_database("chk").await?;
+    let client = good.connect(&db).await?;
+    client.batch_execute(SCHEMA).await?;
+    let (ok, out) = tokio::task::block_in_place(|| run_check(&check_config(dir.path(), good.port(), &db, "postgres", &TABLES, "good")?))?;
+    assert!(ok, "{out}");
+    assert!(out.contains("ok    wal2json") && !out.contains("FAIL"), "{out}");
+
+    // The same cluster, set up wrong in every way check looks at.
+    client
+        .batch_execute(
+            "CREATE ROLE app LOGIN;
+             CREATE TABLE nokey (a int);
+             CREATE TABLE nothing (id int PRIMARY KEY); ALTER TABLE nothing REPLICA IDENTITY NOTHING;
+             CREATE TABLE floats (id int PRIMARY KEY, f float8);",
+        )
+        .await?;
+    client.batch_execute("SELECT pg_create_logical_replication_slot('wrongplugin', 'test_decoding')").await?;
+    let tables = ["public.nokey", "public.nothing", "public.missing", "public.floats"];
+    let (ok, out) = tokio::task::block_in_place(|| run_check(&check_config(dir.path(), good.port(), &db, "postgres", &tables, "wrongplugin")?))?;
+    assert!(!ok, "check must fail:\n{out}");
+    for expected in [
+        "FAIL  table \"public\".\"nokey\"",
+        "REPLICA IDENTITY FULL;",
+        "FAIL  table \"public\".\"nothing\"",
+        "REPLICA IDENTITY NOTHING",
+        "FAIL  table \"public\".\"missing\"",
+        "fix tables.include",
+        "WARN  table \"public\".\"floats\"",
+        "FAIL  slot wrongplugin",
+        "test_decoding",
+    ] {
+        assert!(out.contains(expected), "{expected:?} missing from:\n{out}");
+    }
+    let (ok, out) = tokio::task::block_in_place(|| run_check(&check_config(dir.path(), good.port(), &db, "app", &TABLES, "app_slot")?))?;
+    assert!(!ok && out.contains("FAIL  REPLICATION privilege") && out.contains("ALTER ROLE \"app\" REPLICATION;"), "{out}");
+
+    // wal_level below logical.
+    let replica = PgCluster::start_with(&[("wal_level", "replica")])?;
+    let (ok, out) = tokio::task::block_in_place(|| run_check(&check_config(dir.path(), replica.port(), "postgres", "postgres", &[], "r")?))?;
+    assert!(!ok && out.contains("FAIL  wal_level") && out.contains("ALTER SYSTEM SET wal_level = logical"), "{out}");
+
+    // No free replication slot.
+    let full = PgCluster::start_with(&[("max_replication_slots", "1")])?;
+    full.connect("postgres").await?.batch_execute("SELECT pg_create_logical_replication_slot('other', 'wal2json')").await?;
+    let (ok, out) = tokio::task::block_in_place(|| run_check(&check_config(dir.path(), full.port(), "postgres", "postgres", &[], "mine")?))?;
+    assert!(!ok && out.contains("FAIL  max_replication_slots") && out.contains("max_replication_slots = 2"), "{out}");
+    Ok(())
+}
