@@ -346,20 +346,30 @@ async fn capture_publishes_exactly_the_source_changes() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn capture_killed_five_times_loses_nothing_and_repeats_keep_their_keys() -> anyhow::Result<()> {
     let setup = Setup::new(shared_brokers()?).await?;
-    let workload = run_workload(&setup.pg, &setup.db, 2, 1500);
+    let workload_done = std::sync::atomic::AtomicBool::new(false);
+    let workload = async {
+        let result = run_workload(&setup.pg, &setup.db, 2, 4000).await;
+        workload_done.store(true, std::sync::atomic::Ordering::SeqCst);
+        result
+    };
     let kills = async {
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         let mut capture = setup.start_capture(0)?;
+        let mut during_workload = 0;
         for attempt in 1..=5 {
-            tokio::time::sleep(Duration::from_millis(rng.random_range(300..1200))).await;
+            tokio::time::sleep(Duration::from_millis(rng.random_range(200..900))).await;
             kill(&mut capture)?;
+            if !workload_done.load(std::sync::atomic::Ordering::SeqCst) {
+                during_workload += 1;
+            }
             capture = setup.start_capture(attempt)?;
         }
-        anyhow::Ok(capture)
+        anyhow::Ok((capture, during_workload))
     };
     let (workload, capture) = tokio::join!(workload, kills);
     workload?;
-    let mut capture = capture?;
+    let (mut capture, during_workload) = capture?;
+    assert_eq!(during_workload, 5, "every kill must hit a running workload (make the workload longer)");
     setup.wait_drained(Duration::from_secs(90)).await?;
     kill(&mut capture)?;
     let (changes, records) = read_and_verify(&setup, true).await?;
@@ -449,7 +459,14 @@ fn run_check(config: &std::path::Path) -> anyhow::Result<(bool, String)> {
     Ok((out.status.success(), String::from_utf8(out.stdout)?))
 }
 
-fn check_config(dir: &std::path::Path, port: u16, db: &str, user: &str, tables: &[&str], slot: &str) -> anyhow::Result<PathBuf> {
+fn check_config(
+    dir: &std::path::Path,
+    port: u16,
+    db: &str,
+    user: &str,
+    tables: &[&str],
+    slot: &str,
+) -> anyhow::Result<PathBuf> {
     let path = dir.join(format!("{slot}.toml"));
     std::fs::write(
         &path,
@@ -471,7 +488,9 @@ async fn check_reports_each_misconfiguration_with_its_fix() -> anyhow::Result<()
     let db = good.create_database("chk").await?;
     let client = good.connect(&db).await?;
     client.batch_execute(SCHEMA).await?;
-    let (ok, out) = tokio::task::block_in_place(|| run_check(&check_config(dir.path(), good.port(), &db, "postgres", &TABLES, "good")?))?;
+    let (ok, out) = tokio::task::block_in_place(|| {
+        run_check(&check_config(dir.path(), good.port(), &db, "postgres", &TABLES, "good")?)
+    })?;
     assert!(ok, "{out}");
     assert!(out.contains("ok    wal2json") && !out.contains("FAIL"), "{out}");
 
@@ -486,7 +505,9 @@ async fn check_reports_each_misconfiguration_with_its_fix() -> anyhow::Result<()
         .await?;
     client.batch_execute("SELECT pg_create_logical_replication_slot('wrongplugin', 'test_decoding')").await?;
     let tables = ["public.nokey", "public.nothing", "public.missing", "public.floats"];
-    let (ok, out) = tokio::task::block_in_place(|| run_check(&check_config(dir.path(), good.port(), &db, "postgres", &tables, "wrongplugin")?))?;
+    let (ok, out) = tokio::task::block_in_place(|| {
+        run_check(&check_config(dir.path(), good.port(), &db, "postgres", &tables, "wrongplugin")?)
+    })?;
     assert!(!ok, "check must fail:\n{out}");
     for expected in [
         "FAIL  table \"public\".\"nokey\"",
@@ -501,18 +522,30 @@ async fn check_reports_each_misconfiguration_with_its_fix() -> anyhow::Result<()
     ] {
         assert!(out.contains(expected), "{expected:?} missing from:\n{out}");
     }
-    let (ok, out) = tokio::task::block_in_place(|| run_check(&check_config(dir.path(), good.port(), &db, "app", &TABLES, "app_slot")?))?;
-    assert!(!ok && out.contains("FAIL  REPLICATION privilege") && out.contains("ALTER ROLE \"app\" REPLICATION;"), "{out}");
+    let (ok, out) = tokio::task::block_in_place(|| {
+        run_check(&check_config(dir.path(), good.port(), &db, "app", &TABLES, "app_slot")?)
+    })?;
+    assert!(
+        !ok && out.contains("FAIL  REPLICATION privilege") && out.contains("ALTER ROLE \"app\" REPLICATION;"),
+        "{out}"
+    );
 
     // wal_level below logical.
     let replica = PgCluster::start_with(&[("wal_level", "replica")])?;
-    let (ok, out) = tokio::task::block_in_place(|| run_check(&check_config(dir.path(), replica.port(), "postgres", "postgres", &[], "r")?))?;
+    let (ok, out) = tokio::task::block_in_place(|| {
+        run_check(&check_config(dir.path(), replica.port(), "postgres", "postgres", &[], "r")?)
+    })?;
     assert!(!ok && out.contains("FAIL  wal_level") && out.contains("ALTER SYSTEM SET wal_level = logical"), "{out}");
 
     // No free replication slot.
     let full = PgCluster::start_with(&[("max_replication_slots", "1")])?;
-    full.connect("postgres").await?.batch_execute("SELECT pg_create_logical_replication_slot('other', 'wal2json')").await?;
-    let (ok, out) = tokio::task::block_in_place(|| run_check(&check_config(dir.path(), full.port(), "postgres", "postgres", &[], "mine")?))?;
+    full.connect("postgres")
+        .await?
+        .batch_execute("SELECT pg_create_logical_replication_slot('other', 'wal2json')")
+        .await?;
+    let (ok, out) = tokio::task::block_in_place(|| {
+        run_check(&check_config(dir.path(), full.port(), "postgres", "postgres", &[], "mine")?)
+    })?;
     assert!(!ok && out.contains("FAIL  max_replication_slots") && out.contains("max_replication_slots = 2"), "{out}");
     Ok(())
 }
