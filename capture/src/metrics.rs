@@ -23,6 +23,25 @@ pub struct TableLabel {
     pub table: String,
 }
 
+impl TableLabel {
+    /// `schema.table`, escaped for the Prometheus text format (prometheus-client 0.24 writes label values as is).
+    pub fn new(table: &pgm_common::change::TableRef) -> Self {
+        let text = format!("{}.{}", table.schema, table.table);
+        TableLabel { table: text.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n") }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_label_is_escaped() {
+        let label = TableLabel::new(&pgm_common::change::TableRef::new("Sales Dept", "Order \"Items\""));
+        assert_eq!(label.table, r#"Sales Dept.Order \"Items\""#);
+    }
+}
+
 #[derive(Clone, Default)]
 pub struct CaptureMetrics {
     /// WAL position received from the server (as a number; PostgreSQL prints it as hi/lo hex).

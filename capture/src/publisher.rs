@@ -237,7 +237,7 @@ impl Publisher {
             self.ensure_topic(&topic, partitions).await?;
         }
         let payload = serde_json::to_vec(&record).expect("raw records serialize");
-        let label = TableLabel { table: record.source.to_string() };
+        let label = TableLabel::new(&record.source);
         self.metrics.records.get_or_create(&label).inc();
         self.metrics.bytes.get_or_create(&label).inc_by(payload.len() as u64);
         self.produce(&topic, partition, &record.pos.to_key(), &payload, None, record.pos).await?;
