@@ -19,10 +19,7 @@ where
             Err(err) => last_error = Some(err),
         }
         if Instant::now() >= deadline {
-            return Err(match last_error {
-                Some(err) => err.context(format!("timed out after {timeout:?} waiting for {what}")),
-                None => anyhow::anyhow!("timed out after {timeout:?} waiting for {what}"),
-            });
+            return Err(timed_out(what, timeout, last_error));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -43,11 +40,16 @@ pub fn until_blocking<T>(
             Err(err) => last_error = Some(err),
         }
         if Instant::now() >= deadline {
-            return Err(match last_error {
-                Some(err) => err.context(format!("timed out after {timeout:?} waiting for {what}")),
-                None => anyhow::anyhow!("timed out after {timeout:?} waiting for {what}"),
-            });
+            return Err(timed_out(what, timeout, last_error));
         }
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn timed_out(what: &str, timeout: Duration, last_error: Option<anyhow::Error>) -> anyhow::Error {
+    let message = format!("timed out after {timeout:?} waiting for {what}");
+    match last_error {
+        Some(err) => err.context(message),
+        None => anyhow::anyhow!(message),
     }
 }
