@@ -130,17 +130,29 @@ async fn run_stream(config: pgm_common::config::PipelineConfig) -> anyhow::Resul
     let addr = config.capture.metrics_addr.parse()?;
     let (bound, _server) =
         pgm_common::telemetry::serve_metrics(addr, metrics.register(), health.clone(), shutdown.clone()).await?;
-    tracing::info!(metrics = %bound, source = %config.source.describe(), slot = %config.capture.slot, "pgm-capture starting");
+    tracing::info!(
+        metrics = %bound,
+        source = %config.source.describe(),
+        slot = %config.capture.slot,
+        brokers = %config.kafka.brokers,
+        librdkafka = ?pgm_common::kafka::describe_passthrough(&config.kafka),
+        "pgm-capture starting"
+    );
     // Transient failures (DB1 restarting, the slot still held by a killed predecessor, the broker away too long)
     // restart the stream from the slot's confirmed position after a backoff; definite ones stop capture.
-    let mut backoff = std::time::Duration::from_millis(500);
+    const FIRST_BACKOFF: std::time::Duration = std::time::Duration::from_millis(500);
+    let mut backoff = FIRST_BACKOFF;
     let result = loop {
+        let started = std::time::Instant::now();
         let attempt = async {
             let publisher = publisher::Publisher::new(&config, metrics.clone()).await?;
             stream::run(&config, publisher, metrics.clone(), shutdown.clone()).await
         };
         match attempt.await {
             Err(error) if error.is_transient() && !shutdown.is_cancelled() => {
+                if started.elapsed() > std::time::Duration::from_secs(60) {
+                    backoff = FIRST_BACKOFF; // it streamed for a while: this is a new incident, not the same one
+                }
                 tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "capture interrupted; resuming from the slot");
                 tokio::select! {
                     _ = shutdown.cancelled() => break Ok(()),

@@ -13,7 +13,7 @@
 //! is acknowledged too, and the transaction's end LSN may be confirmed to the slot. Nothing is ever confirmed ahead
 //! of a record Kafka has not acknowledged.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::pin::Pin;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -24,6 +24,7 @@ use pgm_common::config::PipelineConfig;
 use pgm_common::envelope::{Op, PartitionCount, RawRecord, TxnRecord, ENVELOPE_VERSION};
 use pgm_common::topics::Topics;
 use pgm_common::{kafka, Lsn, Position};
+use prometheus_client::metrics::counter::Counter;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -42,7 +43,15 @@ struct OpenTxn {
     xid: u32,
     commit_lsn: Lsn,
     next_ordinal: u64,
-    counts: BTreeMap<(String, i32), u64>,
+    /// Records per (route index, partition).
+    counts: BTreeMap<(usize, i32), u64>,
+}
+
+/// Where one source table's records go, resolved once per table rather than once per row.
+struct Route {
+    topic: String,
+    records: Counter,
+    bytes: Counter,
 }
 
 pub struct Publisher {
@@ -52,8 +61,11 @@ pub struct Publisher {
     txn_topic: String,
     partitions: i32,
     replication_factor: i32,
-    include: Option<HashSet<TableRef>>,
-    ready_topics: HashSet<String>,
+    /// Routes of the tables seen so far; with `tables.include` set, exactly those tables (others are skipped).
+    route_of: HashMap<TableRef, usize>,
+    routes: Vec<Route>,
+    /// No `tables.include`: every table is carried and its topic made on first sight.
+    all_tables: bool,
     in_flight: FuturesOrdered<Ack>,
     txn: Option<OpenTxn>,
     metrics: CaptureMetrics,
@@ -76,26 +88,46 @@ impl Publisher {
             txn_topic: config.topics().txn(),
             partitions: config.topics.partitions,
             replication_factor: config.topics.replication_factor,
-            include: (!tables.is_empty()).then(|| tables.iter().cloned().collect()),
-            ready_topics: HashSet::new(),
+            route_of: HashMap::new(),
+            routes: Vec::new(),
+            all_tables: tables.is_empty(),
             in_flight: FuturesOrdered::new(),
             txn: None,
             metrics,
         };
-        let txn_topic = publisher.txn_topic.clone();
-        publisher.ensure_topic(&txn_topic, 1).await?;
-        for table in &tables {
-            let topic = publisher.topics.raw(table).map_err(|e| CaptureError::Config(e.to_string()))?;
-            publisher.ensure_topic(&topic, publisher.partitions).await?;
+        publisher.ensure_topic(&publisher.txn_topic, 1).await?;
+        for table in tables {
+            publisher.add_route(table).await?;
         }
         Ok(publisher)
     }
 
-    /// Creates the topic, or checks the partition count of an existing one.
-    async fn ensure_topic(&mut self, topic: &str, partitions: i32) -> Result<(), CaptureError> {
-        if self.ready_topics.contains(topic) {
-            return Ok(());
+    /// Makes (or checks) the table's raw topic and registers its metrics.
+    async fn add_route(&mut self, table: TableRef) -> Result<usize, CaptureError> {
+        let topic = self.topics.raw(&table).map_err(|e| CaptureError::Config(e.to_string()))?;
+        self.ensure_topic(&topic, self.partitions).await?;
+        let label = TableLabel::new(&table);
+        let route = Route {
+            topic,
+            records: self.metrics.records.get_or_create(&label).clone(),
+            bytes: self.metrics.bytes.get_or_create(&label).clone(),
+        };
+        self.routes.push(route);
+        self.route_of.insert(table, self.routes.len() - 1);
+        Ok(self.routes.len() - 1)
+    }
+
+    /// The route of a table, or `None` when the table is not carried.
+    async fn route(&mut self, table: &TableRef) -> Result<Option<usize>, CaptureError> {
+        match self.route_of.get(table) {
+            Some(index) => Ok(Some(*index)),
+            None if self.all_tables => self.add_route(table.clone()).await.map(Some),
+            None => Ok(None),
         }
+    }
+
+    /// Creates the topic, or checks the partition count of an existing one.
+    async fn ensure_topic(&self, topic: &str, partitions: i32) -> Result<(), CaptureError> {
         let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(self.replication_factor));
         let results = self
             .admin
@@ -105,10 +137,7 @@ impl Publisher {
         for result in results {
             match result {
                 Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((topic, code)) => {
-                    return Err(CaptureError::Kafka(KafkaError::AdminOp(code)))
-                        .map_err(|e| CaptureError::Config(format!("cannot create topic {topic}: {e}")))
-                }
+                Err((topic, code)) => return Err(CaptureError::Config(format!("cannot create topic {topic}: {code}"))),
             }
         }
         let metadata =
@@ -120,7 +149,6 @@ impl Publisher {
                  set topics.partitions to {found}, or use a new topics.prefix"
             )));
         }
-        self.ready_topics.insert(topic.to_owned());
         Ok(())
     }
 
@@ -226,30 +254,20 @@ impl Publisher {
         Ok((pos, txn.xid))
     }
 
-    fn included(&self, table: &TableRef) -> bool {
-        self.include.as_ref().is_none_or(|tables| tables.contains(table))
-    }
-
-    async fn publish_raw(&mut self, record: RawRecord, partition: i32) -> Result<(), CaptureError> {
-        let topic = self.topics.raw(&record.source).map_err(|e| CaptureError::Config(e.to_string()))?;
-        if !self.ready_topics.contains(&topic) {
-            let partitions = self.partitions;
-            self.ensure_topic(&topic, partitions).await?;
-        }
+    async fn publish_raw(&mut self, route: usize, record: RawRecord, partition: i32) -> Result<(), CaptureError> {
         let payload = serde_json::to_vec(&record).expect("raw records serialize");
-        let label = TableLabel::new(&record.source);
-        self.metrics.records.get_or_create(&label).inc();
-        self.metrics.bytes.get_or_create(&label).inc_by(payload.len() as u64);
+        let Route { topic, records, bytes } = &self.routes[route];
+        records.inc();
+        bytes.inc_by(payload.len() as u64);
+        let topic = topic.clone();
         self.produce(&topic, partition, &record.pos.to_key(), &payload, None, record.pos).await?;
         let txn = self.txn.as_mut().expect("checked by next_position");
-        *txn.counts.entry((topic, partition)).or_default() += 1;
+        *txn.counts.entry((route, partition)).or_default() += 1;
         Ok(())
     }
 
     pub async fn row(&mut self, change: RowChange) -> Result<(), CaptureError> {
-        if !self.included(&change.table) {
-            return Ok(());
-        }
+        let Some(route) = self.route(&change.table).await? else { return Ok(()) };
         let (pos, xid) = self.next_position("row change")?;
         let partition = partition_for(&change, self.partitions);
         let record = RawRecord {
@@ -266,13 +284,11 @@ impl Publisher {
             new: change.new,
             old: change.identity,
         };
-        self.publish_raw(record, partition).await
+        self.publish_raw(route, record, partition).await
     }
 
     pub async fn truncate(&mut self, truncate: Truncate) -> Result<(), CaptureError> {
-        if !self.included(&truncate.table) {
-            return Ok(());
-        }
+        let Some(route) = self.route(&truncate.table).await? else { return Ok(()) };
         let (pos, xid) = self.next_position("truncate")?;
         let record = RawRecord {
             v: ENVELOPE_VERSION,
@@ -284,7 +300,7 @@ impl Publisher {
             new: Row::default(),
             old: None,
         };
-        self.publish_raw(record, 0).await
+        self.publish_raw(route, record, 0).await
     }
 
     pub async fn message(&mut self, message: Message) -> Result<(), CaptureError> {
@@ -312,11 +328,18 @@ impl Publisher {
                 commit.commit_lsn, txn.commit_lsn
             )));
         }
-        let counts = txn
+        // Sorted by topic name, not route index: a transaction sent again after a restart (where tables may be
+        // seen in another order) must produce the same commit record.
+        let mut counts: Vec<PartitionCount> = txn
             .counts
             .into_iter()
-            .map(|((topic, partition), count)| PartitionCount { topic, partition, count })
+            .map(|((route, partition), count)| PartitionCount {
+                topic: self.routes[route].topic.clone(),
+                partition,
+                count,
+            })
             .collect();
+        counts.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
         let record = TxnRecord::Commit {
             v: ENVELOPE_VERSION,
             xid: commit.xid,
@@ -407,7 +430,7 @@ mod tests {
         assert_eq!(partition_for(&update, 8), p);
         assert_eq!(partition_for(&delete, 8), p);
         // Values spread over partitions.
-        let spread: HashSet<i32> =
+        let spread: std::collections::HashSet<i32> =
             (0..100).map(|i| partition_for(&change(RowOp::Insert, &[("id", &i.to_string())], &[]), 8)).collect();
         assert_eq!(spread.len(), 8);
     }

@@ -63,12 +63,21 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), CaptureError> {
     let mut conn = Walsender::connect(&config.source, "pgm-capture").await?;
+    let (system_id, server_wal) = conn.identify_system().await?;
     let timeout_ms = conn.wal_sender_timeout_ms().await?;
     let feedback_every = Duration::from_millis(if timeout_ms == 0 { 1000 } else { (timeout_ms / 2).clamp(100, 1000) });
     crate::slot::ensure_exists(&mut conn, &config.capture.slot).await?;
     let mut stream = conn.start_logical(&config.capture.slot, Lsn::ZERO, &plugin_options(config)).await?;
-    tracing::info!(slot = %config.capture.slot, feedback_ms = feedback_every.as_millis() as u64, "streaming started");
+    tracing::info!(
+        slot = %config.capture.slot,
+        %system_id,
+        %server_wal,
+        feedback_ms = feedback_every.as_millis() as u64,
+        "streaming started"
+    );
 
+    // server_end only ever comes from the stream: the walsender's sent position, which a heartbeat may vouch for.
+    // IDENTIFY_SYSTEM's position is DB1's flush point, possibly ahead of a backlog not yet streamed.
     let mut progress = Progress { received: Lsn::ZERO, flushed: Lsn::ZERO, server_end: Lsn::ZERO };
     let mut feedback = tokio::time::interval(feedback_every);
     feedback.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -84,7 +93,7 @@ pub async fn run(
                 if let Some(lsn) = publisher.drain().await? {
                     progress.flushed = progress.flushed.max(lsn);
                 }
-                send_feedback(&mut stream, &progress, &metrics, false).await?;
+                send_feedback(&mut stream, &progress, &metrics).await?;
                 tracing::info!(flushed = %progress.flushed, "confirmed to the slot; stopped");
                 return Ok(());
             }
@@ -101,13 +110,13 @@ pub async fn run(
                     publisher.heartbeat(progress.server_end).await?;
                     last_heartbeat = Instant::now();
                 }
-                send_feedback(&mut stream, &progress, &metrics, false).await?;
+                send_feedback(&mut stream, &progress, &metrics).await?;
             }
             // 4. Input, while there is room in flight.
             message = stream.recv(), if !publisher.is_full() => {
                 match message? {
                     ReplicationMessage::XLogData { wal_start, wal_end, data } => {
-                        progress.received = progress.received.max(wal_end).max(wal_start);
+                        progress.received = progress.received.max(wal_start);
                         progress.server_end = progress.server_end.max(wal_end);
                         metrics.received_lsn.set(progress.received.0 as i64);
                         let change = wal2json::decode(&data).map_err(|source| CaptureError::Decode { wal_start, source })?;
@@ -122,7 +131,7 @@ pub async fn run(
                             metrics.flushed_lsn.set(progress.flushed.0 as i64);
                         }
                         if reply_requested {
-                            send_feedback(&mut stream, &progress, &metrics, false).await?;
+                            send_feedback(&mut stream, &progress, &metrics).await?;
                         }
                     }
                 }
@@ -145,10 +154,9 @@ async fn send_feedback(
     stream: &mut ReplicationStream,
     progress: &Progress,
     metrics: &CaptureMetrics,
-    reply: bool,
 ) -> Result<(), CaptureError> {
     let written = progress.received.max(progress.flushed);
-    stream.send_status(written, progress.flushed, progress.flushed, reply).await?;
+    stream.send_status(written, progress.flushed, progress.flushed, false).await?;
     metrics.lag_bytes.set(progress.server_end.bytes_since(progress.flushed) as i64);
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
     metrics.last_feedback.set(now);

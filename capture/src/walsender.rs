@@ -253,16 +253,11 @@ impl Walsender {
         }
     }
 
-    /// `IDENTIFY_SYSTEM`: (system id, timeline, current WAL flush location, database).
+    /// `IDENTIFY_SYSTEM`: (system identifier, current WAL flush location).
     pub async fn identify_system(&mut self) -> Result<(String, Lsn)> {
         let rows = self.simple_query("IDENTIFY_SYSTEM").await?;
         let row = rows.first().ok_or_else(|| WalsenderError::Protocol("IDENTIFY_SYSTEM returned no row".into()))?;
-        let lsn = row
-            .get(2)
-            .cloned()
-            .flatten()
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| WalsenderError::Protocol("IDENTIFY_SYSTEM without xlogpos".into()))?;
+        let lsn = lsn_column(row, 2, "IDENTIFY_SYSTEM xlogpos")?;
         Ok((row.first().cloned().flatten().unwrap_or_default(), lsn))
     }
 
@@ -281,12 +276,7 @@ impl Walsender {
             .await?;
         let row =
             rows.first().ok_or_else(|| WalsenderError::Protocol("CREATE_REPLICATION_SLOT returned no row".into()))?;
-        let consistent_point = row
-            .get(1)
-            .cloned()
-            .flatten()
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| WalsenderError::Protocol("CREATE_REPLICATION_SLOT without consistent_point".into()))?;
+        let consistent_point = lsn_column(row, 1, "CREATE_REPLICATION_SLOT consistent_point")?;
         Ok(SlotCreated { consistent_point, snapshot_name: row.get(2).cloned().flatten() })
     }
 
@@ -324,6 +314,14 @@ impl Walsender {
         let reader = tokio::spawn(read_stream(self.reader, tx));
         Ok(ReplicationStream { rx, writer: self.writer, reader })
     }
+}
+
+/// Column `index` of a command's answer row, as an LSN.
+fn lsn_column(row: &[Option<String>], index: usize, what: &str) -> Result<Lsn> {
+    row.get(index)
+        .and_then(|value| value.as_deref())
+        .and_then(|text| text.parse().ok())
+        .ok_or_else(|| WalsenderError::Protocol(format!("{what} missing or not an LSN")))
 }
 
 fn quote_slot(name: &str) -> String {
