@@ -6,7 +6,14 @@
 //!                    └──── consumer offset committed ◀──────────┘ produce acknowledged
 //! ```
 //!
-//! Issue #4 builds the rules and the worker; this crate currently holds its command line only.
+//! `rules` is the file format, `catalog` reads DB1/DB2, `expr` and `convert` compute values, `rewrite` applies the
+//! compiled rules to one record, `worker` runs the consumer group, `check` and `scaffold` serve the operator.
+
+pub mod catalog;
+pub mod convert;
+pub mod expr;
+pub mod rewrite;
+pub mod rules;
 
 use clap::{Parser, Subcommand};
 use pgm_common::cli::GlobalArgs;
