@@ -222,6 +222,9 @@ impl Default for CaptureConfig {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TransformConfig {
+    /// The rules file (docs/rules.md), relative to the working directory. Without one, every table passes unchanged.
+    #[serde(default)]
+    pub rules: Option<std::path::PathBuf>,
     #[serde(default = "default_transform_group")]
     pub group_id: String,
     #[serde(default = "default_transform_metrics")]
@@ -237,7 +240,7 @@ fn default_transform_metrics() -> String {
 
 impl Default for TransformConfig {
     fn default() -> Self {
-        TransformConfig { group_id: default_transform_group(), metrics_addr: default_transform_metrics() }
+        TransformConfig { rules: None, group_id: default_transform_group(), metrics_addr: default_transform_metrics() }
     }
 }
 

@@ -45,10 +45,15 @@ pub fn producer(kafka: &KafkaConfig, client_id: &str) -> Result<FutureProducer, 
     client_config(kafka, client_id, PRODUCER_DEFAULTS).create()
 }
 
-pub fn consumer(kafka: &KafkaConfig, client_id: &str, group_id: &str) -> Result<StreamConsumer, KafkaError> {
+/// A consumer group member's configuration; create it with a context of your own for rebalance hooks.
+pub fn consumer_config(kafka: &KafkaConfig, client_id: &str, group_id: &str) -> ClientConfig {
     let mut config = client_config(kafka, client_id, CONSUMER_DEFAULTS);
     config.set("group.id", group_id);
-    config.create()
+    config
+}
+
+pub fn consumer(kafka: &KafkaConfig, client_id: &str, group_id: &str) -> Result<StreamConsumer, KafkaError> {
+    consumer_config(kafka, client_id, group_id).create()
 }
 
 pub fn admin(kafka: &KafkaConfig, client_id: &str) -> Result<AdminClient<DefaultClientContext>, KafkaError> {

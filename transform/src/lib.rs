@@ -12,8 +12,10 @@
 pub mod catalog;
 pub mod convert;
 pub mod expr;
+pub mod metrics;
 pub mod rewrite;
 pub mod rules;
+pub mod worker;
 
 use clap::{Parser, Subcommand};
 use pgm_common::cli::GlobalArgs;

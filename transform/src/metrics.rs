@@ -1,0 +1,51 @@
+//! pgm-transform's metrics. Labels: table, rule, topic-partition (bounded), never keys or values.
+
+use std::sync::{Arc, Mutex};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+pub const RECORDS: &str = "pgm_transform_records";
+pub const OPS: &str = "pgm_transform_target_ops";
+pub const ERRORS: &str = "pgm_transform_errors";
+pub const POSITION: &str = "pgm_transform_committed_offset";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TableLabel {
+    pub table: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PartitionLabel {
+    pub topic: String,
+    pub partition: i32,
+}
+
+#[derive(Clone, Default)]
+pub struct TransformMetrics {
+    pub records: Family<TableLabel, Counter>,
+    pub ops: Family<TableLabel, Counter>,
+    pub errors: Family<TableLabel, Counter>,
+    /// Next offset to read per input partition, once its output is acknowledged.
+    pub position: Family<PartitionLabel, Gauge>,
+}
+
+impl TransformMetrics {
+    pub fn register(&self) -> Arc<Mutex<Registry>> {
+        let mut registry = Registry::default();
+        registry.register(RECORDS, "Raw records transformed, by source table", self.records.clone());
+        registry.register(OPS, "Target operations produced, by source table", self.ops.clone());
+        registry.register(ERRORS, "Records the rules could not transform, by source table", self.errors.clone());
+        registry.register(POSITION, "Acknowledged position per input partition", self.position.clone());
+        Arc::new(Mutex::new(registry))
+    }
+}
+
+/// `schema.table`, escaped for the Prometheus text format.
+pub fn table_label(table: &pgm_common::change::TableRef) -> TableLabel {
+    let text = format!("{}.{}", table.schema, table.table);
+    TableLabel { table: text.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n") }
+}

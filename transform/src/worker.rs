@@ -1,0 +1,221 @@
+//! One member of the transform consumer group. It only connects the pieces:
+//!
+//! ```text
+//!   select! (biased):
+//!     1. shutdown          → stop reading, wait for outputs in flight, store and commit offsets, leave the group
+//!     2. output acknowledged (in consumption order) → store input offset + 1 for its partition
+//!     3. commit timer      → commit stored offsets
+//!     4. raw record        → Program::rewrite → out topic, same key, same partition number
+//! ```
+//!
+//! Offsets are stored only after the output is acknowledged, and acknowledgements are taken in consumption order,
+//! so a committed offset never passes an input whose output Kafka does not hold. On revocation the stored offsets
+//! are committed before the partitions go. A record the rules cannot transform stops the worker (its partition and
+//! everything after it stay uncommitted); after the rule is fixed, a restart resumes at that record.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::stream::{FuturesOrdered, StreamExt};
+use pgm_common::config::PipelineConfig;
+use pgm_common::envelope::{RawRecord, RecordOrigin};
+use pgm_common::kafka;
+use rdkafka::admin::{AdminOptions, NewTopic, TopicReplication};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::ClientContext;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::{table_label, PartitionLabel, TransformMetrics};
+use crate::rewrite::Program;
+
+/// Outputs in flight before the worker stops reading.
+const MAX_IN_FLIGHT: usize = 20_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error("{0}")]
+    Envelope(#[from] pgm_common::envelope::EnvelopeError),
+    #[error("{0}; fix the rule and restart: the worker resumes at this record")]
+    Rewrite(#[from] crate::rewrite::RewriteError),
+    #[error("output for {topic}[{partition}] offset {offset} was not acknowledged: {error}; its offset was not committed")]
+    Delivery { topic: String, partition: i32, offset: i64, error: KafkaError },
+    #[error("configuration: {0}")]
+    Config(String),
+}
+
+/// Commits what is stored before partitions are taken away, so the next owner starts where this one stopped.
+pub struct RebalanceCommit;
+
+impl ClientContext for RebalanceCommit {}
+
+impl ConsumerContext for RebalanceCommit {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(partitions) = rebalance {
+            if let Err(error) = consumer.commit_consumer_state(CommitMode::Sync) {
+                tracing::debug!(%error, "commit before revocation (nothing stored is fine)");
+            }
+            tracing::info!(partitions = partitions.count(), "partitions revoked");
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(partitions) = rebalance {
+            tracing::info!(partitions = partitions.count(), "partitions assigned");
+        }
+    }
+}
+
+type Ack = Pin<Box<dyn Future<Output = Result<(String, i32, i64), WorkerError>> + Send>>;
+
+pub struct Worker {
+    consumer: StreamConsumer<RebalanceCommit>,
+    producer: FutureProducer,
+    program: Arc<Program>,
+    metrics: TransformMetrics,
+    config: PipelineConfig,
+    /// raw topic → out topic, made (or checked) on first sight.
+    out_topics: HashMap<String, String>,
+}
+
+impl Worker {
+    pub fn new(config: &PipelineConfig, program: Arc<Program>, metrics: TransformMetrics) -> Result<Self, WorkerError> {
+        let consumer: StreamConsumer<RebalanceCommit> =
+            kafka::consumer_config(&config.kafka, "pgm-transform", &config.transform.group_id)
+                .create_with_context(RebalanceCommit)?;
+        let topics = config.topics();
+        let tables = config.tables();
+        if tables.is_empty() {
+            let prefix: String = topics.prefix().chars().map(|c| if c == '.' { "\\.".to_owned() } else { c.to_string() }).collect();
+            consumer.subscribe(&[&format!("^{prefix}\\.raw\\..*")])?;
+        } else {
+            let names: Vec<String> = tables
+                .iter()
+                .map(|t| topics.raw(t))
+                .collect::<Result<_, _>>()
+                .map_err(|e| WorkerError::Config(e.to_string()))?;
+            consumer.subscribe(&names.iter().map(String::as_str).collect::<Vec<_>>())?;
+        }
+        let producer = kafka::producer(&config.kafka, "pgm-transform")?;
+        Ok(Worker { consumer, producer, program, metrics, config: config.clone(), out_topics: HashMap::new() })
+    }
+
+    async fn out_topic(&mut self, raw_topic: &str, source: &pgm_common::change::TableRef) -> Result<String, WorkerError> {
+        if let Some(topic) = self.out_topics.get(raw_topic) {
+            return Ok(topic.clone());
+        }
+        let topic = self.config.topics().out(source).map_err(|e| WorkerError::Config(e.to_string()))?;
+        let partitions = self.config.topics.partitions;
+        let admin = kafka::admin(&self.config.kafka, "pgm-transform-admin")?;
+        let new = NewTopic::new(&topic, partitions, TopicReplication::Fixed(self.config.topics.replication_factor));
+        for result in admin.create_topics(&[new], &AdminOptions::new()).await? {
+            match result {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((topic, code)) => return Err(WorkerError::Config(format!("cannot create topic {topic}: {code}"))),
+            }
+        }
+        let metadata = self.producer.client().fetch_metadata(Some(&topic), Duration::from_secs(30))?;
+        let found = metadata.topics().iter().find(|t| t.name() == topic).map_or(0, |t| t.partitions().len());
+        if found != partitions as usize {
+            return Err(WorkerError::Config(format!(
+                "topic {topic} has {found} partitions but topics.partitions is {partitions}: out topics must match their raw topics"
+            )));
+        }
+        self.out_topics.insert(raw_topic.to_owned(), topic.clone());
+        Ok(topic)
+    }
+
+    fn store(&self, topic: &str, partition: i32, offset: i64) {
+        match self.consumer.store_offset(topic, partition, offset + 1) {
+            Ok(()) => {
+                self.metrics.position.get_or_create(&PartitionLabel { topic: topic.to_owned(), partition }).set(offset + 1);
+            }
+            // The partition was revoked meanwhile: its next owner reprocesses from the last commit (same keys).
+            Err(error) => tracing::debug!(%error, topic, partition, "offset not stored"),
+        }
+    }
+
+    pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), WorkerError> {
+        let mut in_flight: FuturesOrdered<Ack> = FuturesOrdered::new();
+        let mut commit_timer = tokio::time::interval(Duration::from_secs(1));
+        commit_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let result = loop {
+            tokio::select! {
+                biased;
+                // 1. Shutdown: finish what is in flight, commit, leave.
+                _ = shutdown.cancelled() => break Ok(()),
+                // 2. Acknowledgements in consumption order.
+                Some(ack) = in_flight.next(), if !in_flight.is_empty() => {
+                    match ack {
+                        Ok((topic, partition, offset)) => self.store(&topic, partition, offset),
+                        Err(error) => break Err(error),
+                    }
+                }
+                // 3. Commit what is stored.
+                _ = commit_timer.tick() => {
+                    if let Err(error) = self.consumer.commit_consumer_state(CommitMode::Async) {
+                        tracing::debug!(%error, "commit (nothing stored yet is fine)");
+                    }
+                }
+                // 4. Input.
+                message = self.consumer.recv(), if in_flight.len() < MAX_IN_FLIGHT => {
+                    let message = message?;
+                    let (topic, partition, offset) = (message.topic().to_owned(), message.partition(), message.offset());
+                    let origin = RecordOrigin { topic: &topic, partition, offset };
+                    let raw = RawRecord::decode(message.payload().unwrap_or_default(), origin)?;
+                    let key = message.key().unwrap_or_default().to_vec();
+                    drop(message);
+                    let label = table_label(&raw.source);
+                    let out = match self.program.rewrite(&raw) {
+                        Ok(out) => out,
+                        Err(error) => {
+                            self.metrics.errors.get_or_create(&label).inc();
+                            break Err(error.into());
+                        }
+                    };
+                    self.metrics.records.get_or_create(&label).inc();
+                    self.metrics.ops.get_or_create(&label).inc_by(out.ops.len() as u64);
+                    let payload = serde_json::to_vec(&out).expect("out records serialize");
+                    let out_topic = self.out_topic(&topic, &raw.source).await?;
+                    let delivery = loop {
+                        match self.producer.send_result(FutureRecord::to(&out_topic).partition(partition).key(&key).payload(&payload)) {
+                            Ok(delivery) => break delivery,
+                            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                                tokio::time::sleep(Duration::from_millis(10)).await;
+                            }
+                            Err((error, _)) => return Err(WorkerError::Delivery { topic, partition, offset, error }),
+                        }
+                    };
+                    in_flight.push_back(Box::pin(async move {
+                        match delivery.await {
+                            Ok(Ok(_)) => Ok((topic, partition, offset)),
+                            Ok(Err((error, _))) => Err(WorkerError::Delivery { topic, partition, offset, error }),
+                            Err(_) => Err(WorkerError::Delivery { topic, partition, offset, error: KafkaError::Canceled }),
+                        }
+                    }));
+                }
+            }
+        };
+        // Whatever ended the loop, keep the work that Kafka acknowledged before it.
+        while let Some(ack) = in_flight.next().await {
+            match ack {
+                Ok((topic, partition, offset)) => self.store(&topic, partition, offset),
+                Err(error) => {
+                    tracing::warn!(%error, "output lost while stopping; its offset stays uncommitted");
+                    break;
+                }
+            }
+        }
+        if let Err(error) = self.consumer.commit_consumer_state(CommitMode::Sync) {
+            tracing::debug!(%error, "final commit");
+        }
+        result
+    }
+}
