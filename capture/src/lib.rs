@@ -124,7 +124,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 
 async fn run_stream(config: pgm_common::config::PipelineConfig) -> anyhow::Result<()> {
     let shutdown = tokio_util::sync::CancellationToken::new();
-    spawn_signal_handler(shutdown.clone());
+    pgm_common::telemetry::shutdown_on_signals(shutdown.clone());
     let metrics = metrics::CaptureMetrics::default();
     let health = pgm_common::telemetry::Health::default();
     let addr = config.capture.metrics_addr.parse()?;
@@ -169,25 +169,6 @@ async fn run_stream(config: pgm_common::config::PipelineConfig) -> anyhow::Resul
         tracing::error!(%error, "capture stopped");
     }
     Ok(result?)
-}
-
-/// SIGINT/SIGTERM start a drain (wait for Kafka acknowledgements, confirm, exit), not an abort.
-fn spawn_signal_handler(shutdown: tokio_util::sync::CancellationToken) {
-    tokio::spawn(async move {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(term) => term,
-            Err(error) => {
-                tracing::warn!(%error, "cannot listen for SIGTERM");
-                return;
-            }
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-        tracing::info!("signal received: draining");
-        shutdown.cancel();
-    });
 }
 
 #[cfg(test)]

@@ -35,6 +35,25 @@ pub fn init_tracing(format: LogFormat) {
     };
 }
 
+/// SIGINT/SIGTERM cancel `shutdown`: services drain (finish what is in flight, acknowledge, exit), not abort.
+pub fn shutdown_on_signals(shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM");
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("signal received: draining");
+        shutdown.cancel();
+    });
+}
+
 /// Liveness reported by `/healthz`.
 #[derive(Clone, Debug)]
 pub struct Health(Arc<AtomicBool>);

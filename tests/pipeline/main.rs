@@ -3,3 +3,4 @@
 
 mod capture;
 mod smoke;
+mod transform;

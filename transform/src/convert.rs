@@ -63,12 +63,17 @@ fn epoch_to_timestamptz(value: &str) -> Result<String, ConvertError> {
         None => (false, value),
     };
     let (int_part, frac_part) = body.split_once('.').unwrap_or((body, ""));
-    if int_part.is_empty() || !int_part.bytes().all(|b| b.is_ascii_digit()) || !frac_part.bytes().all(|b| b.is_ascii_digit()) {
+    if int_part.is_empty()
+        || !int_part.bytes().all(|b| b.is_ascii_digit())
+        || !frac_part.bytes().all(|b| b.is_ascii_digit())
+    {
         return Err(ConvertError::NotEpoch);
     }
     let seconds: i64 = int_part.parse().map_err(|_| ConvertError::EpochRange)?;
-    let micros: i64 = format!("{:0<6}", &frac_part[..frac_part.len().min(6)]).parse().map_err(|_| ConvertError::NotEpoch)?;
-    let mut total = seconds.checked_mul(1_000_000).and_then(|s| s.checked_add(micros)).ok_or(ConvertError::EpochRange)?;
+    let micros: i64 =
+        format!("{:0<6}", &frac_part[..frac_part.len().min(6)]).parse().map_err(|_| ConvertError::NotEpoch)?;
+    let mut total =
+        seconds.checked_mul(1_000_000).and_then(|s| s.checked_add(micros)).ok_or(ConvertError::EpochRange)?;
     if negative {
         total = -total;
     }

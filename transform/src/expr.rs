@@ -179,10 +179,12 @@ mod tests {
 
     #[test]
     fn no_time_no_eval() {
-        assert!(compile(&engine(), "timestamp()", &cols()).is_err() || {
-            let e = compile(&engine(), "timestamp()", &cols()).unwrap();
-            engine().eval_ast::<Dynamic>(&e.ast).is_err()
-        });
+        assert!(
+            compile(&engine(), "timestamp()", &cols()).is_err() || {
+                let e = compile(&engine(), "timestamp()", &cols()).unwrap();
+                engine().eval_ast::<Dynamic>(&e.ast).is_err()
+            }
+        );
         assert!(compile(&engine(), r#"eval("1")"#, &cols()).is_err());
     }
 }

@@ -10,15 +10,18 @@
 //! compiled rules to one record, `worker` runs the consumer group, `check` and `scaffold` serve the operator.
 
 pub mod catalog;
+pub mod check;
 pub mod convert;
 pub mod expr;
 pub mod metrics;
 pub mod rewrite;
 pub mod rules;
+pub mod scaffold;
 pub mod worker;
 
 use clap::{Parser, Subcommand};
 use pgm_common::cli::GlobalArgs;
+use pgm_common::config::PipelineConfig;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -46,13 +49,103 @@ pub enum Command {
 #[cfg(test)]
 const HELP_SUBCOMMANDS: &[&str] = &["run", "check", "scaffold"];
 
+/// Why the worker or a command stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum TransformError {
+    #[error(transparent)]
+    Rules(#[from] rules::RulesError),
+    #[error("cannot read the catalog of {db}: {source}")]
+    Catalog {
+        db: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error(transparent)]
+    Worker(#[from] worker::WorkerError),
+    #[error("{0}")]
+    Refused(String),
+}
+
+fn load_rules(config: &PipelineConfig) -> Result<rules::RulesFile, TransformError> {
+    Ok(match &config.transform.rules {
+        Some(path) => rules::RulesFile::load(path)?,
+        None => rules::RulesFile::default(),
+    })
+}
+
+async fn load_catalog(pg: &pgm_common::config::PgConfig) -> Result<catalog::Catalog, TransformError> {
+    catalog::Catalog::load(pg).await.map_err(|source| TransformError::Catalog { db: pg.describe(), source })
+}
+
+/// Compiles the rules against DB1 and refuses filters that need old values the stream does not carry.
+pub async fn compile(config: &PipelineConfig) -> Result<rewrite::Program, TransformError> {
+    let rules = load_rules(config)?;
+    let source =
+        if rules.tables.is_empty() { catalog::Catalog::default() } else { load_catalog(&config.source).await? };
+    let program = rewrite::Program::compile(&rules, &source)?;
+    let refused: Vec<String> = program
+        .filters_needing_full_identity(&source)
+        .into_iter()
+        .filter(|(table, _)| !source.tables.get(table).is_some_and(|t| t.replica_full))
+        .map(|(table, rule)| format!("rule {rule}: its filter reads non-key columns, so updates must carry the old row: run ALTER TABLE {table} REPLICA IDENTITY FULL on DB1"))
+        .collect();
+    if !refused.is_empty() {
+        return Err(TransformError::Refused(refused.join("; ")));
+    }
+    Ok(program)
+}
+
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let config = cli.global.start()?;
-    tracing::info!(group = %config.transform.group_id, "configuration loaded");
-    anyhow::bail!(
-        "pgm-transform {:?} is not built yet (issue #4); this release only validates the configuration",
-        cli.command
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Run => run_worker(config).await,
+            Command::Check => {
+                let rules = load_rules(&config)?;
+                let source = load_catalog(&config.source).await?;
+                let target = load_catalog(&config.target).await?;
+                let findings = check::run(&rules, &config.tables(), &source, &target);
+                for finding in &findings {
+                    println!("{finding}");
+                }
+                let failed = findings.iter().filter(|f| f.level == check::Level::Fail).count();
+                if failed > 0 {
+                    anyhow::bail!("{failed} finding(s) failed");
+                }
+                Ok(())
+            }
+            Command::Scaffold => {
+                let source = load_catalog(&config.source).await?;
+                let target = load_catalog(&config.target).await?;
+                print!("{}", scaffold::draft(&config.tables(), &source, &target));
+                Ok(())
+            }
+        }
+    })
+}
+
+async fn run_worker(config: PipelineConfig) -> anyhow::Result<()> {
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    pgm_common::telemetry::shutdown_on_signals(shutdown.clone());
+    let program = std::sync::Arc::new(compile(&config).await?);
+    let metrics = metrics::TransformMetrics::default();
+    let health = pgm_common::telemetry::Health::default();
+    let (bound, _server) = pgm_common::telemetry::serve_metrics(
+        config.transform.metrics_addr.parse()?,
+        metrics.register(),
+        health.clone(),
+        shutdown.clone(),
     )
+    .await?;
+    tracing::info!(metrics = %bound, group = %config.transform.group_id, "pgm-transform starting");
+    let result = worker::Worker::new(&config, program, metrics)?.run(shutdown.clone()).await;
+    health.set_alive(false);
+    shutdown.cancel();
+    if let Err(error) = &result {
+        tracing::error!(%error, "transform stopped");
+    }
+    Ok(result?)
 }
 
 #[cfg(test)]

@@ -22,13 +22,22 @@ use crate::rules::{ColumnSpec, Conversion, RulesError, RulesFile, TargetRule, Un
 
 /// A record the rules cannot transform. Names the rule, table, position and column — never the value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("rule {rule} failed on the record at {pos} of {table}{}: {problem}", column.as_ref().map(|c| format!(", column {c}")).unwrap_or_default())]
-pub struct RewriteError {
+#[error("rule {} failed on the record at {} of {}{}: {}", .0.rule, .0.pos, .0.table, .0.column.as_ref().map(|c| format!(", column {c}")).unwrap_or_default(), .0.problem)]
+pub struct RewriteError(Box<RewriteFailure>);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RewriteFailure {
     pub rule: String,
     pub table: TableRef,
     pub pos: Position,
     pub column: Option<String>,
     pub problem: String,
+}
+
+impl RewriteError {
+    pub fn failure(&self) -> &RewriteFailure {
+        &self.0
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -157,24 +166,18 @@ fn compile_target(
             return Err(format!("drop names {dropped:?}, which is not a column of {source}"));
         }
     }
-    let mut hidden: HashSet<String> = rule.drop.iter().cloned().collect();
+    let hidden = rule.hidden();
     let mut compiled = Vec::new();
     for (target_column, spec) in &rule.columns {
         let spec = match spec {
             ColumnSpec::Copy(from) | ColumnSpec::Convert { from, .. } if !exists(from) => {
                 return Err(format!("column {target_column:?} reads {from:?}, which is not a column of {source}"))
             }
-            ColumnSpec::Copy(from) => {
-                if from != target_column {
-                    hidden.insert(from.clone());
-                }
-                Spec::Copy { from: from.clone() }
-            }
+            ColumnSpec::Copy(from) => Spec::Copy { from: from.clone() },
             ColumnSpec::Convert { from, convert, path } => {
                 if *convert == Conversion::JsonField && path.is_none() {
                     return Err(format!("column {target_column:?}: json_field needs a path"));
                 }
-                hidden.insert(from.clone());
                 Spec::Convert { from: from.clone(), conversion: *convert, path: path.clone() }
             }
             ColumnSpec::Expr { expr, type_name } => Spec::Expr {
@@ -208,7 +211,9 @@ fn compile_target(
                     .find(|(_, spec)| matches!(spec, Spec::Copy { from } if from == k))
                     .map(|(t, _)| t.clone())
                     .or_else(|| (rule.keep_unlisted && !hidden.contains(k)).then(|| k.clone()))
-                    .ok_or_else(|| format!("source key column {k:?} is not mapped to the target; map it or set key = [...]"))
+                    .ok_or_else(|| {
+                        format!("source key column {k:?} is not mapped to the target; map it or set key = [...]")
+                    })
             })
             .collect::<Result<_, _>>()?,
     };
@@ -240,13 +245,13 @@ struct Run<'a> {
 
 impl<'a> Run<'a> {
     fn error(&self, column: Option<&str>, problem: impl Into<String>) -> RewriteError {
-        RewriteError {
+        RewriteError(Box::new(RewriteFailure {
             rule: self.target.rule.clone(),
             table: self.raw.source.clone(),
             pos: self.raw.pos,
             column: column.map(str::to_owned),
             problem: problem.into(),
-        }
+        }))
     }
 
     /// New values first, the old row (REPLICA IDENTITY FULL carries all of it) for what the update did not send.
@@ -258,7 +263,12 @@ impl<'a> Run<'a> {
         }
     }
 
-    fn eval(&self, expr: &Expr, column: Option<&str>, lookup: &dyn Fn(&str) -> Cell<'a>) -> Result<Dynamic, RewriteError> {
+    fn eval(
+        &self,
+        expr: &Expr,
+        column: Option<&str>,
+        lookup: &dyn Fn(&str) -> Cell<'a>,
+    ) -> Result<Dynamic, RewriteError> {
         let mut scope = Scope::new();
         for input in &expr.inputs {
             let value = match lookup(input) {
@@ -300,7 +310,9 @@ impl<'a> Run<'a> {
     fn matches(&self, lookup: &dyn Fn(&str) -> Cell<'a>) -> Result<bool, RewriteError> {
         let Some(filter) = &self.target.filter else { return Ok(true) };
         let result = self.eval(filter, None, lookup)?;
-        result.as_bool().map_err(|_| self.error(None, format!("filter returned a {}, not a boolean", result.type_name())))
+        result
+            .as_bool()
+            .map_err(|_| self.error(None, format!("filter returned a {}, not a boolean", result.type_name())))
     }
 
     fn op(&self) -> Result<Option<TargetOp>, RewriteError> {
@@ -359,7 +371,10 @@ impl<'a> Run<'a> {
         Ok(match spec {
             Spec::Copy { from } => match lookup(from) {
                 Cell::Absent if mode == Mode::Full => {
-                    return Err(self.error(Some(name), format!("source column {from} is absent; set REPLICA IDENTITY FULL on {}", self.raw.source)))
+                    return Err(self.error(
+                        Some(name),
+                        format!("source column {from} is absent; set REPLICA IDENTITY FULL on {}", self.raw.source),
+                    ))
                 }
                 Cell::Absent => None,
                 cell => {
@@ -369,7 +384,10 @@ impl<'a> Run<'a> {
             },
             Spec::Convert { from, conversion, path } => match lookup(from) {
                 Cell::Absent if mode == Mode::Full => {
-                    return Err(self.error(Some(name), format!("source column {from} is absent; set REPLICA IDENTITY FULL on {}", self.raw.source)))
+                    return Err(self.error(
+                        Some(name),
+                        format!("source column {from} is absent; set REPLICA IDENTITY FULL on {}", self.raw.source),
+                    ))
                 }
                 Cell::Absent => None,
                 Cell::Null => Some(column(None, result_type(*conversion), 0)),
@@ -402,7 +420,10 @@ impl<'a> Run<'a> {
         if self.target.keep_unlisted {
             let explicit = |name: &str| self.target.columns.iter().any(|(t, _)| t == name);
             let mut pass = |column: &Column| {
-                if !self.target.hidden.contains(&column.name) && !explicit(&column.name) && !out.iter().any(|c: &Column| c.name == column.name) {
+                if !self.target.hidden.contains(&column.name)
+                    && !explicit(&column.name)
+                    && !out.iter().any(|c: &Column| c.name == column.name)
+                {
                     out.push(column.clone());
                 }
             };
@@ -438,23 +459,47 @@ impl<'a> Run<'a> {
                         return Err(self.error(Some(key), format!("key source column {from} is not in the old identity; set REPLICA IDENTITY FULL on {} or key on its primary key", self.raw.source)));
                     }
                     let source = self.source_column(from).expect("present");
-                    Column { name: key.clone(), type_name: source.type_name.clone(), type_oid: source.type_oid, value: cell_datum(cell) }
+                    Column {
+                        name: key.clone(),
+                        type_name: source.type_name.clone(),
+                        type_oid: source.type_oid,
+                        value: cell_datum(cell),
+                    }
                 }
                 Some(Spec::Convert { from, conversion, path }) => {
                     let converted = match lookup(from) {
-                        Cell::Absent => return Err(self.error(Some(key), format!("key source column {from} is not in the old identity"))),
+                        Cell::Absent => {
+                            return Err(
+                                self.error(Some(key), format!("key source column {from} is not in the old identity"))
+                            )
+                        }
                         Cell::Null => None,
                         Cell::Value(text) => convert::convert(*conversion, text, path.as_deref())
                             .map_err(|e| self.error(Some(key), format!("{conversion:?} of {from}: {e}")))?,
                     };
-                    Column { name: key.clone(), type_name: result_type(*conversion).into(), type_oid: 0, value: converted.map_or(Datum::Null, Datum::Text) }
+                    Column {
+                        name: key.clone(),
+                        type_name: result_type(*conversion).into(),
+                        type_oid: 0,
+                        value: converted.map_or(Datum::Null, Datum::Text),
+                    }
                 }
                 Some(Spec::Expr { expr, type_name }) => {
                     let result = self.eval(expr, Some(key), &lookup)?;
                     let (value, guessed) = expr::from_dynamic(&result).map_err(|e| self.error(Some(key), e))?;
-                    Column { name: key.clone(), type_name: type_name.as_deref().unwrap_or(guessed).into(), type_oid: 0, value: value.map_or(Datum::Null, Datum::Text) }
+                    Column {
+                        name: key.clone(),
+                        type_name: type_name.as_deref().unwrap_or(guessed).into(),
+                        type_oid: 0,
+                        value: value.map_or(Datum::Null, Datum::Text),
+                    }
                 }
-                Some(Spec::Const(value)) => Column { name: key.clone(), type_name: "text".into(), type_oid: 0, value: value.clone().map_or(Datum::Null, Datum::Text) },
+                Some(Spec::Const(value)) => Column {
+                    name: key.clone(),
+                    type_name: "text".into(),
+                    type_oid: 0,
+                    value: value.clone().map_or(Datum::Null, Datum::Text),
+                },
             };
             out.push(column);
         }

@@ -75,6 +75,47 @@ fn yes() -> bool {
     true
 }
 
+impl TargetRule {
+    /// Source columns that do not pass through under their own name: dropped, renamed or converted.
+    pub fn hidden(&self) -> std::collections::HashSet<String> {
+        let mut hidden: std::collections::HashSet<String> = self.drop.iter().cloned().collect();
+        for (target, spec) in &self.columns {
+            match spec {
+                ColumnSpec::Copy(from) if from != target => {
+                    hidden.insert(from.clone());
+                }
+                ColumnSpec::Convert { from, .. } => {
+                    hidden.insert(from.clone());
+                }
+                _ => {}
+            }
+        }
+        hidden
+    }
+
+    /// Every target column this rule writes, with the source column it copies (None when computed), given the
+    /// source table's column names.
+    pub fn produced<'a>(&'a self, source_columns: impl Iterator<Item = &'a str>) -> Vec<(String, Option<String>)> {
+        let mut out: Vec<(String, Option<String>)> = self
+            .columns
+            .iter()
+            .map(|(target, spec)| match spec {
+                ColumnSpec::Copy(from) => (target.clone(), Some(from.clone())),
+                _ => (target.clone(), None),
+            })
+            .collect();
+        if self.keep_unlisted {
+            let hidden = self.hidden();
+            for name in source_columns {
+                if !hidden.contains(name) && !self.columns.contains_key(name) {
+                    out.push((name.to_owned(), Some(name.to_owned())));
+                }
+            }
+        }
+        out
+    }
+}
+
 /// How a target column gets its value.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged, deny_unknown_fields)]

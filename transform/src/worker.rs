@@ -45,7 +45,9 @@ pub enum WorkerError {
     Envelope(#[from] pgm_common::envelope::EnvelopeError),
     #[error("{0}; fix the rule and restart: the worker resumes at this record")]
     Rewrite(#[from] crate::rewrite::RewriteError),
-    #[error("output for {topic}[{partition}] offset {offset} was not acknowledged: {error}; its offset was not committed")]
+    #[error(
+        "output for {topic}[{partition}] offset {offset} was not acknowledged: {error}; its offset was not committed"
+    )]
     Delivery { topic: String, partition: i32, offset: i64, error: KafkaError },
     #[error("configuration: {0}")]
     Config(String),
@@ -93,7 +95,8 @@ impl Worker {
         let topics = config.topics();
         let tables = config.tables();
         if tables.is_empty() {
-            let prefix: String = topics.prefix().chars().map(|c| if c == '.' { "\\.".to_owned() } else { c.to_string() }).collect();
+            let prefix: String =
+                topics.prefix().chars().map(|c| if c == '.' { "\\.".to_owned() } else { c.to_string() }).collect();
             consumer.subscribe(&[&format!("^{prefix}\\.raw\\..*")])?;
         } else {
             let names: Vec<String> = tables
@@ -107,7 +110,11 @@ impl Worker {
         Ok(Worker { consumer, producer, program, metrics, config: config.clone(), out_topics: HashMap::new() })
     }
 
-    async fn out_topic(&mut self, raw_topic: &str, source: &pgm_common::change::TableRef) -> Result<String, WorkerError> {
+    async fn out_topic(
+        &mut self,
+        raw_topic: &str,
+        source: &pgm_common::change::TableRef,
+    ) -> Result<String, WorkerError> {
         if let Some(topic) = self.out_topics.get(raw_topic) {
             return Ok(topic.clone());
         }
@@ -135,7 +142,10 @@ impl Worker {
     fn store(&self, topic: &str, partition: i32, offset: i64) {
         match self.consumer.store_offset(topic, partition, offset + 1) {
             Ok(()) => {
-                self.metrics.position.get_or_create(&PartitionLabel { topic: topic.to_owned(), partition }).set(offset + 1);
+                self.metrics
+                    .position
+                    .get_or_create(&PartitionLabel { topic: topic.to_owned(), partition })
+                    .set(offset + 1);
             }
             // The partition was revoked meanwhile: its next owner reprocesses from the last commit (same keys).
             Err(error) => tracing::debug!(%error, topic, partition, "offset not stored"),

@@ -60,7 +60,10 @@ fn inputs() -> Vec<RawRecord> {
     include_str!("golden/input.jsonl")
         .lines()
         .enumerate()
-        .map(|(i, line)| RawRecord::decode(line.as_bytes(), RecordOrigin { topic: "golden", partition: 0, offset: i as i64 }).unwrap())
+        .map(|(i, line)| {
+            RawRecord::decode(line.as_bytes(), RecordOrigin { topic: "golden", partition: 0, offset: i as i64 })
+                .unwrap()
+        })
         .collect()
 }
 
