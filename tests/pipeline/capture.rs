@@ -66,6 +66,7 @@ dbname = "{db}"
 brokers = "{brokers}"
 [kafka.librdkafka]
 "message.timeout.ms" = "600000"
+"batch.num.messages" = "1"
 [topics]
 prefix = "{prefix}"
 partitions = 3

@@ -177,3 +177,42 @@ async fn pipelined_produce_keeps_every_record() -> anyhow::Result<()> {
     assert_eq!(records.len(), 3000, "read_all must not trust the high watermark");
     Ok(())
 }
+
+/// tansu 0.6.0 cannot resume a group from a committed offset that falls inside a multi-record batch (the fetch
+/// returns nothing; Kafka has no such limit). With one record per batch (`batch.num.messages = 1`, which the
+/// example configuration and every test configuration set for tansu) resuming works: this test pins that.
+#[tokio::test(flavor = "multi_thread")]
+async fn group_resumes_mid_topic_when_produced_one_record_per_batch() -> anyhow::Result<()> {
+    let kafka = KafkaConfig { brokers: shared_brokers()?, librdkafka: Default::default() };
+    let topic = unique("batches");
+    create_topic(&kafka, &topic, 1).await?;
+    let one = KafkaConfig {
+        brokers: kafka.brokers.clone(),
+        librdkafka: [("batch.num.messages".to_string(), "1".to_string())].into(),
+    };
+    let producer = kafka::producer(&one, "p")?;
+    let mut futures = Vec::new();
+    for i in 0..3000u32 {
+        let key = format!("{i:06}");
+        futures.push(
+            producer.send_result(FutureRecord::to(&topic).key(&key).payload(&key).partition(0)).map_err(|(e, _)| e)?,
+        );
+    }
+    for f in futures {
+        f.await?.map_err(|(e, _)| e)?;
+    }
+    let group = unique("g");
+    let first = consume(&kafka, &topic, &group, 1234).await?;
+    let consumer = kafka::consumer(&kafka, "c", &group)?;
+    consumer.subscribe(&[&topic])?;
+    let mut rest = Vec::new();
+    while let Ok(Ok(m)) =
+        tokio::time::timeout(Duration::from_secs(if rest.is_empty() { 30 } else { 5 }), consumer.recv()).await
+    {
+        rest.push((m.offset(), String::from_utf8_lossy(m.key().unwrap()).into_owned()));
+    }
+    assert_eq!(first.last().map(String::as_str), Some("001233"));
+    assert_eq!(rest.len(), 3000 - 1234);
+    assert_eq!(rest.first(), Some(&(1234, "001234".to_owned())));
+    Ok(())
+}

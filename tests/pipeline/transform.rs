@@ -36,7 +36,7 @@ fn write_config(
         format!(
             "[source]\nhost = \"127.0.0.1\"\nport = {port}\nuser = \"postgres\"\ndbname = \"{db1}\"\n\
              [target]\nhost = \"127.0.0.1\"\nport = {port}\nuser = \"postgres\"\ndbname = \"{db2}\"\n\
-             [kafka]\nbrokers = \"{brokers}\"\n[kafka.librdkafka]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"\n\
+             [kafka]\nbrokers = \"{brokers}\"\n[kafka.librdkafka]\n\"batch.num.messages\" = \"1\"\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"\n\
              [topics]\nprefix = \"{prefix}\"\npartitions = 4\n[tables]\ninclude = {tables:?}\n\
              [transform]\n{rules}group_id = \"{group}\"\nmetrics_addr = \"127.0.0.1:0\"\n",
             port = pg.port(),
@@ -194,7 +194,6 @@ fn start_worker(config: &Path, log: &Path) -> anyhow::Result<Child> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "under investigation: keys missing after a kill on tansu"]
 async fn two_workers_one_killed_every_key_arrives_and_repeats_are_identical() -> anyhow::Result<()> {
     const RECORDS: u64 = 100_000;
     let pg = PgCluster::start()?;
@@ -213,7 +212,10 @@ async fn two_workers_one_killed_every_key_arrives_and_repeats_are_identical() ->
     )?;
     let config = write_config(dir.path(), &pg, (&db, &db), &brokers, &prefix, Some(&rules), &["public.items"])?;
 
-    let kafka_config = KafkaConfig { brokers: brokers.clone(), librdkafka: Default::default() };
+    let kafka_config = KafkaConfig {
+        brokers: brokers.clone(),
+        librdkafka: [("batch.num.messages".to_owned(), "1".to_owned())].into(),
+    };
     let raw_topic = format!("{prefix}.raw.public.items");
     let admin = kafka::admin(&kafka_config, "tests")?;
     for result in
@@ -266,12 +268,24 @@ async fn two_workers_one_killed_every_key_arrives_and_repeats_are_identical() ->
         if by_key.len() as u64 >= RECORDS {
             break (records, by_key);
         }
-        ensure!(
-            Instant::now() < deadline,
-            "only {} of {RECORDS} keys arrived; worker log:\n{}",
-            by_key.len(),
-            std::fs::read_to_string(dir.path().join("w2.log")).unwrap_or_default()
-        );
+        if Instant::now() >= deadline {
+            let mut missing = [0u64; 4];
+            for i in 0..RECORDS {
+                if !by_key.contains_key(raw_record(i).pos.to_key().as_bytes()) {
+                    missing[(i % 4) as usize] += 1;
+                }
+            }
+            let logs: String = ["w1.log", "w2.log", "w1-restarted.log"]
+                .iter()
+                .map(|name| {
+                    format!("--- {name}\n{}", std::fs::read_to_string(dir.path().join(name)).unwrap_or_default())
+                })
+                .collect();
+            anyhow::bail!(
+                "only {} of {RECORDS} keys arrived; missing per raw partition {missing:?}\n{logs}",
+                by_key.len()
+            );
+        }
     };
     for worker in [&mut first, &mut second] {
         worker.kill()?;
