@@ -147,10 +147,14 @@ pub fn run(rules: &RulesFile, carried: &[TableRef], source: &Catalog, target: &C
                 );
             }
             if let Some(filter) = &target_rule.filter {
-                let reads_non_key = source_info
-                    .columns
-                    .iter()
-                    .any(|c| !source_info.key.contains(&c.name) && filter.contains(c.name.as_str()));
+                // The same reading of the expression as compile and run use (a filter that does not compile is
+                // reported by the compile finding above).
+                let columns: Vec<(String, u32)> =
+                    source_info.columns.iter().map(|c| (c.name.clone(), c.type_oid)).collect();
+                let inputs = crate::expr::compile(&crate::expr::engine(), filter, &columns)
+                    .map(|e| e.inputs)
+                    .unwrap_or_default();
+                let reads_non_key = inputs.iter().any(|c| !source_info.key.contains(c));
                 if reads_non_key && !source_info.replica_full {
                     problems += 1;
                     push(

@@ -6,8 +6,6 @@
 //! Results go back to PostgreSQL text: integers and decimals as digits, booleans `t`/`f`, `()` → NULL.
 //! The engine has no time, no modules, no eval, no printing, and limits on operations, sizes and depth.
 
-use std::str::FromStr;
-
 use rhai::{Dynamic, Engine, Scope, AST};
 use rust_decimal::Decimal;
 
@@ -136,11 +134,6 @@ pub fn from_dynamic(value: &Dynamic) -> Result<(Option<String>, &'static str), S
         return Ok((Some(value.to_string()), "text"));
     }
     Err(format!("expression produced a {}, not a scalar", value.type_name()))
-}
-
-/// Parses a decimal the way `to_dynamic` does; exposed for tests.
-pub fn decimal(text: &str) -> Option<Decimal> {
-    Decimal::from_str(text).ok()
 }
 
 #[cfg(test)]
