@@ -317,3 +317,97 @@ async fn two_workers_one_killed_every_key_arrives_and_repeats_are_identical() ->
     eprintln!("two workers: {RECORDS} keys, {} out records ({repeats} repeats)", records.len());
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_record_stops_the_worker_and_it_resumes_there_after_the_rule_is_fixed() -> anyhow::Result<()> {
+    let pg = PgCluster::start()?;
+    let db = pg.create_database("items").await?;
+    pg.connect(&db)
+        .await?
+        .batch_execute("CREATE TABLE items (id bigint PRIMARY KEY, price_cents text, name text)")
+        .await?;
+    let brokers = shared_brokers()?;
+    let prefix = unique("tp");
+    let dir = tempfile::tempdir()?;
+    let rules = dir.path().join("rules.toml");
+    let write_rules = |convert: &str| {
+        std::fs::write(
+            &rules,
+            format!("[[table]]\nsource = \"public.items\"\n[[table.target]]\ntable = \"public.products\"\n[table.target.columns]\nprice = {{ from = \"price_cents\", convert = \"{convert}\" }}\n"),
+        )
+    };
+    write_rules("cents_to_numeric")?;
+    let config = write_config(dir.path(), &pg, (&db, &db), &brokers, &prefix, Some(&rules), &["public.items"])?;
+
+    let kafka_config = KafkaConfig {
+        brokers: brokers.clone(),
+        librdkafka: [("batch.num.messages".to_owned(), "1".to_owned())].into(),
+    };
+    let raw_topic = format!("{prefix}.raw.public.items");
+    let admin = kafka::admin(&kafka_config, "tests")?;
+    for result in
+        admin.create_topics(&[NewTopic::new(&raw_topic, 4, TopicReplication::Fixed(1))], &AdminOptions::new()).await?
+    {
+        result.map_err(|(t, e)| anyhow::anyhow!("{t}: {e}"))?;
+    }
+    let producer = kafka::producer(&kafka_config, "tests")?;
+    for i in 0..20u64 {
+        let mut raw = raw_record(i);
+        if i == 10 {
+            raw.new.0[1].value = Datum::Text("secret-not-cents".into());
+        }
+        let key = raw.pos.to_key();
+        let payload = serde_json::to_vec(&raw)?;
+        producer
+            .send(FutureRecord::to(&raw_topic).partition(0).key(&key).payload(&payload), Duration::from_secs(10))
+            .await
+            .map_err(|(e, _)| e)?;
+    }
+
+    // The worker stops at record 10, naming rule, position and column, not the value.
+    let output = tokio::task::block_in_place(|| {
+        Command::new(env!("CARGO_BIN_EXE_pgm-test-transform")).arg("--config").arg(&config).arg("run").output()
+    })?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    let poison = raw_record(10).pos;
+    assert!(
+        stderr.contains(&poison.to_string())
+            && stderr.contains("column price")
+            && stderr.contains("\"public\".\"items\" → \"public\".\"products\""),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("secret-not-cents"), "the value must not be logged:\n{stderr}");
+    let out_topic = format!("{prefix}.out.public.items");
+    let keys = |records: &[pgm_test_support::kafka::Record]| -> std::collections::BTreeSet<Vec<u8>> {
+        records.iter().map(|r| r.key.clone()).collect()
+    };
+    let before: std::collections::BTreeSet<Vec<u8>> =
+        (0..10).map(|i| raw_record(i).pos.to_key().into_bytes()).collect();
+    let out = tokio::task::block_in_place(|| read_all(&brokers, &out_topic))?;
+    assert_eq!(keys(&out), before, "exactly the records before the poison record are out");
+
+    // Fixed rule: the worker resumes at the poison record and finishes the partition.
+    write_rules("text")?;
+    let mut worker = start_worker(&config, &dir.path().join("fixed.log"))?;
+    let all: std::collections::BTreeSet<Vec<u8>> = (0..20).map(|i| raw_record(i).pos.to_key().into_bytes()).collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = tokio::task::block_in_place(|| read_all(&brokers, &out_topic))?;
+        if keys(&out) == all {
+            break;
+        }
+        if Instant::now() >= deadline {
+            let missing: Vec<String> =
+                all.difference(&keys(&out)).map(|k| String::from_utf8_lossy(k).into_owned()).collect();
+            anyhow::bail!(
+                "after the fix {} of 20 keys are out, missing {missing:?}; worker log:\n{}",
+                keys(&out).len(),
+                std::fs::read_to_string(dir.path().join("fixed.log")).unwrap_or_default()
+            );
+        }
+    }
+    worker.kill()?;
+    worker.wait()?;
+    Ok(())
+}

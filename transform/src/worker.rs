@@ -140,7 +140,9 @@ impl Worker {
     }
 
     fn store(&self, topic: &str, partition: i32, offset: i64) {
-        match self.consumer.store_offset(topic, partition, offset + 1) {
+        // librdkafka's rd_kafka_offset_store takes the offset of the last processed message and stores offset + 1
+        // itself: passing offset + 1 here would skip a record on every resume.
+        match self.consumer.store_offset(topic, partition, offset) {
             Ok(()) => {
                 self.metrics
                     .position
