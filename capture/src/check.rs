@@ -1,44 +1,13 @@
 //! `pgm-capture check`: is DB1 ready for capture? Each finding carries the SQL or setting that fixes it.
 
-use std::fmt;
-
 use pgm_common::config::PipelineConfig;
+pub use pgm_common::findings::{Finding, Level};
 
 use crate::slot;
 use crate::CaptureError;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Level {
-    Ok,
-    Warn,
-    Fail,
-}
-
-#[derive(Clone, Debug)]
-pub struct Finding {
-    pub level: Level,
-    pub item: String,
-    pub detail: String,
-    pub fix: Option<String>,
-}
-
-impl fmt::Display for Finding {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let level = match self.level {
-            Level::Ok => "ok  ",
-            Level::Warn => "WARN",
-            Level::Fail => "FAIL",
-        };
-        write!(f, "{level}  {:<32} {}", self.item, self.detail)?;
-        if let Some(fix) = &self.fix {
-            write!(f, "\n      fix: {fix}")?;
-        }
-        Ok(())
-    }
-}
-
 fn finding(level: Level, item: impl Into<String>, detail: impl Into<String>, fix: Option<String>) -> Finding {
-    Finding { level, item: item.into(), detail: detail.into(), fix }
+    Finding::new(level, item, detail, fix)
 }
 
 fn sql_err(what: &str) -> impl Fn(tokio_postgres::Error) -> CaptureError + '_ {

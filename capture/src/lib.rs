@@ -100,14 +100,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Run => run_stream(config).await,
             Command::Check => {
                 let findings = check::run(&config).await?;
-                for finding in &findings {
-                    println!("{finding}");
-                }
-                let failed = findings.iter().filter(|f| f.level == check::Level::Fail).count();
-                if failed > 0 {
-                    anyhow::bail!("{failed} check(s) failed on {}", config.source.describe());
-                }
-                Ok(())
+                pgm_common::findings::report(&findings)
+                    .map_err(|failed| anyhow::anyhow!("{failed} on {}", config.source.describe()))
             }
             Command::Slot { action } => {
                 let out = match action {

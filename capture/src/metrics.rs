@@ -24,10 +24,8 @@ pub struct TableLabel {
 }
 
 impl TableLabel {
-    /// `schema.table`, escaped for the Prometheus text format (prometheus-client 0.24 writes label values as is).
     pub fn new(table: &pgm_common::change::TableRef) -> Self {
-        let text = format!("{}.{}", table.schema, table.table);
-        TableLabel { table: text.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n") }
+        TableLabel { table: pgm_common::telemetry::table_label(table) }
     }
 }
 

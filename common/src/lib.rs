@@ -23,6 +23,7 @@ pub mod change;
 pub mod cli;
 pub mod config;
 pub mod envelope;
+pub mod findings;
 pub mod kafka;
 pub mod lsn;
 pub mod telemetry;

@@ -54,6 +54,12 @@ pub fn shutdown_on_signals(shutdown: CancellationToken) {
     });
 }
 
+/// A table as a metric label value: `schema.table`, escaped for the Prometheus text format (prometheus-client
+/// writes label values as they are).
+pub fn table_label(table: &crate::change::TableRef) -> String {
+    format!("{}.{}", table.schema, table.table).replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
 /// Liveness reported by `/healthz`.
 #[derive(Clone, Debug)]
 pub struct Health(Arc<AtomicBool>);

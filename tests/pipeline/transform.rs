@@ -183,6 +183,22 @@ fn raw_record(i: u64) -> RawRecord {
     }
 }
 
+/// The 4-partition raw topic of `public.items` and a producer writing one record per batch (for tansu).
+async fn items_raw_topic(brokers: &str, prefix: &str) -> anyhow::Result<(String, rdkafka::producer::FutureProducer)> {
+    let kafka_config = KafkaConfig {
+        brokers: brokers.to_owned(),
+        librdkafka: [("batch.num.messages".to_owned(), "1".to_owned())].into(),
+    };
+    let raw_topic = format!("{prefix}.raw.public.items");
+    let admin = kafka::admin(&kafka_config, "tests")?;
+    for result in
+        admin.create_topics(&[NewTopic::new(&raw_topic, 4, TopicReplication::Fixed(1))], &AdminOptions::new()).await?
+    {
+        result.map_err(|(t, e)| anyhow::anyhow!("{t}: {e}"))?;
+    }
+    Ok((raw_topic, kafka::producer(&kafka_config, "tests")?))
+}
+
 fn start_worker(config: &Path, log: &Path) -> anyhow::Result<Child> {
     Ok(Command::new(env!("CARGO_BIN_EXE_pgm-test-transform"))
         .arg("--config")
@@ -212,18 +228,7 @@ async fn two_workers_one_killed_every_key_arrives_and_repeats_are_identical() ->
     )?;
     let config = write_config(dir.path(), &pg, (&db, &db), &brokers, &prefix, Some(&rules), &["public.items"])?;
 
-    let kafka_config = KafkaConfig {
-        brokers: brokers.clone(),
-        librdkafka: [("batch.num.messages".to_owned(), "1".to_owned())].into(),
-    };
-    let raw_topic = format!("{prefix}.raw.public.items");
-    let admin = kafka::admin(&kafka_config, "tests")?;
-    for result in
-        admin.create_topics(&[NewTopic::new(&raw_topic, 4, TopicReplication::Fixed(1))], &AdminOptions::new()).await?
-    {
-        result.map_err(|(t, e)| anyhow::anyhow!("{t}: {e}"))?;
-    }
-    let producer = kafka::producer(&kafka_config, "tests")?;
+    let (raw_topic, producer) = items_raw_topic(&brokers, &prefix).await?;
     let mut partition_of = HashMap::new();
     let mut deliveries = Vec::with_capacity(RECORDS as usize);
     for i in 0..RECORDS {
@@ -339,18 +344,7 @@ async fn a_poison_record_stops_the_worker_and_it_resumes_there_after_the_rule_is
     write_rules("cents_to_numeric")?;
     let config = write_config(dir.path(), &pg, (&db, &db), &brokers, &prefix, Some(&rules), &["public.items"])?;
 
-    let kafka_config = KafkaConfig {
-        brokers: brokers.clone(),
-        librdkafka: [("batch.num.messages".to_owned(), "1".to_owned())].into(),
-    };
-    let raw_topic = format!("{prefix}.raw.public.items");
-    let admin = kafka::admin(&kafka_config, "tests")?;
-    for result in
-        admin.create_topics(&[NewTopic::new(&raw_topic, 4, TopicReplication::Fixed(1))], &AdminOptions::new()).await?
-    {
-        result.map_err(|(t, e)| anyhow::anyhow!("{t}: {e}"))?;
-    }
-    let producer = kafka::producer(&kafka_config, "tests")?;
+    let (raw_topic, producer) = items_raw_topic(&brokers, &prefix).await?;
     for i in 0..20u64 {
         let mut raw = raw_record(i);
         if i == 10 {

@@ -1,42 +1,11 @@
 //! `pgm-transform check`: the rules against DB1's and DB2's catalogs, as findings with fixes.
 
-use std::fmt;
-
 use pgm_common::change::TableRef;
+pub use pgm_common::findings::{Finding, Level};
 
 use crate::catalog::Catalog;
 use crate::rewrite::Program;
 use crate::rules::{RulesFile, Unmatched};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Level {
-    Ok,
-    Warn,
-    Fail,
-}
-
-#[derive(Clone, Debug)]
-pub struct Finding {
-    pub level: Level,
-    pub rule: String,
-    pub detail: String,
-    pub fix: Option<String>,
-}
-
-impl fmt::Display for Finding {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let level = match self.level {
-            Level::Ok => "ok  ",
-            Level::Warn => "WARN",
-            Level::Fail => "FAIL",
-        };
-        write!(f, "{level}  {:<40} {}", self.rule, self.detail)?;
-        if let Some(fix) = &self.fix {
-            write!(f, "\n      fix: {fix}")?;
-        }
-        Ok(())
-    }
-}
 
 fn parse(name: &str) -> Option<TableRef> {
     let (schema, table) = name.split_once('.')?;
@@ -47,7 +16,7 @@ fn parse(name: &str) -> Option<TableRef> {
 pub fn run(rules: &RulesFile, carried: &[TableRef], source: &Catalog, target: &Catalog) -> Vec<Finding> {
     let mut findings = Vec::new();
     let mut push = |level, rule: &str, detail: String, fix: Option<String>| {
-        findings.push(Finding { level, rule: rule.to_owned(), detail, fix });
+        findings.push(Finding::new(level, rule, detail, fix));
     };
     match Program::compile(rules, source) {
         Ok(_) => push(Level::Ok, "rules", "compile against DB1".into(), None),

@@ -106,14 +106,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 let source = load_catalog(&config.source).await?;
                 let target = load_catalog(&config.target).await?;
                 let findings = check::run(&rules, &config.tables(), &source, &target);
-                for finding in &findings {
-                    println!("{finding}");
-                }
-                let failed = findings.iter().filter(|f| f.level == check::Level::Fail).count();
-                if failed > 0 {
-                    anyhow::bail!("{failed} finding(s) failed");
-                }
-                Ok(())
+                pgm_common::findings::report(&findings).map_err(anyhow::Error::msg)
             }
             Command::Scaffold => {
                 let source = load_catalog(&config.source).await?;

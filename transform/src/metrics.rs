@@ -44,8 +44,6 @@ impl TransformMetrics {
     }
 }
 
-/// `schema.table`, escaped for the Prometheus text format.
 pub fn table_label(table: &pgm_common::change::TableRef) -> TableLabel {
-    let text = format!("{}.{}", table.schema, table.table);
-    TableLabel { table: text.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n") }
+    TableLabel { table: pgm_common::telemetry::table_label(table) }
 }
