@@ -53,7 +53,12 @@ struct Progress {
     received: Lsn,
     flushed: Lsn,
     server_end: Lsn,
+    /// When the last status update went out.
+    reported_at: Instant,
 }
+
+/// After an acknowledgement, report at most this often (besides the timer): a restart then repeats less.
+const EAGER_FEEDBACK: Duration = Duration::from_millis(100);
 
 /// Streams from the slot until `shutdown` or an error. Resumes at the slot's confirmed_flush_lsn.
 pub async fn run(
@@ -78,7 +83,8 @@ pub async fn run(
 
     // server_end only ever comes from the stream: the walsender's sent position, which a heartbeat may vouch for.
     // IDENTIFY_SYSTEM's position is DB1's flush point, possibly ahead of a backlog not yet streamed.
-    let mut progress = Progress { received: Lsn::ZERO, flushed: Lsn::ZERO, server_end: Lsn::ZERO };
+    let mut progress =
+        Progress { received: Lsn::ZERO, flushed: Lsn::ZERO, server_end: Lsn::ZERO, reported_at: Instant::now() };
     let mut feedback = tokio::time::interval(feedback_every);
     feedback.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let heartbeat_every = Duration::from_millis(config.capture.heartbeat_interval_ms.max(100));
@@ -93,7 +99,7 @@ pub async fn run(
                 if let Some(lsn) = publisher.drain().await? {
                     progress.flushed = progress.flushed.max(lsn);
                 }
-                send_feedback(&mut stream, &progress, &metrics).await?;
+                send_feedback(&mut stream, &mut progress, &metrics).await?;
                 tracing::info!(flushed = %progress.flushed, "confirmed to the slot; stopped");
                 return Ok(());
             }
@@ -102,6 +108,9 @@ pub async fn run(
                 if let Some(lsn) = ack? {
                     progress.flushed = progress.flushed.max(lsn);
                     metrics.flushed_lsn.set(progress.flushed.0 as i64);
+                    if progress.reported_at.elapsed() >= EAGER_FEEDBACK {
+                        send_feedback(&mut stream, &mut progress, &metrics).await?;
+                    }
                 }
             }
             // 3. Feedback on a timer; heartbeats while idle.
@@ -110,7 +119,7 @@ pub async fn run(
                     publisher.heartbeat(progress.server_end).await?;
                     last_heartbeat = Instant::now();
                 }
-                send_feedback(&mut stream, &progress, &metrics).await?;
+                send_feedback(&mut stream, &mut progress, &metrics).await?;
             }
             // 4. Input, while there is room in flight.
             message = stream.recv(), if !publisher.is_full() => {
@@ -131,7 +140,7 @@ pub async fn run(
                             metrics.flushed_lsn.set(progress.flushed.0 as i64);
                         }
                         if reply_requested {
-                            send_feedback(&mut stream, &progress, &metrics).await?;
+                            send_feedback(&mut stream, &mut progress, &metrics).await?;
                         }
                     }
                 }
@@ -152,11 +161,12 @@ async fn publish(publisher: &mut Publisher, change: Change) -> Result<(), Captur
 
 async fn send_feedback(
     stream: &mut ReplicationStream,
-    progress: &Progress,
+    progress: &mut Progress,
     metrics: &CaptureMetrics,
 ) -> Result<(), CaptureError> {
     let written = progress.received.max(progress.flushed);
     stream.send_status(written, progress.flushed, progress.flushed, false).await?;
+    progress.reported_at = Instant::now();
     metrics.lag_bytes.set(progress.server_end.bytes_since(progress.flushed) as i64);
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
     metrics.last_feedback.set(now);

@@ -57,7 +57,12 @@ pub fn shutdown_on_signals(shutdown: CancellationToken) {
 /// A table as a metric label value: `schema.table`, escaped for the Prometheus text format (prometheus-client
 /// writes label values as they are).
 pub fn table_label(table: &crate::change::TableRef) -> String {
-    format!("{}.{}", table.schema, table.table).replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    label_value(&format!("{}.{}", table.schema, table.table))
+}
+
+/// Any text as a metric label value, escaped for the Prometheus text format.
+pub fn label_value(text: &str) -> String {
+    text.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
 /// Liveness reported by `/healthz`.

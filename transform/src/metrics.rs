@@ -1,4 +1,5 @@
 //! pgm-transform's metrics. Labels: table, rule, topic-partition (bounded), never keys or values.
+//! Label values are escaped for the Prometheus text format (prometheus-client writes them as they are).
 
 use std::sync::{Arc, Mutex};
 
@@ -19,6 +20,12 @@ pub struct TableLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RuleLabel {
+    /// `source → target`, as error messages name it.
+    pub rule: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PartitionLabel {
     pub topic: String,
     pub partition: i32,
@@ -28,7 +35,7 @@ pub struct PartitionLabel {
 pub struct TransformMetrics {
     pub records: Family<TableLabel, Counter>,
     pub ops: Family<TableLabel, Counter>,
-    pub errors: Family<TableLabel, Counter>,
+    pub errors: Family<RuleLabel, Counter>,
     /// Next offset to read per input partition, once its output is acknowledged.
     pub position: Family<PartitionLabel, Gauge>,
 }
@@ -38,7 +45,7 @@ impl TransformMetrics {
         let mut registry = Registry::default();
         registry.register(RECORDS, "Raw records transformed, by source table", self.records.clone());
         registry.register(OPS, "Target operations produced, by source table", self.ops.clone());
-        registry.register(ERRORS, "Records the rules could not transform, by source table", self.errors.clone());
+        registry.register(ERRORS, "Records the rules could not transform, by rule", self.errors.clone());
         registry.register(POSITION, "Acknowledged position per input partition", self.position.clone());
         Arc::new(Mutex::new(registry))
     }
@@ -46,4 +53,8 @@ impl TransformMetrics {
 
 pub fn table_label(table: &pgm_common::change::TableRef) -> TableLabel {
     TableLabel { table: pgm_common::telemetry::table_label(table) }
+}
+
+pub fn rule_label(rule: &str) -> RuleLabel {
+    RuleLabel { rule: pgm_common::telemetry::label_value(rule) }
 }

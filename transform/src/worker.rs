@@ -31,7 +31,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::ClientContext;
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::{table_label, PartitionLabel, TransformMetrics};
+use crate::metrics::{rule_label, table_label, PartitionLabel, TransformMetrics};
 use crate::rewrite::Program;
 
 /// Outputs in flight before the worker stops reading.
@@ -188,7 +188,7 @@ impl Worker {
                     let out = match self.program.rewrite(&raw) {
                         Ok(out) => out,
                         Err(error) => {
-                            self.metrics.errors.get_or_create(&label).inc();
+                            self.metrics.errors.get_or_create(&rule_label(&error.failure().rule)).inc();
                             break Err(error.into());
                         }
                     };
