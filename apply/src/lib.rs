@@ -2,15 +2,27 @@
 //!
 //! ```text
 //!   <prefix>.txn (begin, commit + counts) ──┐
-//!                                           ├─▶ merge by position ──▶ batched SQL ──▶ DB2 (+ pgm.progress, same txn)
+//!                                           ├─▶ merge by position ──▶ batched SQL ──▶ DB2 (+ pgm.apply_progress, same txn)
 //!   <prefix>.out.<s>.<t> [all partitions] ──┘                                              │
 //!                                              consumer offsets committed after DB2 commit ◀┘
 //! ```
 //!
-//! Issue #5 builds the merge and writer; this crate currently holds its command line only.
+//! `reader` reads Kafka (txn topic, out partitions merged per transaction), `writer` turns target operations into
+//! batched statements, `catalog` knows DB2's column types, `progress` owns the `pgm` schema, `service` runs the
+//! loop, `metrics` names what is measured. Operator commands (pause, resume, status, reset) are below.
+
+pub mod catalog;
+pub mod metrics;
+pub mod progress;
+pub mod reader;
+pub mod service;
+pub mod writer;
 
 use clap::{Parser, Subcommand};
+use pgm_common::change::TableRef;
 use pgm_common::cli::GlobalArgs;
+use pgm_common::config::PipelineConfig;
+use pgm_common::{Lsn, Position};
 
 #[derive(Debug, Parser)]
 #[command(name = "pgm-apply", version, about = "Applies the transformed change stream to DB2 in source commit order")]
@@ -25,22 +37,22 @@ pub struct Cli {
 pub enum Command {
     /// Apply until stopped (or until --until).
     Run {
-        /// Stop after applying the transaction at this source LSN.
+        /// Stop once every source transaction committed at or before this LSN is applied (and none after it).
         #[arg(long, env = "PGM_APPLY_UNTIL")]
-        until: Option<String>,
+        until: Option<Lsn>,
     },
-    /// Pause durably at the next transaction boundary.
+    /// Pause durably: the running apply stops at its next transaction boundary, and stays paused across restarts.
     Pause,
     /// Resume a paused apply.
     Resume,
     /// Applied position, its source commit time, lag, paused state, last error.
     Status,
-    /// Move the applied position back for a deliberate replay.
+    /// Move the applied position back (or forward) for a deliberate replay; apply must be stopped.
     Reset {
-        /// The position to replay from.
+        /// An LSN (`16/B374D848`: transactions committed at or before it count as applied) or a position key.
         #[arg(long)]
         to: String,
-        /// Reset even when DB2 already holds later data.
+        /// Reset even when DB2 already holds changes after that position (they would be applied again).
         #[arg(long)]
         force: bool,
     },
@@ -49,13 +61,198 @@ pub enum Command {
 #[cfg(test)]
 const HELP_SUBCOMMANDS: &[&str] = &["run", "pause", "resume", "status", "reset"];
 
+/// Why apply stopped. [`ApplyError::is_transient`] tells whether a new session can help.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("cannot connect: {0}")]
+    Connect(String),
+    /// `code` is the SQLSTATE when the server answered; none when the connection failed.
+    #[error("DB2: {}{message}", code.as_deref().map(|c| format!("{c} ")).unwrap_or_default())]
+    Db { code: Option<String>, message: String },
+    #[error("Kafka: {0}")]
+    Kafka(String),
+    #[error("stream: {0}")]
+    Stream(String),
+    #[error("target: {0}")]
+    Target(String),
+    #[error("{0}")]
+    Refused(String),
+    /// DB2 refused a statement: position(s), table, key columns and the SQL error — never row values.
+    #[error("DB2 refused the {op} of {table} (key {key}) at source position {at}: {sql_error}. Nothing after the last \
+             committed transaction was marked applied; fix DB2 (or the rules) and restart pgm-apply to continue from there")]
+    Statement { op: String, table: TableRef, key: String, at: String, sql_error: String, single: bool },
+}
+
+impl ApplyError {
+    pub fn db(error: tokio_postgres::Error) -> Self {
+        match error.as_db_error() {
+            // The message only: DETAIL lines may quote row values.
+            Some(db) => ApplyError::Db { code: Some(db.code().code().to_owned()), message: db.message().to_owned() },
+            None => ApplyError::Db { code: None, message: error.to_string() },
+        }
+    }
+
+    /// Connection and broker trouble, and DB2 errors a retry can clear; not data or configuration errors.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ApplyError::Connect(_) | ApplyError::Kafka(_) => true,
+            ApplyError::Db { code, .. } => code.as_deref().is_none_or(is_transient_sql_state),
+            _ => false,
+        }
+    }
+}
+
+/// SQLSTATE classes a new session may get past: connection, resources, operator intervention, serialization.
+pub fn is_transient_sql_state(code: &str) -> bool {
+    ["08", "40", "53", "57", "58"].iter().any(|class| code.starts_with(class))
+}
+
+/// `16/B374D848` (all of that transaction applied) or a position key.
+fn parse_position(text: &str) -> anyhow::Result<Position> {
+    if let Ok(lsn) = text.parse::<Lsn>() {
+        return Ok(Position::new(lsn, Position::COMMIT));
+    }
+    Position::from_key(text.as_bytes()).map_err(|e| anyhow::anyhow!("--to {text:?}: not an LSN like 16/B374D848 ({e})"))
+}
+
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let config = cli.global.start()?;
-    tracing::info!(target_db = %config.target.describe(), group = %config.apply.group_id, "configuration loaded");
-    anyhow::bail!(
-        "pgm-apply {:?} is not built yet (issue #5); this release only validates the configuration",
-        cli.command
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Run { until } => run_service(config, until).await,
+            Command::Pause => {
+                let client = connect(&config).await?;
+                progress::set_paused(&client, &config.topics.prefix, true).await?;
+                let running = progress::running_pid(&client, &config.topics.prefix).await?;
+                println!(
+                    "pipeline {:?} paused{}",
+                    config.topics.prefix,
+                    if running.is_some() { "; the running apply stops at its next transaction boundary" } else { "" }
+                );
+                Ok(())
+            }
+            Command::Resume => {
+                let client = connect(&config).await?;
+                progress::set_paused(&client, &config.topics.prefix, false).await?;
+                println!("pipeline {:?} resumed", config.topics.prefix);
+                Ok(())
+            }
+            Command::Status => status(&config).await,
+            Command::Reset { to, force } => reset(&config, &to, force).await,
+        }
+    })
+}
+
+async fn connect(config: &PipelineConfig) -> anyhow::Result<tokio_postgres::Client> {
+    let (client, connection) = config
+        .target
+        .to_tokio_postgres("pgm-apply")
+        .connect(tokio_postgres::NoTls)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot connect to DB2 {}: {e}", config.target.describe()))?;
+    tokio::spawn(connection);
+    progress::prepare(&client, &config.topics.prefix).await?;
+    Ok(client)
+}
+
+async fn run_service(config: PipelineConfig, until: Option<Lsn>) -> anyhow::Result<()> {
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    pgm_common::telemetry::shutdown_on_signals(shutdown.clone());
+    let metrics = metrics::ApplyMetrics::default();
+    let health = pgm_common::telemetry::Health::default();
+    let (bound, _server) = pgm_common::telemetry::serve_metrics(
+        config.apply.metrics_addr.parse()?,
+        metrics.register(),
+        health.clone(),
+        shutdown.clone(),
     )
+    .await?;
+    tracing::info!(metrics = %bound, target_db = %config.target.describe(), pipeline = %config.topics.prefix, "pgm-apply starting");
+    let result = service::run(&config, until, metrics, shutdown.clone()).await;
+    health.set_alive(false);
+    shutdown.cancel();
+    if let Err(error) = &result {
+        tracing::error!(%error, "apply stopped");
+    }
+    Ok(result?)
+}
+
+async fn status(config: &PipelineConfig) -> anyhow::Result<()> {
+    let client = connect(config).await?;
+    let pipeline = &config.topics.prefix;
+    let row = client
+        .query_one(
+            "SELECT applied_lsn::text, applied_end_lsn::text, applied_commit_time::text, \
+                    extract(epoch FROM clock_timestamp() - greatest(applied_commit_time, heartbeat_at))::float8, \
+                    paused, state, last_error, updated_at::text \
+             FROM pgm.apply_progress WHERE pipeline = $1",
+            &[pipeline],
+        )
+        .await?;
+    let running = progress::running_pid(&client, pipeline).await?;
+    let applied: String = row.get(0);
+    let end: Option<String> = row.get(1);
+    let commit_time: Option<String> = row.get(2);
+    let lag_s: Option<f64> = row.get(3);
+    // Byte lag needs DB1's current position; status still answers when DB1 is down.
+    let source_lsn = source_lsn(config).await;
+    let lag_bytes = match (&source_lsn, end.as_deref().and_then(|e| e.parse::<Lsn>().ok())) {
+        (Ok(now), Some(end)) => format!("{} bytes (DB1 at {now})", now.bytes_since(end)),
+        (Ok(now), None) => format!("unknown (nothing applied yet; DB1 at {now})"),
+        (Err(e), _) => format!("unknown (DB1: {e})"),
+    };
+    let state: String = row.get(5);
+    let paused: bool = row.get(4);
+    println!("pipeline     {pipeline}");
+    println!(
+        "state        {}",
+        match running {
+            Some(pid) => format!("{state} (apply connected, DB2 backend pid {pid})"),
+            None if state == "running" || state == "paused" => format!("{state} when last seen; no apply is connected"),
+            None => state,
+        }
+    );
+    println!("paused       {}", if paused { "yes (`pgm-apply resume` continues)" } else { "no" });
+    println!("applied      {applied} (end {})", end.as_deref().unwrap_or("-"));
+    println!("committed    {} on DB1", commit_time.as_deref().unwrap_or("-"));
+    println!("lag          {}, {lag_bytes}", lag_s.map_or("unknown".to_owned(), |s| format!("{s:.1} s")));
+    println!("last error   {}", row.get::<_, Option<String>>(6).as_deref().unwrap_or("-"));
+    println!("updated      {}", row.get::<_, String>(7));
+    Ok(())
+}
+
+async fn source_lsn(config: &PipelineConfig) -> Result<Lsn, String> {
+    let mut pg = config.source.to_tokio_postgres("pgm-apply-status");
+    pg.connect_timeout(std::time::Duration::from_secs(5));
+    let (client, connection) = pg.connect(tokio_postgres::NoTls).await.map_err(|e| e.to_string())?;
+    tokio::spawn(connection);
+    let row = client.query_one("SELECT pg_current_wal_lsn()::text", &[]).await.map_err(|e| e.to_string())?;
+    row.get::<_, String>(0).parse::<Lsn>().map_err(|e| e.to_string())
+}
+
+async fn reset(config: &PipelineConfig, to: &str, force: bool) -> anyhow::Result<()> {
+    let to = parse_position(to)?;
+    let client = connect(config).await?;
+    let pipeline = &config.topics.prefix;
+    if !progress::try_lock(&client, pipeline).await? {
+        anyhow::bail!("pgm-apply is running for pipeline {pipeline:?}: stop it before a reset");
+    }
+    let stored = progress::load(&client, pipeline).await?;
+    if stored.applied > to && !force {
+        anyhow::bail!(
+            "DB2 already holds changes up to {} (after {to}); replaying from {to} would apply them twice. Restore DB2 \
+             to {to} first and pass --force, or pick a later position",
+            stored.applied
+        );
+    }
+    progress::reset(&client, pipeline, to).await?;
+    println!(
+        "pipeline {pipeline:?}: applied position {} → {to}; the next run reads every topic from its start and skips \
+         what is at or below it",
+        stored.applied
+    );
+    Ok(())
 }
 
 #[cfg(test)]
@@ -68,5 +265,22 @@ mod tests {
         for line in HELP_SUBCOMMANDS {
             assert!(help.contains(line), "{line} missing from:\n{help}");
         }
+    }
+
+    #[test]
+    fn positions_for_reset() {
+        assert_eq!(parse_position("16/B374D848").unwrap(), Position::new(Lsn(0x16_B374_D848), Position::COMMIT));
+        let key = "00000016/B374D848:00000000000000000003";
+        assert_eq!(parse_position(key).unwrap(), Position::new(Lsn(0x16_B374_D848), 3));
+        assert!(parse_position("yesterday").is_err());
+    }
+
+    #[test]
+    fn transient_errors() {
+        let db = |code: Option<&str>| ApplyError::Db { code: code.map(str::to_owned), message: "m".into() };
+        assert!(db(Some("57P01")).is_transient());
+        assert!(db(None).is_transient());
+        assert!(!db(Some("42703")).is_transient());
+        assert!(!ApplyError::Target("table missing".into()).is_transient());
     }
 }

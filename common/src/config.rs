@@ -247,10 +247,26 @@ impl Default for TransformConfig {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApplyConfig {
+    /// Consumer group under which apply commits its offsets (for Kafka lag tools; apply seeks from DB2's progress).
     #[serde(default = "default_apply_group")]
     pub group_id: String,
     #[serde(default = "default_apply_metrics")]
     pub metrics_addr: String,
+    /// Rows per SQL statement (one multi-row INSERT/UPDATE/DELETE).
+    #[serde(default = "default_batch_rows")]
+    pub batch_rows: usize,
+    /// A DB2 transaction takes consecutive source transactions until it holds this many rows…
+    #[serde(default = "default_group_rows")]
+    pub group_rows: usize,
+    /// …or this many bytes of row values…
+    #[serde(default = "default_group_bytes")]
+    pub group_bytes: usize,
+    /// …or has been open this long (milliseconds). A single larger source transaction is never split.
+    #[serde(default = "default_group_ms")]
+    pub group_ms: u64,
+    /// Replication origin that marks apply's writes in DB2's WAL; default `pgm_<topics.prefix>`.
+    #[serde(default)]
+    pub origin: Option<String>,
 }
 
 fn default_apply_group() -> String {
@@ -259,10 +275,30 @@ fn default_apply_group() -> String {
 fn default_apply_metrics() -> String {
     "127.0.0.1:9103".to_owned()
 }
+fn default_batch_rows() -> usize {
+    1000
+}
+fn default_group_rows() -> usize {
+    10_000
+}
+fn default_group_bytes() -> usize {
+    16 << 20
+}
+fn default_group_ms() -> u64 {
+    500
+}
 
 impl Default for ApplyConfig {
     fn default() -> Self {
-        ApplyConfig { group_id: default_apply_group(), metrics_addr: default_apply_metrics() }
+        ApplyConfig {
+            group_id: default_apply_group(),
+            metrics_addr: default_apply_metrics(),
+            batch_rows: default_batch_rows(),
+            group_rows: default_group_rows(),
+            group_bytes: default_group_bytes(),
+            group_ms: default_group_ms(),
+            origin: None,
+        }
     }
 }
 
@@ -365,6 +401,20 @@ impl PipelineConfig {
             addr.parse::<std::net::SocketAddr>()
                 .map_err(|_| invalid(key, format!("{addr:?} is not ip:port, like 127.0.0.1:9101")))?;
         }
+        for (key, value) in [
+            ("apply.batch_rows", self.apply.batch_rows),
+            ("apply.group_rows", self.apply.group_rows),
+            ("apply.group_bytes", self.apply.group_bytes),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be at least 1".into()));
+            }
+        }
+        if let Some(origin) = &self.apply.origin {
+            if origin.is_empty() || origin.len() > 512 {
+                return Err(invalid("apply.origin", "must be 1 to 512 bytes".into()));
+            }
+        }
         self.tables.tables().map_err(|e| match e {
             ConfigError::Invalid { key, problem, .. } => invalid(&key, problem),
             other => other,
@@ -378,6 +428,11 @@ impl PipelineConfig {
 
     pub fn tables(&self) -> Vec<TableRef> {
         self.tables.tables().expect("validated at load")
+    }
+
+    /// The replication origin apply tags its DB2 transactions with.
+    pub fn apply_origin(&self) -> String {
+        self.apply.origin.clone().unwrap_or_else(|| format!("pgm_{}", self.topics.prefix))
     }
 }
 

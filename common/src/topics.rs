@@ -49,6 +49,12 @@ impl Topics {
         self.table_topic("out", table)
     }
 
+    /// The out topic that carries a raw topic's transformed records (`<prefix>.raw.X` → `<prefix>.out.X`).
+    pub fn out_of_raw(&self, raw_topic: &str) -> Option<String> {
+        let rest = raw_topic.strip_prefix(&self.prefix)?.strip_prefix(".raw.")?;
+        Some(format!("{}.out.{rest}", self.prefix))
+    }
+
     fn table_topic(&self, stage: &str, table: &TableRef) -> Result<String, TopicError> {
         let name = format!("{}.{stage}.{}.{}", self.prefix, escape(&table.schema), escape(&table.table));
         if name.len() > MAX_TOPIC_LEN {
@@ -74,6 +80,16 @@ fn escape(ident: &str) -> String {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn out_topic_of_a_raw_topic() {
+        let topics = Topics::new("pgm").unwrap();
+        let table = TableRef::new("Sales Dept", "orders");
+        let raw = topics.raw(&table).unwrap();
+        assert_eq!(topics.out_of_raw(&raw), Some(topics.out(&table).unwrap()));
+        assert_eq!(topics.out_of_raw("other.raw.public.t"), None);
+        assert_eq!(topics.out_of_raw("pgm.txn"), None);
+    }
 
     #[test]
     fn names() {

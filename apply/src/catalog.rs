@@ -1,0 +1,84 @@
+//! DB2's catalog as apply needs it: every target column's type, so each bound text value is converted by
+//! PostgreSQL's own input function for exactly that type (numeric keeps all digits, timestamptz its zone, arrays and
+//! bytea their text forms). Loaded per table on first use and dropped whenever DB2 may have changed (resume, error).
+
+use std::collections::HashMap;
+
+use pgm_common::change::TableRef;
+use tokio_postgres::Client;
+
+use crate::ApplyError;
+
+#[derive(Debug)]
+pub struct TargetTable {
+    /// Column name → type as PostgreSQL names it (`numeric`, `timestamp with time zone`, `integer[]`,
+    /// `"My Schema"."My Type"`), without the modifier: the column's own modifier applies on assignment.
+    types: HashMap<String, String>,
+    /// Generated columns cannot be written.
+    generated: Vec<String>,
+}
+
+impl TargetTable {
+    pub fn type_of(&self, table: &TableRef, column: &str) -> Result<&str, ApplyError> {
+        if self.generated.iter().any(|g| g == column) {
+            return Err(ApplyError::Target(format!(
+                "column {column:?} of {table} in DB2 is a generated column and cannot be written: drop it from the rules"
+            )));
+        }
+        self.types.get(column).map(String::as_str).ok_or_else(|| {
+            ApplyError::Target(format!(
+                "column {column:?} of {table} does not exist in DB2, but the rules write it: add the column to DB2 \
+                 (then restart pgm-apply) or change the rules"
+            ))
+        })
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct TargetCatalog {
+    tables: HashMap<TableRef, TargetTable>,
+}
+
+impl TargetCatalog {
+    pub fn clear(&mut self) {
+        self.tables.clear();
+    }
+
+    pub async fn table(&mut self, client: &Client, table: &TableRef) -> Result<&TargetTable, ApplyError> {
+        if !self.tables.contains_key(table) {
+            let loaded = load(client, table).await?;
+            self.tables.insert(table.clone(), loaded);
+        }
+        Ok(&self.tables[table])
+    }
+}
+
+async fn load(client: &Client, table: &TableRef) -> Result<TargetTable, ApplyError> {
+    let rows = client
+        .query(
+            "SELECT a.attname::text, a.atttypid::regtype::text, a.attgenerated <> '' \
+             FROM pg_catalog.pg_attribute a \
+             JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
+             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p') AND a.attnum > 0 AND NOT a.attisdropped",
+            &[&table.schema, &table.table],
+        )
+        .await
+        .map_err(ApplyError::db)?;
+    if rows.is_empty() {
+        return Err(ApplyError::Target(format!(
+            "table {table} does not exist in DB2, but the rules write to it: create it in DB2 (then restart \
+             pgm-apply) or change the rules"
+        )));
+    }
+    let mut types = HashMap::new();
+    let mut generated = Vec::new();
+    for row in rows {
+        let name: String = row.get(0);
+        if row.get::<_, bool>(2) {
+            generated.push(name.clone());
+        }
+        types.insert(name, row.get(1));
+    }
+    Ok(TargetTable { types, generated })
+}

@@ -1,0 +1,297 @@
+//! The Kafka side of apply: the txn topic in order, and the out-topic partitions merged per source transaction.
+//!
+//! ```text
+//!   <prefix>.txn[0]  ── begin · message · commit{counts} · heartbeat ──▶ next_txn_record()
+//!   <prefix>.out.<s>.<t>[p] ──▶ Part (one peeked head) ─┐
+//!   <prefix>.out.<s>.<u>[q] ──▶ Part                    ├─▶ TxnCursor: smallest position first ──▶ next_change()
+//!   …                                                   ┘
+//! ```
+//!
+//! Partitions are assigned by hand (no group rebalancing: apply is one process) and each gets its own librdkafka
+//! queue, so apply reads exactly the partition it needs next and librdkafka's bounded prefetch is the only buffer.
+//! A partition holds its transactions in commit order, with repeats after a capture or transform restart (same
+//! keys, same content). While collecting transaction T, a record is dropped when its position is at or below the
+//! applied position or the last one taken from that partition (a repeat), or below T (a repeat of an earlier
+//! transaction); a record of a later transaction while T still misses records there means records were lost, and
+//! apply stops rather than guess.
+//!
+//! The offset stored per partition is the one after the last record consumed (taken or dropped); a peeked head is
+//! not consumed, so a restart reads it again.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pgm_common::config::PipelineConfig;
+use pgm_common::envelope::{OutRecord, RecordOrigin, TxnRecord};
+use pgm_common::topics::Topics;
+use pgm_common::{kafka, Position};
+use rdkafka::consumer::stream_consumer::StreamPartitionQueue;
+use rdkafka::consumer::{CommitMode, Consumer, DefaultConsumerContext, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::ApplyError;
+
+/// librdkafka settings apply needs, under the user's passthrough: its prefetch is its only buffer, so keep it small
+/// per partition; and an offset that retention deleted must stop apply, never silently skip to the earliest record.
+const APPLY_CONSUMER_DEFAULTS: &[(&str, &str)] =
+    &[("queued.max.messages.kbytes", "4096"), ("queued.min.messages", "1000"), ("auto.offset.reset", "error")];
+
+/// How long to wait for a record before logging what apply is waiting for.
+const WAIT_WARNING: Duration = Duration::from_secs(30);
+
+type Queue = StreamPartitionQueue<DefaultConsumerContext>;
+
+/// An out record with where it was read.
+#[derive(Debug)]
+pub struct Change {
+    pub record: OutRecord,
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+struct Part {
+    queue: Queue,
+    head: Option<Change>,
+    /// The offset after the last record consumed; where a restart resumes.
+    next_offset: i64,
+    last_taken: Option<Position>,
+}
+
+/// One source transaction being collected: how many records each partition still owes.
+pub struct TxnCursor {
+    pub commit: Position,
+    remaining: Vec<((String, i32), u64)>,
+}
+
+impl TxnCursor {
+    pub fn is_done(&self) -> bool {
+        self.remaining.iter().all(|(_, n)| *n == 0)
+    }
+}
+
+pub struct Reader {
+    consumer: Arc<StreamConsumer>,
+    topics: Topics,
+    txn_topic: String,
+    txn: Queue,
+    /// The offset after the last txn record consumed.
+    pub txn_next: i64,
+    parts: HashMap<(String, i32), Part>,
+    /// Offsets stored in DB2 for partitions not opened yet in this session.
+    stored: HashMap<(String, i32), i64>,
+    events: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        self.events.abort();
+    }
+}
+
+fn kafka_error(what: &str, error: KafkaError) -> ApplyError {
+    match error {
+        KafkaError::MessageConsumption(RDKafkaErrorCode::OffsetOutOfRange)
+        | KafkaError::PartitionEOF(_)
+        | KafkaError::MessageConsumptionFatal(_) => ApplyError::Stream(format!(
+            "{what}: {error}; the records apply needs next are gone from Kafka (retention?): \
+             rebuild DB2 from a new bootstrap, or restore the topics"
+        )),
+        other => ApplyError::Kafka(format!("{what}: {other}")),
+    }
+}
+
+impl Reader {
+    /// Opens the txn topic at `txn_offset`; out partitions open on first use at their stored offsets.
+    pub fn open(
+        config: &PipelineConfig,
+        txn_offset: i64,
+        stored: HashMap<(String, i32), i64>,
+    ) -> Result<Self, ApplyError> {
+        let mut client = kafka::client_config(&config.kafka, "pgm-apply", kafka::CONSUMER_DEFAULTS);
+        for (key, value) in APPLY_CONSUMER_DEFAULTS {
+            if !config.kafka.librdkafka.contains_key(*key) {
+                client.set(*key, *value);
+            }
+        }
+        client.set("group.id", &config.apply.group_id);
+        let consumer: Arc<StreamConsumer> =
+            Arc::new(client.create().map_err(|e| ApplyError::Kafka(format!("cannot create the consumer: {e}")))?);
+        let topics = config.topics();
+        let txn_topic = topics.txn();
+        let txn = open_queue(&consumer, &txn_topic, 0, txn_offset)?;
+        // Every partition has its own queue; the main queue only serves events (errors, statistics).
+        let main = consumer.clone();
+        let events = tokio::spawn(async move {
+            loop {
+                match main.recv().await {
+                    Ok(message) => tracing::error!(
+                        topic = message.topic(),
+                        partition = message.partition(),
+                        offset = message.offset(),
+                        "a record arrived outside its partition queue; it will be read again after a restart"
+                    ),
+                    Err(error) => tracing::warn!(%error, "Kafka consumer"),
+                }
+            }
+        });
+        Ok(Reader { consumer, topics, txn_topic, txn, txn_next: txn_offset, parts: HashMap::new(), stored, events })
+    }
+
+    /// The next txn record and its offset, or `None` when none arrives within `wait`.
+    pub async fn next_txn_record(&mut self, wait: Duration) -> Result<Option<(TxnRecord, i64)>, ApplyError> {
+        let message = match tokio::time::timeout(wait, self.txn.recv()).await {
+            Err(_) => return Ok(None),
+            Ok(message) => message.map_err(|e| kafka_error(&format!("reading {}", self.txn_topic), e))?,
+        };
+        let offset = message.offset();
+        let origin = RecordOrigin { topic: &self.txn_topic, partition: 0, offset };
+        let record = TxnRecord::decode(message.payload().unwrap_or_default(), origin)
+            .map_err(|e| ApplyError::Stream(e.to_string()))?;
+        Ok(Some((record, offset)))
+    }
+
+    /// Starts collecting a transaction from its commit record's counts (raw topics → their out topics).
+    pub fn cursor(
+        &mut self,
+        commit: Position,
+        counts: &[pgm_common::envelope::PartitionCount],
+    ) -> Result<TxnCursor, ApplyError> {
+        let mut remaining = Vec::with_capacity(counts.len());
+        for count in counts {
+            let out = self.topics.out_of_raw(&count.topic).ok_or_else(|| {
+                ApplyError::Stream(format!(
+                    "commit record of {commit} counts records in {}, which is not a raw topic of prefix {}: \
+                     is topics.prefix the one capture uses?",
+                    count.topic,
+                    self.topics.prefix()
+                ))
+            })?;
+            let key = (out, count.partition);
+            if !self.parts.contains_key(&key) {
+                let from = self.stored.get(&key).copied().unwrap_or(0);
+                let queue = open_queue(&self.consumer, &key.0, key.1, from)?;
+                self.parts.insert(key.clone(), Part { queue, head: None, next_offset: from, last_taken: None });
+            }
+            remaining.push((key, count.count));
+        }
+        Ok(TxnCursor { commit, remaining })
+    }
+
+    /// The transaction's next change in position order, or `None` when all its counted records were taken.
+    pub async fn next_change(
+        &mut self,
+        cursor: &mut TxnCursor,
+        applied: Position,
+    ) -> Result<Option<Change>, ApplyError> {
+        let mut best: Option<(usize, Position)> = None;
+        for (index, (key, remaining)) in cursor.remaining.iter().enumerate() {
+            if *remaining == 0 {
+                continue;
+            }
+            let part = self.parts.get_mut(key).expect("opened by cursor()");
+            let pos = peek(part, key, cursor.commit, *remaining, applied).await?;
+            if best.is_none_or(|(_, b)| pos < b) {
+                best = Some((index, pos));
+            }
+        }
+        let Some((index, _)) = best else { return Ok(None) };
+        let (key, remaining) = &mut cursor.remaining[index];
+        *remaining -= 1;
+        let part = self.parts.get_mut(key).expect("opened by cursor()");
+        let change = part.head.take().expect("peeked");
+        part.next_offset = change.offset + 1;
+        part.last_taken = Some(change.record.pos);
+        Ok(Some(change))
+    }
+
+    /// Where to resume each partition read so far (txn topic included), for DB2's progress table and Kafka.
+    pub fn positions(&self) -> BTreeMap<(String, i32), i64> {
+        let mut out: BTreeMap<(String, i32), i64> =
+            self.parts.iter().map(|(key, part)| (key.clone(), part.next_offset)).collect();
+        out.insert((self.txn_topic.clone(), 0), self.txn_next);
+        out
+    }
+
+    /// Commits the positions to the consumer group, for Kafka lag tools only (apply itself seeks from DB2).
+    pub fn commit_to_kafka(&self, positions: &BTreeMap<(String, i32), i64>) {
+        let mut list = TopicPartitionList::new();
+        for ((topic, partition), offset) in positions {
+            if list.add_partition_offset(topic, *partition, Offset::Offset(*offset)).is_err() {
+                return;
+            }
+        }
+        if let Err(error) = self.consumer.commit(&list, CommitMode::Async) {
+            tracing::debug!(%error, "consumer-group offsets not committed (lag tools only; progress is in DB2)");
+        }
+    }
+}
+
+fn open_queue(consumer: &Arc<StreamConsumer>, topic: &str, partition: i32, from: i64) -> Result<Queue, ApplyError> {
+    let queue = consumer.split_partition_queue(topic, partition).ok_or_else(|| {
+        ApplyError::Kafka(format!("cannot open a queue for {topic}[{partition}] (does the topic exist?)"))
+    })?;
+    let mut list = TopicPartitionList::new();
+    list.add_partition_offset(topic, partition, Offset::Offset(from))
+        .map_err(|e| ApplyError::Kafka(format!("{topic}[{partition}] offset {from}: {e}")))?;
+    consumer
+        .incremental_assign(&list)
+        .map_err(|e| ApplyError::Kafka(format!("assigning {topic}[{partition}]: {e}")))?;
+    tracing::debug!(topic, partition, from, "partition opened");
+    Ok(queue)
+}
+
+/// Makes the partition's head the next record of the transaction and returns its position.
+async fn peek(
+    part: &mut Part,
+    (topic, partition): &(String, i32),
+    commit: Position,
+    remaining: u64,
+    applied: Position,
+) -> Result<Position, ApplyError> {
+    let started = Instant::now();
+    let mut warned = started;
+    loop {
+        if part.head.is_none() {
+            let message = match tokio::time::timeout(Duration::from_secs(5), part.queue.recv()).await {
+                Err(_) => {
+                    if warned.elapsed() >= WAIT_WARNING {
+                        warned = Instant::now();
+                        tracing::warn!(
+                            topic = %topic, partition, txn = %commit.commit_lsn, missing = remaining,
+                            waited_s = started.elapsed().as_secs(),
+                            "waiting for the transaction's records in this partition: is pgm-transform running?"
+                        );
+                    }
+                    continue;
+                }
+                Ok(message) => message.map_err(|e| kafka_error(&format!("reading {topic}[{partition}]"), e))?,
+            };
+            let offset = message.offset();
+            let origin = RecordOrigin { topic, partition: *partition, offset };
+            let record = OutRecord::decode(message.payload().unwrap_or_default(), origin)
+                .map_err(|e| ApplyError::Stream(e.to_string()))?;
+            part.head = Some(Change { record, topic: topic.clone(), partition: *partition, offset });
+        }
+        let head = part.head.as_ref().expect("filled above");
+        let pos = head.record.pos;
+        let repeat = pos <= applied || part.last_taken.is_some_and(|last| pos <= last);
+        if repeat || pos.commit_lsn < commit.commit_lsn {
+            part.next_offset = head.offset + 1;
+            part.head = None;
+            continue;
+        }
+        if pos.commit_lsn > commit.commit_lsn {
+            return Err(ApplyError::Stream(format!(
+                "{topic}[{partition}] at offset {}: found {pos} while transaction {} still has {remaining} record(s) \
+                 in this partition: records are missing from the out topic (was it written by something other than \
+                 pgm-transform, or truncated?). Nothing after the applied position {applied} was written.",
+                head.offset, commit.commit_lsn
+            )));
+        }
+        return Ok(pos);
+    }
+}

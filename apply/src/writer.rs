@@ -1,0 +1,377 @@
+//! Target operations → batched SQL inside the open DB2 transaction.
+//!
+//! Consecutive operations of one kind on one table with the same columns form a batch, written as one statement
+//! over `unnest` of text arrays, one array per column (measured against multi-row VALUES and COPY in
+//! docs/apply.md):
+//!
+//! ```text
+//! insert    INSERT INTO t (a, b) SELECT v.c0::integer, v.c1::numeric FROM unnest($1::text[], $2::text[]) AS v(c0, c1)
+//! snapshot  … ON CONFLICT (key) DO UPDATE SET b = EXCLUDED.b                              (an upsert)
+//! update    UPDATE t AS pgm_t SET b = v.n0::numeric FROM unnest($1::text[], $2::text[]) AS v(k0, n0)
+//!           WHERE pgm_t.id = v.k0::integer                                   (only the columns the change carries)
+//! delete    DELETE FROM t AS pgm_t USING unnest($1::text[]) AS v(k0) WHERE pgm_t.id = v.k0::integer
+//! truncate  TRUNCATE ONLY t
+//! ```
+//!
+//! Values are always bound, as PostgreSQL text, and converted by the cast to the column's type from DB2's catalog;
+//! identifiers are always quoted. A batch ends before an operation that touches a key already in it (a second
+//! update of one row, a key update chain), so one statement never depends on its own effects. Targets without a
+//! key (REPLICA IDENTITY FULL sources) are changed one row at a time, by the ctid of the first row equal to the old
+//! row, as PostgreSQL's own apply does.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt::Write as _;
+
+use pgm_common::change::{quote_ident, Cell, Row, TableRef};
+use pgm_common::envelope::{Op, TargetOp};
+use pgm_common::Position;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, Statement};
+
+use crate::catalog::TargetCatalog;
+use crate::metrics::ApplyMetrics;
+use crate::ApplyError;
+
+/// A statement's parameters are capped in bytes too, so one batch of wide rows stays small in memory.
+const MAX_BATCH_BYTES: usize = 8 << 20;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Insert,
+    Upsert,
+    Update,
+    Delete,
+    /// Keyless target: one row, found by its old values.
+    RowUpdate,
+    RowDelete,
+}
+
+struct Batch {
+    kind: Kind,
+    table: TableRef,
+    /// Columns that find the row (update, delete) or name the conflict (upsert).
+    key: Vec<String>,
+    /// Columns written.
+    columns: Vec<String>,
+    /// Column-major values: the key columns first (update, delete), then `columns`.
+    values: Vec<Vec<Option<String>>>,
+    /// Key values touched by this batch (old and new), to end it before a second touch.
+    touched: HashSet<Vec<Option<String>>>,
+    rows: usize,
+    bytes: usize,
+    first: Position,
+    last: Position,
+}
+
+pub struct Writer {
+    catalog: TargetCatalog,
+    statements: HashMap<String, Statement>,
+    batch: Option<Batch>,
+    batch_rows: usize,
+    metrics: ApplyMetrics,
+    /// Rows and bytes written in the open DB2 transaction.
+    pub rows: usize,
+    pub bytes: usize,
+}
+
+fn key_values(row: &Row, key: &[String], table: &TableRef, pos: Position) -> Result<Vec<Option<String>>, ApplyError> {
+    key.iter()
+        .map(|k| match row.get(k) {
+            Cell::Value(v) => Ok(Some(v.to_owned())),
+            Cell::Null => Ok(None),
+            Cell::Absent => Err(ApplyError::Stream(format!(
+                "change at {pos} to {table} does not carry key column {k:?}: check the rule's key for this target"
+            ))),
+        })
+        .collect()
+}
+
+impl Writer {
+    pub fn new(batch_rows: usize, metrics: ApplyMetrics) -> Self {
+        Writer {
+            catalog: TargetCatalog::default(),
+            statements: HashMap::new(),
+            batch: None,
+            batch_rows,
+            metrics,
+            rows: 0,
+            bytes: 0,
+        }
+    }
+
+    pub fn set_batch_rows(&mut self, rows: usize) {
+        self.batch_rows = rows.max(1);
+    }
+
+    /// DB2's schema may have changed: read the catalog again and prepare statements anew.
+    pub fn forget_catalog(&mut self) {
+        self.catalog.clear();
+        self.statements.clear();
+    }
+
+    /// Starts counting a new DB2 transaction.
+    pub fn reset_counts(&mut self) {
+        self.rows = 0;
+        self.bytes = 0;
+    }
+
+    pub async fn push(&mut self, client: &Client, pos: Position, op: TargetOp) -> Result<(), ApplyError> {
+        let TargetOp { op, target, key, new, old } = op;
+        let (kind, key, columns, mut values, touched) = match op {
+            Op::Truncate => {
+                self.flush(client).await?;
+                let sql = format!("TRUNCATE ONLY {}", target.quoted());
+                client
+                    .execute(sql.as_str(), &[])
+                    .await
+                    .map_err(|e| statement_error(e, "truncate", &target, &[], pos, pos))?;
+                return Ok(());
+            }
+            Op::Insert | Op::Snapshot => {
+                let touched = if op == Op::Snapshot { vec![key_values(&new, &key, &target, pos)?] } else { Vec::new() };
+                let (columns, values) = split(new);
+                (if op == Op::Snapshot { Kind::Upsert } else { Kind::Insert }, key, columns, values, touched)
+            }
+            Op::Update => {
+                let identity = old.as_ref().unwrap_or(&new);
+                let (kind, key) = if key.is_empty() {
+                    (Kind::RowUpdate, identity.columns().iter().map(|c| c.name.clone()).collect())
+                } else {
+                    (Kind::Update, key)
+                };
+                let old_key = key_values(identity, &key, &target, pos)?;
+                let mut touched = vec![old_key.clone()];
+                if key.iter().all(|k| new.get(k) != Cell::Absent) {
+                    touched.push(key_values(&new, &key, &target, pos)?);
+                }
+                let (columns, new_values) = split(new);
+                if columns.is_empty() {
+                    return Ok(());
+                }
+                let values = old_key.into_iter().map(|v| vec![v]).chain(new_values).collect();
+                (kind, key, columns, values, touched)
+            }
+            Op::Delete => {
+                let identity = old.ok_or_else(|| {
+                    ApplyError::Stream(format!("delete at {pos} from {target} carries no old row: was it transformed?"))
+                })?;
+                let (kind, key) = if key.is_empty() {
+                    (Kind::RowDelete, identity.columns().iter().map(|c| c.name.clone()).collect())
+                } else {
+                    (Kind::Delete, key)
+                };
+                let old_key = key_values(&identity, &key, &target, pos)?;
+                let values = old_key.iter().map(|v| vec![v.clone()]).collect();
+                (kind, key, Vec::new(), values, vec![old_key])
+            }
+        };
+        let bytes: usize = values.iter().flatten().map(|v| v.as_ref().map_or(0, String::len)).sum();
+        let fits = self.batch.as_ref().is_some_and(|b| {
+            b.kind == kind
+                && !matches!(kind, Kind::RowUpdate | Kind::RowDelete)
+                && b.table == target
+                && b.key == key
+                && b.columns == columns
+                && b.rows < self.batch_rows
+                && b.bytes + bytes <= MAX_BATCH_BYTES
+                && !touched.iter().any(|t| b.touched.contains(t))
+        });
+        if !fits {
+            self.flush(client).await?;
+        }
+        self.rows += 1;
+        self.bytes += bytes;
+        match &mut self.batch {
+            Some(batch) => {
+                for (column, value) in batch.values.iter_mut().zip(values.iter_mut()) {
+                    column.push(value.pop().expect("one value per column"));
+                }
+                batch.touched.extend(touched);
+                batch.rows += 1;
+                batch.bytes += bytes;
+                batch.last = pos;
+            }
+            None => {
+                self.batch = Some(Batch {
+                    kind,
+                    table: target,
+                    key,
+                    columns,
+                    values,
+                    touched: touched.into_iter().collect(),
+                    rows: 1,
+                    bytes,
+                    first: pos,
+                    last: pos,
+                })
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the pending batch.
+    pub async fn flush(&mut self, client: &Client) -> Result<(), ApplyError> {
+        let Some(batch) = self.batch.take() else { return Ok(()) };
+        let sql = self.sql(client, &batch).await?;
+        let statement = match self.statements.get(&sql) {
+            Some(statement) => statement.clone(),
+            None => {
+                let statement = client.prepare(&sql).await.map_err(|e| batch_error(e, &batch))?;
+                self.statements.insert(sql, statement.clone());
+                statement
+            }
+        };
+        let params: Vec<&(dyn ToSql + Sync)> = batch.values.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
+        let started = std::time::Instant::now();
+        client.execute(&statement, &params).await.map_err(|e| batch_error(e, &batch))?;
+        self.metrics.statement_seconds.observe(started.elapsed().as_secs_f64());
+        self.metrics.batch_rows.observe(batch.rows as f64);
+        self.metrics.rows.get_or_create(&crate::metrics::table_label(&batch.table)).inc_by(batch.rows as u64);
+        Ok(())
+    }
+
+    async fn sql(&mut self, client: &Client, batch: &Batch) -> Result<String, ApplyError> {
+        let table = &batch.table;
+        let target = self.catalog.table(client, table).await?;
+        let t = table.quoted();
+        let typed = |name: &str| target.type_of(table, name);
+        let key_count = match batch.kind {
+            Kind::Insert | Kind::Upsert => 0,
+            _ => batch.key.len(),
+        };
+        let aliases: Vec<String> =
+            (0..key_count).map(|i| format!("k{i}")).chain((0..batch.columns.len()).map(|i| format!("n{i}"))).collect();
+        let unnest = format!(
+            "unnest({}) AS v({})",
+            (1..=aliases.len()).map(|i| format!("${i}::text[]")).collect::<Vec<_>>().join(", "),
+            aliases.join(", ")
+        );
+        let cast =
+            |alias: &str, column: &str| -> Result<String, ApplyError> { Ok(format!("v.{alias}::{}", typed(column)?)) };
+        let mut sql = String::new();
+        match batch.kind {
+            Kind::Insert | Kind::Upsert => {
+                let columns: Vec<String> = batch.columns.iter().map(|c| quote_ident(c)).collect();
+                let values = batch
+                    .columns
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| cast(&format!("n{i}"), c))
+                    .collect::<Result<Vec<_>, _>>()?;
+                write!(sql, "INSERT INTO {t} ({}) SELECT {} FROM {unnest}", columns.join(", "), values.join(", "))
+                    .expect("write to String");
+                if batch.kind == Kind::Upsert {
+                    let key: Vec<String> = batch.key.iter().map(|c| quote_ident(c)).collect();
+                    let set: Vec<String> = batch
+                        .columns
+                        .iter()
+                        .filter(|c| !batch.key.contains(c))
+                        .map(|c| format!("{0} = EXCLUDED.{0}", quote_ident(c)))
+                        .collect();
+                    if set.is_empty() {
+                        write!(sql, " ON CONFLICT ({}) DO NOTHING", key.join(", ")).expect("write to String");
+                    } else {
+                        write!(sql, " ON CONFLICT ({}) DO UPDATE SET {}", key.join(", "), set.join(", "))
+                            .expect("write to String");
+                    }
+                }
+            }
+            Kind::Update | Kind::Delete => {
+                let matches = batch
+                    .key
+                    .iter()
+                    .enumerate()
+                    .map(|(i, k)| Ok(format!("pgm_t.{} = {}", quote_ident(k), cast(&format!("k{i}"), k)?)))
+                    .collect::<Result<Vec<_>, ApplyError>>()?
+                    .join(" AND ");
+                if batch.kind == Kind::Update {
+                    let set = batch
+                        .columns
+                        .iter()
+                        .enumerate()
+                        .map(|(i, c)| Ok(format!("{} = {}", quote_ident(c), cast(&format!("n{i}"), c)?)))
+                        .collect::<Result<Vec<_>, ApplyError>>()?;
+                    write!(sql, "UPDATE {t} AS pgm_t SET {} FROM {unnest} WHERE {matches}", set.join(", "))
+                        .expect("write to String");
+                } else {
+                    write!(sql, "DELETE FROM {t} AS pgm_t USING {unnest} WHERE {matches}").expect("write to String");
+                }
+            }
+            Kind::RowUpdate | Kind::RowDelete => {
+                let matches = batch
+                    .key
+                    .iter()
+                    .enumerate()
+                    .map(|(i, k)| {
+                        Ok(format!("s.{} IS NOT DISTINCT FROM {}", quote_ident(k), cast(&format!("k{i}"), k)?))
+                    })
+                    .collect::<Result<Vec<_>, ApplyError>>()?
+                    .join(" AND ");
+                let row = format!("pgm_t.ctid = (SELECT s.ctid FROM {t} AS s WHERE {matches} LIMIT 1)");
+                if batch.kind == Kind::RowUpdate {
+                    let set = batch
+                        .columns
+                        .iter()
+                        .enumerate()
+                        .map(|(i, c)| Ok(format!("{} = {}", quote_ident(c), cast(&format!("n{i}"), c)?)))
+                        .collect::<Result<Vec<_>, ApplyError>>()?;
+                    write!(sql, "UPDATE {t} AS pgm_t SET {} FROM {unnest} WHERE {row}", set.join(", "))
+                        .expect("write to String");
+                } else {
+                    write!(sql, "DELETE FROM {t} AS pgm_t USING {unnest} WHERE {row}").expect("write to String");
+                }
+            }
+        }
+        Ok(sql)
+    }
+}
+
+/// A row's column names and, column-major, its values.
+fn split(row: Row) -> (Vec<String>, Vec<Vec<Option<String>>>) {
+    row.0.into_iter().map(|c| (c.name, vec![Option::<String>::from(c.value)])).unzip()
+}
+
+fn kind_name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Insert => "insert",
+        Kind::Upsert => "snapshot upsert",
+        Kind::Update | Kind::RowUpdate => "update",
+        Kind::Delete | Kind::RowDelete => "delete",
+    }
+}
+
+fn batch_error(error: tokio_postgres::Error, batch: &Batch) -> ApplyError {
+    statement_error(error, kind_name(batch.kind), &batch.table, &batch.key, batch.first, batch.last)
+}
+
+/// A failed statement, described by position, table, operation and key column names — never by row values (the
+/// server's DETAIL line quotes them, so it is left out).
+fn statement_error(
+    error: tokio_postgres::Error,
+    op: &str,
+    table: &TableRef,
+    key: &[String],
+    first: Position,
+    last: Position,
+) -> ApplyError {
+    let Some(db) = error.as_db_error() else { return ApplyError::db(error) };
+    if crate::is_transient_sql_state(db.code().code()) {
+        return ApplyError::db(error);
+    }
+    let mut sql_error = format!("{} {}", db.code().code(), db.message());
+    if let Some(constraint) = db.constraint() {
+        write!(sql_error, " (constraint {constraint})").expect("write to String");
+    }
+    if let Some(hint) = db.hint() {
+        write!(sql_error, "; hint: {hint}").expect("write to String");
+    }
+    let at = if first == last { format!("{first}") } else { format!("{first} .. {last}") };
+    ApplyError::Statement {
+        op: op.to_owned(),
+        table: table.clone(),
+        key: key.join(", "),
+        at,
+        sql_error,
+        single: first == last,
+    }
+}
