@@ -77,10 +77,25 @@ pub enum ApplyError {
     Target(String),
     #[error("{0}")]
     Refused(String),
-    /// DB2 refused a statement: position(s), table, key columns and the SQL error — never row values.
-    #[error("DB2 refused the {op} of {table} (key {key}) at source position {at}: {sql_error}. Nothing after the last \
-             committed transaction was marked applied; fix DB2 (or the rules) and restart pgm-apply to continue from there")]
-    Statement { op: String, table: TableRef, key: String, at: String, sql_error: String, single: bool },
+    #[error(transparent)]
+    Statement(Box<StatementFailure>),
+}
+
+/// DB2 refused a statement: position(s), table, key columns and the SQL error — never row values.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "DB2 refused the {op} of {table} (key {key}) at source position {at}: {sql_error}. Nothing after the last \
+         committed transaction was marked applied; fix DB2 (or the rules) and restart pgm-apply to continue from there"
+)]
+pub struct StatementFailure {
+    pub op: String,
+    pub table: TableRef,
+    pub key: String,
+    /// One position, or the first and last of a batch.
+    pub at: String,
+    pub sql_error: String,
+    /// The statement wrote one change, so `at` is exact.
+    pub single: bool,
 }
 
 impl ApplyError {

@@ -19,6 +19,7 @@
 //! not consumed, so a restart reads it again.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -83,6 +84,8 @@ pub struct Reader {
     parts: HashMap<(String, i32), Part>,
     /// Offsets stored in DB2 for partitions not opened yet in this session.
     stored: HashMap<(String, i32), i64>,
+    /// Set when a record reached the main queue: this session can no longer see every record in order.
+    stray: Arc<AtomicBool>,
     events: tokio::task::JoinHandle<()>,
 }
 
@@ -106,7 +109,7 @@ fn kafka_error(what: &str, error: KafkaError) -> ApplyError {
 
 impl Reader {
     /// Opens the txn topic at `txn_offset`; out partitions open on first use at their stored offsets.
-    pub fn open(
+    pub async fn open(
         config: &PipelineConfig,
         txn_offset: i64,
         stored: HashMap<(String, i32), i64>,
@@ -122,27 +125,43 @@ impl Reader {
             Arc::new(client.create().map_err(|e| ApplyError::Kafka(format!("cannot create the consumer: {e}")))?);
         let topics = config.topics();
         let txn_topic = topics.txn();
-        let txn = open_queue(&consumer, &txn_topic, 0, txn_offset)?;
+        let txn = open_queue(&consumer, &txn_topic, 0, txn_offset).await?;
         // Every partition has its own queue; the main queue only serves events (errors, statistics).
         let main = consumer.clone();
+        let stray = Arc::new(AtomicBool::new(false));
+        let stray_seen = stray.clone();
         let events = tokio::spawn(async move {
             loop {
                 match main.recv().await {
-                    Ok(message) => tracing::error!(
-                        topic = message.topic(),
-                        partition = message.partition(),
-                        offset = message.offset(),
-                        "a record arrived outside its partition queue; it will be read again after a restart"
-                    ),
+                    Ok(message) => {
+                        tracing::warn!(
+                            topic = message.topic(),
+                            partition = message.partition(),
+                            offset = message.offset(),
+                            "a record arrived outside its partition queue; restarting the session to read it again"
+                        );
+                        stray_seen.store(true, Ordering::Relaxed);
+                    }
                     Err(error) => tracing::warn!(%error, "Kafka consumer"),
                 }
             }
         });
-        Ok(Reader { consumer, topics, txn_topic, txn, txn_next: txn_offset, parts: HashMap::new(), stored, events })
+        Ok(Reader {
+            consumer,
+            topics,
+            txn_topic,
+            txn,
+            txn_next: txn_offset,
+            parts: HashMap::new(),
+            stored,
+            stray,
+            events,
+        })
     }
 
     /// The next txn record and its offset, or `None` when none arrives within `wait`.
     pub async fn next_txn_record(&mut self, wait: Duration) -> Result<Option<(TxnRecord, i64)>, ApplyError> {
+        self.check_stray()?;
         let message = match tokio::time::timeout(wait, self.txn.recv()).await {
             Err(_) => return Ok(None),
             Ok(message) => message.map_err(|e| kafka_error(&format!("reading {}", self.txn_topic), e))?,
@@ -155,7 +174,7 @@ impl Reader {
     }
 
     /// Starts collecting a transaction from its commit record's counts (raw topics → their out topics).
-    pub fn cursor(
+    pub async fn cursor(
         &mut self,
         commit: Position,
         counts: &[pgm_common::envelope::PartitionCount],
@@ -173,12 +192,19 @@ impl Reader {
             let key = (out, count.partition);
             if !self.parts.contains_key(&key) {
                 let from = self.stored.get(&key).copied().unwrap_or(0);
-                let queue = open_queue(&self.consumer, &key.0, key.1, from)?;
+                let queue = open_queue(&self.consumer, &key.0, key.1, from).await?;
                 self.parts.insert(key.clone(), Part { queue, head: None, next_offset: from, last_taken: None });
             }
             remaining.push((key, count.count));
         }
         Ok(TxnCursor { commit, remaining })
+    }
+
+    fn check_stray(&self) -> Result<(), ApplyError> {
+        if self.stray.load(Ordering::Relaxed) {
+            return Err(ApplyError::Kafka("a record bypassed its partition queue; starting a new session".into()));
+        }
+        Ok(())
     }
 
     /// The transaction's next change in position order, or `None` when all its counted records were taken.
@@ -187,6 +213,7 @@ impl Reader {
         cursor: &mut TxnCursor,
         applied: Position,
     ) -> Result<Option<Change>, ApplyError> {
+        self.check_stray()?;
         let mut best: Option<(usize, Position)> = None;
         for (index, (key, remaining)) in cursor.remaining.iter().enumerate() {
             if *remaining == 0 {
@@ -230,18 +257,56 @@ impl Reader {
     }
 }
 
-fn open_queue(consumer: &Arc<StreamConsumer>, topic: &str, partition: i32, from: i64) -> Result<Queue, ApplyError> {
-    let queue = consumer.split_partition_queue(topic, partition).ok_or_else(|| {
-        ApplyError::Kafka(format!("cannot open a queue for {topic}[{partition}] (does the topic exist?)"))
-    })?;
+/// Assigns one partition at `from` and gives it its own queue. The split must follow the assignment (assigning
+/// re-routes the partition to the main queue); a record fetched in between lands on the main queue, which the
+/// events task reports as stray, ending the session (a new one seeks from DB2's progress: nothing is skipped).
+async fn open_queue(
+    consumer: &Arc<StreamConsumer>,
+    topic: &str,
+    partition: i32,
+    from: i64,
+) -> Result<Queue, ApplyError> {
+    wait_for_partition(consumer, topic, partition).await?;
     let mut list = TopicPartitionList::new();
     list.add_partition_offset(topic, partition, Offset::Offset(from))
         .map_err(|e| ApplyError::Kafka(format!("{topic}[{partition}] offset {from}: {e}")))?;
     consumer
         .incremental_assign(&list)
         .map_err(|e| ApplyError::Kafka(format!("assigning {topic}[{partition}]: {e}")))?;
+    let queue = consumer.split_partition_queue(topic, partition).ok_or_else(|| {
+        ApplyError::Kafka(format!("cannot open a queue for {topic}[{partition}] (does the topic exist?)"))
+    })?;
     tracing::debug!(topic, partition, from, "partition opened");
     Ok(queue)
+}
+
+/// librdkafka does not start fetching a partition of a topic that did not exist when it was assigned, so apply
+/// waits until the topic is there (capture creates the txn topic, transform the out topics on first sight).
+async fn wait_for_partition(consumer: &Arc<StreamConsumer>, topic: &str, partition: i32) -> Result<(), ApplyError> {
+    let started = Instant::now();
+    let mut warned = started;
+    loop {
+        let metadata = tokio::task::block_in_place(|| consumer.fetch_metadata(Some(topic), Duration::from_secs(10)))
+            .map_err(|e| ApplyError::Kafka(format!("metadata of {topic}: {e}")))?;
+        let found = metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic)
+            .is_some_and(|t| t.error().is_none() && t.partitions().iter().any(|p| p.id() == partition));
+        if found {
+            return Ok(());
+        }
+        if warned.elapsed() >= WAIT_WARNING {
+            warned = Instant::now();
+            tracing::warn!(
+                topic,
+                partition,
+                waited_s = started.elapsed().as_secs(),
+                "waiting for the topic to exist: are pgm-capture and pgm-transform running?"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 /// Makes the partition's head the next record of the transaction and returns its position.

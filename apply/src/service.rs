@@ -59,10 +59,10 @@ pub async fn run(
                     backoff = Duration::from_millis(250);
                 }
             }
-            Err(ApplyError::Statement { single: false, ref at, .. }) if precise == 0 => {
+            Err(ApplyError::Statement(ref failure)) if !failure.single && precise == 0 => {
                 precise = session.group_txns + 1;
                 tracing::warn!(
-                    batch = %at, transactions = precise,
+                    batch = %failure.at, transactions = precise,
                     "a batched statement failed; replaying those transactions one change per statement to find it"
                 );
             }
@@ -208,7 +208,7 @@ impl<'a> Session<'a> {
             return Ok(());
         }
         progress::set_state(self.client(), &self.pipeline, "running", None).await?;
-        let mut reader = Reader::open(self.config, stored.txn_offset, stored.offsets)?;
+        let mut reader = Reader::open(self.config, stored.txn_offset, stored.offsets).await?;
         let mut writer = Writer::new(self.batch_rows(), self.metrics.clone());
         // Transactional messages of the transaction whose commit comes next.
         let mut messages: Vec<(Position, String, String)> = Vec::new();
@@ -240,6 +240,7 @@ impl<'a> Session<'a> {
                 }
                 continue;
             };
+            tracing::debug!(offset, ?record, "txn record");
             match record {
                 TxnRecord::Begin { .. } => {}
                 TxnRecord::Message { pos, transactional: true, prefix, content, .. } => {
@@ -282,7 +283,7 @@ impl<'a> Session<'a> {
                         return Ok(());
                     }
                     self.begin_group(&writer).await?;
-                    let mut cursor = reader.cursor(pos, &counts)?;
+                    let mut cursor = reader.cursor(pos, &counts).await?;
                     let mut changes = 0u64;
                     while let Some(change) = reader.next_change(&mut cursor, self.applied).await? {
                         for op in change.record.ops {
@@ -371,6 +372,7 @@ impl<'a> Session<'a> {
                 .await
                 .map_err(ApplyError::db)?;
         }
+        tracing::debug!(applied = %self.applied, transactions = self.group_txns, rows = writer.rows, "committing group");
         let started = Instant::now();
         self.client().batch_execute("COMMIT").await.map_err(ApplyError::db)?;
         self.metrics.commit_seconds.observe(started.elapsed().as_secs_f64());

@@ -212,7 +212,15 @@ impl Writer {
     /// Writes the pending batch.
     pub async fn flush(&mut self, client: &Client) -> Result<(), ApplyError> {
         let Some(batch) = self.batch.take() else { return Ok(()) };
-        let sql = self.sql(client, &batch).await?;
+        let sql = self.sql(client, &batch).await.map_err(|e| match e {
+            ApplyError::Target(problem) => ApplyError::Target(format!(
+                "{problem}; stopped at source position {} ({} of {}), nothing after it was applied",
+                batch.first,
+                kind_name(batch.kind),
+                batch.table
+            )),
+            other => other,
+        })?;
         let statement = match self.statements.get(&sql) {
             Some(statement) => statement.clone(),
             None => {
@@ -366,12 +374,12 @@ fn statement_error(
         write!(sql_error, "; hint: {hint}").expect("write to String");
     }
     let at = if first == last { format!("{first}") } else { format!("{first} .. {last}") };
-    ApplyError::Statement {
+    ApplyError::Statement(Box::new(crate::StatementFailure {
         op: op.to_owned(),
         table: table.clone(),
         key: key.join(", "),
         at,
         sql_error,
         single: first == last,
-    }
+    }))
 }

@@ -6,12 +6,15 @@
 //! - [`broker::shared_brokers`]: one broker per test process — `PGM_TEST_BROKERS` when `.ci/run` started one, else
 //!   a tansu started here and ended with the process. [`broker::Broker`] is a test's own broker, for restarts.
 //! - [`names::unique`]: database, topic and group names no other test (or earlier run) uses.
+//! - [`stack::Stack`]: DB1, DB2 and the three services as killable processes, with drain markers and row-by-row
+//!   comparison.
 //! - [`wait::until`]: poll a condition until it holds or a deadline passes, with a message saying what was awaited.
 
 pub mod broker;
 pub mod kafka;
 pub mod names;
 pub mod pg;
+pub mod stack;
 pub mod wait;
 
 /// Every fallible harness call returns this; the error says what failed and where its log is.

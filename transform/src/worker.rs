@@ -89,9 +89,13 @@ pub struct Worker {
 
 impl Worker {
     pub fn new(config: &PipelineConfig, program: Arc<Program>, metrics: TransformMetrics) -> Result<Self, WorkerError> {
-        let consumer: StreamConsumer<RebalanceCommit> =
-            kafka::consumer_config(&config.kafka, "pgm-transform", &config.transform.group_id)
-                .create_with_context(RebalanceCommit)?;
+        let mut client = kafka::consumer_config(&config.kafka, "pgm-transform", &config.transform.group_id);
+        // Raw topics appear while the worker runs (capture makes them on first sight of a table): look for them
+        // every few seconds, not librdkafka's default five minutes.
+        if !config.kafka.librdkafka.contains_key("topic.metadata.refresh.interval.ms") {
+            client.set("topic.metadata.refresh.interval.ms", "3000");
+        }
+        let consumer: StreamConsumer<RebalanceCommit> = client.create_with_context(RebalanceCommit)?;
         let topics = config.topics();
         let tables = config.tables();
         if tables.is_empty() {
@@ -178,7 +182,15 @@ impl Worker {
                 }
                 // 4. Input.
                 message = self.consumer.recv(), if in_flight.len() < MAX_IN_FLIGHT => {
-                    let message = message?;
+                    let message = match message {
+                        Ok(message) => message,
+                        // A listed raw topic capture has not created yet: librdkafka keeps looking for it.
+                        Err(KafkaError::MessageConsumption(RDKafkaErrorCode::UnknownTopicOrPartition)) => {
+                            tracing::info!("a configured raw topic does not exist yet (capture creates it on first use)");
+                            continue;
+                        }
+                        Err(error) => return Err(error.into()),
+                    };
                     let (topic, partition, offset) = (message.topic().to_owned(), message.partition(), message.offset());
                     let origin = RecordOrigin { topic: &topic, partition, offset };
                     let raw = RawRecord::decode(message.payload().unwrap_or_default(), origin)?;

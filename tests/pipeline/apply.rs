@@ -1,0 +1,458 @@
+//! pgm-apply on two real PostgreSQL 15 clusters, the broker, and the real capture and transform services:
+//! row-by-row equality after a mixed workload, the prefix property, kill -9 at random moments, pause across a
+//! restart, --until, reset's refusal, and a broken target that is fixed while apply waits.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context};
+use pgm_common::envelope::{RecordOrigin, TxnRecord};
+use pgm_common::Lsn;
+use pgm_test_support::broker::shared_brokers;
+use pgm_test_support::kafka::read_all;
+use pgm_test_support::stack::{Binaries, Options, Running, Service, Stack};
+use pgm_test_support::wait;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tokio_postgres::Client;
+
+const BINS: Binaries = Binaries {
+    capture: env!("CARGO_BIN_EXE_pgm-test-capture"),
+    transform: env!("CARGO_BIN_EXE_pgm-test-transform"),
+    apply: env!("CARGO_BIN_EXE_pgm-test-apply"),
+};
+
+const SCHEMA: &str = "
+CREATE TABLE accounts (id bigint PRIMARY KEY, balance bigint NOT NULL, note text);
+CREATE TABLE docs (id int PRIMARY KEY, title text, body text, version int NOT NULL DEFAULT 0);
+ALTER TABLE docs ALTER COLUMN body SET STORAGE EXTERNAL;
+CREATE TABLE lines (tenant int, id int, qty numeric(40,12), at timestamptz, data bytea, tags text[], meta jsonb,
+                    PRIMARY KEY (tenant, id));
+CREATE TABLE hist (acct bigint, delta bigint, at timestamptz);
+ALTER TABLE hist REPLICA IDENTITY FULL;
+";
+const TABLES: [&str; 4] = ["public.accounts", "public.docs", "public.lines", "public.hist"];
+const ACCOUNTS: i64 = 200;
+const TOTAL: i64 = ACCOUNTS * 1000;
+
+async fn stack(apply: &str) -> anyhow::Result<Stack> {
+    let options =
+        Options { source_schema: SCHEMA, target_schema: SCHEMA, tables: &TABLES, rules: None, partitions: 3, apply };
+    Stack::new(BINS, shared_brokers()?, options).await
+}
+
+/// The source workload, one transaction per step; every transfer keeps the sum of balances at TOTAL.
+struct Workload {
+    rng: StdRng,
+    accounts: Vec<i64>,
+    next_account: i64,
+    docs: Vec<i32>,
+    next_doc: i32,
+    next_line: i32,
+}
+
+impl Workload {
+    async fn new(db1: &Client, seed: u64) -> anyhow::Result<Self> {
+        db1.batch_execute(&format!(
+            "INSERT INTO accounts SELECT g, 1000, 'acct ' || g FROM generate_series(1, {ACCOUNTS}) g;
+             INSERT INTO hist VALUES (0, 0, '2026-01-01 00:00:00+00'), (0, 0, '2026-01-01 00:00:00+00');"
+        ))
+        .await?;
+        Ok(Workload {
+            rng: StdRng::seed_from_u64(seed),
+            accounts: (1..=ACCOUNTS).collect(),
+            next_account: 1_000_000,
+            docs: Vec::new(),
+            next_doc: 1,
+            next_line: 1,
+        })
+    }
+
+    fn pick_account(&mut self) -> (usize, i64) {
+        let i = self.rng.random_range(0..self.accounts.len());
+        (i, self.accounts[i])
+    }
+
+    async fn transfer(&mut self, db1: &Client) -> anyhow::Result<()> {
+        let (_, from) = self.pick_account();
+        let (_, to) = self.pick_account();
+        let amount = self.rng.random_range(1..50i64);
+        db1.batch_execute(&format!(
+            "BEGIN;
+             UPDATE accounts SET balance = balance - {amount} WHERE id = {from};
+             UPDATE accounts SET balance = balance + {amount} WHERE id = {to};
+             INSERT INTO hist VALUES ({from}, -{amount}, now()), ({to}, {amount}, now());
+             COMMIT;"
+        ))
+        .await?;
+        Ok(())
+    }
+
+    async fn step(&mut self, db1: &Client, mixed: bool) -> anyhow::Result<()> {
+        let choice = if mixed { self.rng.random_range(0..10) } else { self.rng.random_range(0..6) };
+        match choice {
+            0..=3 => self.transfer(db1).await?,
+            4 => {
+                // Key update: the row moves to a new key, its balance with it.
+                let (i, old) = self.pick_account();
+                let new = self.next_account;
+                self.next_account += 1;
+                db1.execute("UPDATE accounts SET id = $2 WHERE id = $1", &[&old, &new]).await?;
+                self.accounts[i] = new;
+            }
+            5 => {
+                let body: String =
+                    (0..if mixed { 120_000 } else { 2_000 }).map(|_| self.rng.random_range('a'..='z')).collect();
+                let id = self.next_doc;
+                self.next_doc += 1;
+                db1.execute("INSERT INTO docs (id, title, body) VALUES ($1, 'draft', $2)", &[&id, &body]).await?;
+                self.docs.push(id);
+            }
+            6 if !self.docs.is_empty() => {
+                // Only non-TOAST columns change: wal2json leaves the unchanged body out; apply must not touch it.
+                let id = self.docs[self.rng.random_range(0..self.docs.len())];
+                db1.execute(
+                    "UPDATE docs SET title = 'edited ' || version, version = version + 1 WHERE id = $1",
+                    &[&id],
+                )
+                .await?;
+            }
+            7 if self.docs.len() > 3 => {
+                let id = self.docs.swap_remove(self.rng.random_range(0..self.docs.len()));
+                db1.execute("DELETE FROM docs WHERE id = $1", &[&id]).await?;
+            }
+            8 => {
+                let tenant = self.rng.random_range(0..3);
+                let first = self.next_line;
+                self.next_line += 50;
+                db1.execute(
+                    "INSERT INTO lines SELECT $1, g, ('12345678901234567890.' || lpad(g::text, 12, '0'))::numeric,
+                            '2026-03-04 05:06:07.123456+05:30'::timestamptz + g * interval '1 minute',
+                            decode(md5(g::text), 'hex') || '\\x00ff'::bytea,
+                            ARRAY['a,b', 'q\"uote', NULL, g::text],
+                            jsonb_build_object('g', g, 'nested', jsonb_build_array(1.50, 'x'))
+                     FROM generate_series($2::int, $2::int + 49) g",
+                    &[&tenant, &first],
+                )
+                .await?;
+            }
+            9 => {
+                let tenant = self.rng.random_range(0..3);
+                db1.batch_execute(&format!(
+                    "BEGIN;
+                     UPDATE lines SET qty = qty + 0.000000000001 WHERE tenant = {tenant} AND id % 7 = 0;
+                     DELETE FROM lines WHERE tenant = {tenant} AND id % 11 = 0;
+                     COMMIT;"
+                ))
+                .await?;
+            }
+            _ => self.transfer(db1).await?,
+        }
+        Ok(())
+    }
+}
+
+/// Reads DB2 while apply replays: the sum of balances must always be TOTAL (or the accounts not there yet).
+struct PrefixChecker {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<anyhow::Result<(u64, Vec<String>)>>,
+}
+
+impl PrefixChecker {
+    async fn start(stack: &Stack) -> anyhow::Result<Self> {
+        let db2 = stack.target().await?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let task = tokio::spawn(async move {
+            let (mut reads, mut violations) = (0u64, Vec::new());
+            while !flag.load(Ordering::Relaxed) {
+                // Before apply's first commit the table may be empty; after it, the sum is fixed.
+                if let Ok(row) = db2
+                    .query_one(
+                        "SELECT count(*), coalesce(sum(balance), 0)::bigint, \
+                                (SELECT coalesce(sum(delta), 0)::bigint FROM hist) FROM accounts",
+                        &[],
+                    )
+                    .await
+                {
+                    let (count, sum, deltas): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+                    if count > 0 {
+                        reads += 1;
+                        if sum != TOTAL || deltas != 0 || count != ACCOUNTS {
+                            violations.push(format!("count {count}, sum {sum}, hist deltas {deltas}"));
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Ok((reads, violations))
+        });
+        Ok(PrefixChecker { stop, task })
+    }
+
+    /// Number of reads that saw the accounts; fails on any read that saw half a transaction.
+    async fn finish(self) -> anyhow::Result<u64> {
+        self.stop.store(true, Ordering::Relaxed);
+        let (reads, violations) = self.task.await??;
+        ensure!(
+            violations.is_empty(),
+            "DB2 showed a partial source transaction: {:?}",
+            &violations[..violations.len().min(5)]
+        );
+        Ok(reads)
+    }
+}
+
+fn start_pipeline(stack: &Stack) -> anyhow::Result<(Running, Running)> {
+    Ok((stack.spawn(Service::Capture, &["run"])?, stack.spawn(Service::Transform, &["run"])?))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mixed_workload_replays_row_by_row_equal_and_never_shows_half_a_transaction() -> anyhow::Result<()> {
+    let stack = stack("").await?;
+    let _pipeline = start_pipeline(&stack)?;
+    let _apply = stack.spawn(Service::Apply, &["run"])?;
+    let db1 = stack.source().await?;
+    let mut workload = Workload::new(&db1, 7).await?;
+    let checker = PrefixChecker::start(&stack).await?;
+    for step in 0..400 {
+        if step == 200 {
+            db1.batch_execute("TRUNCATE lines").await?;
+        }
+        workload.step(&db1, true).await?;
+    }
+    stack.marker("drained").await?;
+    stack.wait_marker("drained", Duration::from_secs(180)).await?;
+    let reads = checker.finish().await?;
+    ensure!(reads > 10, "the prefix checker saw the accounts only {reads} times");
+    stack.assert_same(&TABLES).await?;
+
+    // The TOAST column was never touched by title-only updates, and some docs were edited.
+    let db2 = stack.target().await?;
+    let edited: i64 =
+        db2.query_one("SELECT count(*) FROM docs WHERE version > 0 AND length(body) = 120000", &[]).await?.get(0);
+    ensure!(edited > 0, "no edited document with its body intact");
+    // DB2's WAL marks apply's transactions with its replication origin.
+    let origin: Option<String> = db2
+        .query_one(
+            "SELECT remote_lsn::text FROM pg_replication_origin_status s JOIN pg_replication_origin o \
+             ON o.roident = s.local_id WHERE o.roname = $1",
+            &[&format!("pgm_{}", stack.prefix)],
+        )
+        .await?
+        .get(0);
+    let origin: Lsn = origin.context("origin has no progress")?.parse()?;
+    let applied: String = db2
+        .query_one("SELECT applied_end_lsn::text FROM pgm.apply_progress WHERE pipeline = $1", &[&stack.prefix])
+        .await?
+        .get(0);
+    ensure!(origin == applied.parse::<Lsn>()?, "origin progress {origin} differs from the applied end LSN {applied}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_killed_at_random_moments_loses_and_doubles_nothing() -> anyhow::Result<()> {
+    let stack = stack("group_ms = 100").await?;
+    let _pipeline = start_pipeline(&stack)?;
+    let db1 = stack.source().await?;
+    let mut workload = Workload::new(&db1, 11).await?;
+    let done = Arc::new(AtomicBool::new(false));
+    let steps = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let (done, steps) = (done.clone(), steps.clone());
+        tokio::spawn(async move {
+            while !done.load(Ordering::Relaxed) {
+                workload.step(&db1, false).await?;
+                steps.fetch_add(1, Ordering::Relaxed);
+            }
+            anyhow::Ok(())
+        })
+    };
+    let checker = PrefixChecker::start(&stack).await?;
+    let mut rng = StdRng::seed_from_u64(3);
+    let mut apply = stack.spawn(Service::Apply, &["run"])?;
+    let db2 = stack.target().await?;
+    let applied = || async {
+        let row = db2
+            .query_opt("SELECT applied_lsn::text FROM pgm.apply_progress WHERE pipeline = $1", &[&stack.prefix])
+            .await?;
+        anyhow::Ok(row.map(|r| r.get::<_, String>(0)).unwrap_or_default())
+    };
+    let mut progressed = BTreeSet::new();
+    for _ in 0..12 {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(300..1500))).await;
+        apply.kill9()?;
+        progressed.insert(applied().await?);
+        apply = stack.spawn(Service::Apply, &["run"])?;
+    }
+    done.store(true, Ordering::Relaxed);
+    writer.await??;
+    stack.marker("after-kills").await?;
+    stack.wait_marker("after-kills", Duration::from_secs(180)).await?;
+    checker.finish().await?;
+    stack.assert_same(&TABLES).await?;
+    ensure!(progressed.len() >= 6, "apply made progress between only {} of 12 kills", progressed.len());
+    println!(
+        "{} workload transactions, 12 kills, applied positions at kills: {}",
+        steps.load(Ordering::Relaxed),
+        progressed.len()
+    );
+    Ok(())
+}
+
+/// Commit LSNs of the transactions that wrote to the carried tables, in order, from the txn topic.
+fn commit_lsns(stack: &Stack) -> anyhow::Result<Vec<Lsn>> {
+    let topic = format!("{}.txn", stack.prefix);
+    let mut out = Vec::new();
+    for record in read_all(&stack.brokers, &topic)? {
+        let origin = RecordOrigin { topic: &topic, partition: 0, offset: record.offset };
+        if let TxnRecord::Commit { commit_lsn, counts, .. } = TxnRecord::decode(&record.value, origin)? {
+            if !counts.is_empty() && out.last().is_none_or(|l| *l < commit_lsn) {
+                out.push(commit_lsn);
+            }
+        }
+    }
+    Ok(out)
+}
+
+async fn account_ids(db2: &Client) -> anyhow::Result<Vec<i64>> {
+    let rows = db2.query("SELECT id FROM accounts ORDER BY id", &[]).await.unwrap_or_default();
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+fn wait_exit(running: &mut Running, timeout: Duration) -> anyhow::Result<std::process::ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = running.child.try_wait()? {
+            return Ok(status);
+        }
+        ensure!(Instant::now() < deadline, "process still running after {timeout:?}:\n{}", running.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn stdout(output: &std::process::Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn until_stops_exactly_and_pause_survives_a_restart() -> anyhow::Result<()> {
+    let stack = stack("").await?;
+    let _pipeline = start_pipeline(&stack)?;
+    let db1 = stack.source().await?;
+    for id in 1..=20i64 {
+        db1.execute("INSERT INTO accounts VALUES ($1, 1000, 'one')", &[&id]).await?;
+    }
+    let commits = wait::until("20 commits in the txn topic", Duration::from_secs(60), || async {
+        let commits = commit_lsns(&stack)?;
+        Ok((commits.len() >= 20).then_some(commits))
+    })
+    .await?;
+
+    // --until the 7th transaction: exactly accounts 1..=7, and the process exits by itself.
+    let until = commits[6].to_string();
+    let mut apply = stack.spawn(Service::Apply, &["run", "--until", &until])?;
+    let status = tokio::task::block_in_place(|| wait_exit(&mut apply, Duration::from_secs(60)))?;
+    ensure!(status.success(), "apply --until failed:\n{}", apply.log());
+    let db2 = stack.target().await?;
+    ensure!(
+        account_ids(&db2).await? == (1..=7).collect::<Vec<_>>(),
+        "after --until {until}: {:?}",
+        account_ids(&db2).await?
+    );
+
+    // Paused before start: nothing moves, across a kill -9 and a restart.
+    let out = stack.run(Service::Apply, &["pause"])?;
+    ensure!(out.status.success(), "{}", stdout(&out));
+    let mut apply = stack.spawn(Service::Apply, &["run"])?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    ensure!(account_ids(&db2).await?.len() == 7, "a paused apply applied changes");
+    let status = stack.run(Service::Apply, &["status"])?;
+    ensure!(stdout(&status).contains("paused       yes"), "status:\n{}", stdout(&status));
+    ensure!(stdout(&status).contains("apply connected"), "status:\n{}", stdout(&status));
+    // Reset is refused while apply runs.
+    let out = stack.run(Service::Apply, &["reset", "--to", &commits[2].to_string()])?;
+    ensure!(!out.status.success() && stdout(&out).contains("running"), "{}", stdout(&out));
+    apply.kill9()?;
+    let mut apply = stack.spawn(Service::Apply, &["run"])?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    ensure!(account_ids(&db2).await?.len() == 7, "apply forgot the pause across a restart");
+
+    let out = stack.run(Service::Apply, &["resume"])?;
+    ensure!(out.status.success(), "{}", stdout(&out));
+    stack.marker("resumed").await?;
+    stack.wait_marker("resumed", Duration::from_secs(60)).await?;
+    ensure!(account_ids(&db2).await? == (1..=20).collect::<Vec<_>>(), "after resume: {:?}", account_ids(&db2).await?);
+
+    // Pause while running: it stops at a boundary and applies nothing more until resumed.
+    stack.run(Service::Apply, &["pause"])?;
+    wait::until("apply to report paused", Duration::from_secs(10), || async {
+        let state: String =
+            db2.query_one("SELECT state FROM pgm.apply_progress WHERE pipeline = $1", &[&stack.prefix]).await?.get(0);
+        Ok((state == "paused").then_some(()))
+    })
+    .await?;
+    db1.execute("INSERT INTO accounts VALUES (21, 1000, 'late')", &[]).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    ensure!(account_ids(&db2).await?.len() == 20, "a paused apply applied changes");
+    stack.run(Service::Apply, &["resume"])?;
+    stack.marker("resumed-again").await?;
+    stack.wait_marker("resumed-again", Duration::from_secs(60)).await?;
+    stack.assert_same(&["public.accounts"]).await?;
+
+    // Reset to an earlier position is refused without --force once apply is stopped, and allowed with it.
+    apply.kill9()?;
+    let out = stack.run(Service::Apply, &["reset", "--to", &commits[2].to_string()])?;
+    ensure!(!out.status.success() && stdout(&out).contains("already holds"), "{}", stdout(&out));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_target_stops_apply_with_a_clear_error_and_it_converges_after_the_fix() -> anyhow::Result<()> {
+    let stack = stack("").await?;
+    let _pipeline = start_pipeline(&stack)?;
+    let db1 = stack.source().await?;
+    let db2 = stack.target().await?;
+    db2.batch_execute("ALTER TABLE accounts DROP COLUMN note").await?;
+    let mut apply = stack.spawn(Service::Apply, &["run"])?;
+    for id in 1..=5i64 {
+        db1.execute("INSERT INTO accounts VALUES ($1, 1000, 'secret-value-7731')", &[&id]).await?;
+    }
+    let status = tokio::task::block_in_place(|| wait_exit(&mut apply, Duration::from_secs(60)))?;
+    let log = apply.log();
+    ensure!(!status.success(), "apply kept running with a dropped column:\n{log}");
+    for expected in ["\"note\"", "\"public\".\"accounts\"", "source position", "add the column"] {
+        ensure!(log.contains(expected), "{expected:?} missing from the error:\n{log}");
+    }
+    ensure!(!log.contains("secret-value"), "a row value leaked into the log:\n{log}");
+    ensure!(account_ids(&db2).await?.is_empty(), "rows were applied past the failure");
+    let status = stack.run(Service::Apply, &["status"])?;
+    ensure!(stdout(&status).contains("failed") && stdout(&status).contains("\"note\""), "status:\n{}", stdout(&status));
+
+    // The operator restores the column; a restart continues from the failure.
+    db2.batch_execute("ALTER TABLE accounts ADD COLUMN note text").await?;
+    // A constraint DB1 does not have: DB2 refuses one row of a batch; apply names exactly that change.
+    db2.batch_execute("ALTER TABLE accounts ADD CONSTRAINT small_ids CHECK (id < 9)").await?;
+    db1.batch_execute("INSERT INTO accounts SELECT g, 1000, 'secret-value-7731' FROM generate_series(6, 10) g").await?;
+    let mut apply = stack.spawn(Service::Apply, &["run"])?;
+    let status = tokio::task::block_in_place(|| wait_exit(&mut apply, Duration::from_secs(60)))?;
+    let log = apply.log();
+    ensure!(!status.success(), "apply ignored a constraint violation:\n{log}");
+    for expected in ["small_ids", "23514", "insert of \"public\".\"accounts\"", "key id"] {
+        ensure!(log.contains(expected), "{expected:?} missing from the error:\n{log}");
+    }
+    ensure!(!log.contains("secret-value"), "a row value leaked into the log:\n{log}");
+    // The five single-row transactions before it were applied and kept; the failing one is named by position.
+    ensure!(account_ids(&db2).await? == (1..=5).collect::<Vec<_>>(), "{:?}", account_ids(&db2).await?);
+    let line = log.lines().find(|l| l.contains("small_ids")).unwrap_or_default().to_owned();
+    ensure!(line.contains("#") && !line.contains(" .. "), "the failing change is not located exactly: {line}");
+
+    db2.batch_execute("ALTER TABLE accounts DROP CONSTRAINT small_ids").await?;
+    let _apply = stack.spawn(Service::Apply, &["run"])?;
+    stack.marker("fixed").await?;
+    stack.wait_marker("fixed", Duration::from_secs(60)).await?;
+    stack.assert_same(&TABLES).await?;
+    Ok(())
+}
