@@ -37,8 +37,14 @@ use crate::ApplyError;
 
 /// librdkafka settings apply needs, under the user's passthrough: its prefetch is its only buffer, so keep it small
 /// per partition; and an offset that retention deleted must stop apply, never silently skip to the earliest record.
-const APPLY_CONSUMER_DEFAULTS: &[(&str, &str)] =
-    &[("queued.max.messages.kbytes", "4096"), ("queued.min.messages", "1000"), ("auto.offset.reset", "error")];
+/// A partition with nothing new answers a fetch after fetch.wait.max.ms: keep it short, as a transaction's records
+/// may sit in a partition apply has just started to read.
+const APPLY_CONSUMER_DEFAULTS: &[(&str, &str)] = &[
+    ("queued.max.messages.kbytes", "4096"),
+    ("queued.min.messages", "1000"),
+    ("auto.offset.reset", "error"),
+    ("fetch.wait.max.ms", "100"),
+];
 
 /// How long to wait for a record before logging what apply is waiting for.
 const WAIT_WARNING: Duration = Duration::from_secs(30);
@@ -125,7 +131,33 @@ impl Reader {
             Arc::new(client.create().map_err(|e| ApplyError::Kafka(format!("cannot create the consumer: {e}")))?);
         let topics = config.topics();
         let txn_topic = topics.txn();
-        let txn = open_queue(&consumer, &txn_topic, 0, txn_offset).await?;
+        wait_for_partition(&consumer, &txn_topic, 0).await?;
+        // Open every partition known now in one assignment, so they all fetch at once: the txn topic, the
+        // partitions DB2's progress names, and those of the configured tables' out topics that exist already.
+        let existing: HashMap<String, usize> =
+            tokio::task::block_in_place(|| consumer.fetch_metadata(None, Duration::from_secs(10)))
+                .map_err(|e| ApplyError::Kafka(format!("listing topics: {e}")))?
+                .topics()
+                .iter()
+                .map(|t| (t.name().to_owned(), t.partitions().len()))
+                .collect();
+        let mut initial: BTreeMap<(String, i32), i64> = stored.clone().into_iter().collect();
+        for table in config.tables() {
+            let out = topics.out(&table).map_err(|e| ApplyError::Stream(e.to_string()))?;
+            for partition in 0..existing.get(&out).copied().unwrap_or(0) as i32 {
+                initial.entry((out.clone(), partition)).or_insert(0);
+            }
+        }
+        initial.insert((txn_topic.clone(), 0), txn_offset);
+        let mut queues = assign(&consumer, &initial)?;
+        let txn = queues.remove(&(txn_topic.clone(), 0)).expect("assigned above");
+        let parts = queues
+            .into_iter()
+            .map(|(key, queue)| {
+                let from = initial[&key];
+                (key, Part { queue, head: None, next_offset: from, last_taken: None })
+            })
+            .collect();
         // Every partition has its own queue; the main queue only serves events (errors, statistics).
         let main = consumer.clone();
         let stray = Arc::new(AtomicBool::new(false));
@@ -146,17 +178,7 @@ impl Reader {
                 }
             }
         });
-        Ok(Reader {
-            consumer,
-            topics,
-            txn_topic,
-            txn,
-            txn_next: txn_offset,
-            parts: HashMap::new(),
-            stored,
-            stray,
-            events,
-        })
+        Ok(Reader { consumer, topics, txn_topic, txn, txn_next: txn_offset, parts, stored, stray, events })
     }
 
     /// The next txn record and its offset, or `None` when none arrives within `wait`.
@@ -257,9 +279,7 @@ impl Reader {
     }
 }
 
-/// Assigns one partition at `from` and gives it its own queue. The split must follow the assignment (assigning
-/// re-routes the partition to the main queue); a record fetched in between lands on the main queue, which the
-/// events task reports as stray, ending the session (a new one seeks from DB2's progress: nothing is skipped).
+/// Assigns one partition at `from` and gives it its own queue (once its topic exists).
 async fn open_queue(
     consumer: &Arc<StreamConsumer>,
     topic: &str,
@@ -267,17 +287,34 @@ async fn open_queue(
     from: i64,
 ) -> Result<Queue, ApplyError> {
     wait_for_partition(consumer, topic, partition).await?;
+    let key = (topic.to_owned(), partition);
+    let mut queues = assign(consumer, &BTreeMap::from([(key.clone(), from)]))?;
+    Ok(queues.remove(&key).expect("assigned"))
+}
+
+/// Adds the partitions to the assignment at the given offsets and gives each its own queue. The split must follow
+/// the assignment (assigning re-routes a partition to the main queue); a record fetched in between lands on the
+/// main queue, which the events task reports as stray, ending the session (a new one seeks from DB2's progress:
+/// nothing is skipped).
+fn assign(
+    consumer: &Arc<StreamConsumer>,
+    partitions: &BTreeMap<(String, i32), i64>,
+) -> Result<HashMap<(String, i32), Queue>, ApplyError> {
     let mut list = TopicPartitionList::new();
-    list.add_partition_offset(topic, partition, Offset::Offset(from))
-        .map_err(|e| ApplyError::Kafka(format!("{topic}[{partition}] offset {from}: {e}")))?;
-    consumer
-        .incremental_assign(&list)
-        .map_err(|e| ApplyError::Kafka(format!("assigning {topic}[{partition}]: {e}")))?;
-    let queue = consumer.split_partition_queue(topic, partition).ok_or_else(|| {
-        ApplyError::Kafka(format!("cannot open a queue for {topic}[{partition}] (does the topic exist?)"))
-    })?;
-    tracing::debug!(topic, partition, from, "partition opened");
-    Ok(queue)
+    for ((topic, partition), from) in partitions {
+        list.add_partition_offset(topic, *partition, Offset::Offset(*from))
+            .map_err(|e| ApplyError::Kafka(format!("{topic}[{partition}] offset {from}: {e}")))?;
+    }
+    consumer.incremental_assign(&list).map_err(|e| ApplyError::Kafka(format!("assigning partitions: {e}")))?;
+    let mut queues = HashMap::new();
+    for ((topic, partition), from) in partitions {
+        let queue = consumer.split_partition_queue(topic, *partition).ok_or_else(|| {
+            ApplyError::Kafka(format!("cannot open a queue for {topic}[{partition}] (does the topic exist?)"))
+        })?;
+        tracing::debug!(topic, partition, from, "partition opened");
+        queues.insert((topic.clone(), *partition), queue);
+    }
+    Ok(queues)
 }
 
 /// librdkafka does not start fetching a partition of a topic that did not exist when it was assigned, so apply

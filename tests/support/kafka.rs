@@ -31,6 +31,49 @@ const QUIET: Duration = Duration::from_millis(1500);
 /// Reads until the topic has been quiet for [`QUIET`] rather than up to the high watermark: tansu 0.6.0 reports a
 /// high watermark that undercounts multi-record batches (Kafka does not).
 pub fn read_all(brokers: &str, topic: &str) -> crate::Result<Vec<Record>> {
+    let mut out = Vec::new();
+    let mut last_message = std::time::Instant::now();
+    read(brokers, topic, Duration::from_secs(120), |record| {
+        match record {
+            Some(record) => {
+                last_message = std::time::Instant::now();
+                out.push(record);
+            }
+            None if last_message.elapsed() >= QUIET => return false,
+            None => {}
+        }
+        true
+    })?;
+    out.sort_by_key(|r| (r.partition, r.offset));
+    Ok(out)
+}
+
+/// Records of `topic` from its start until `enough` says the ones read so far suffice (for topics that are never
+/// quiet, such as the txn topic with heartbeats). Blocking, like [`read_all`].
+pub fn read_until(
+    brokers: &str,
+    topic: &str,
+    timeout: Duration,
+    mut enough: impl FnMut(&[Record]) -> bool,
+) -> crate::Result<Vec<Record>> {
+    let mut out = Vec::new();
+    read(brokers, topic, timeout, |record| {
+        if let Some(record) = record {
+            out.push(record);
+            return !enough(&out);
+        }
+        true
+    })?;
+    Ok(out)
+}
+
+/// Feeds every record (or `None` after 100 ms without one) to `more` until it returns false.
+fn read(
+    brokers: &str,
+    topic: &str,
+    timeout: Duration,
+    mut more: impl FnMut(Option<Record>) -> bool,
+) -> crate::Result<()> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", crate::names::unique("reader"))
@@ -52,22 +95,24 @@ pub fn read_all(brokers: &str, topic: &str) -> crate::Result<Vec<Record>> {
         tpl.add_partition_offset(topic, *partition, Offset::Beginning)?;
     }
     consumer.assign(&tpl)?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    let mut last_message = std::time::Instant::now();
-    let mut out = Vec::new();
-    while last_message.elapsed() < QUIET {
-        anyhow::ensure!(std::time::Instant::now() < deadline, "reading {topic} did not finish in 120 s");
-        let Some(message) = consumer.poll(Duration::from_millis(100)) else { continue };
-        let message = message?;
-        last_message = std::time::Instant::now();
-        out.push(Record {
-            topic: topic.to_owned(),
-            partition: message.partition(),
-            offset: message.offset(),
-            key: message.key().unwrap_or_default().to_vec(),
-            value: message.payload().unwrap_or_default().to_vec(),
-        });
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        anyhow::ensure!(std::time::Instant::now() < deadline, "reading {topic} did not finish in {timeout:?}");
+        let record = match consumer.poll(Duration::from_millis(100)) {
+            None => None,
+            Some(message) => {
+                let message = message?;
+                Some(Record {
+                    topic: topic.to_owned(),
+                    partition: message.partition(),
+                    offset: message.offset(),
+                    key: message.key().unwrap_or_default().to_vec(),
+                    value: message.payload().unwrap_or_default().to_vec(),
+                })
+            }
+        };
+        if !more(record) {
+            return Ok(());
+        }
     }
-    out.sort_by_key(|r| (r.partition, r.offset));
-    Ok(out)
 }
