@@ -31,6 +31,8 @@ pub struct ApplyMetrics {
     pub lag_bytes: Gauge,
     pub transactions: Counter,
     pub rows: Family<TableLabel, Counter>,
+    /// Updates and deletes whose row was not in DB2.
+    pub missing_rows: Family<TableLabel, Counter>,
     pub batch_rows: Histogram,
     pub group_transactions: Histogram,
     pub statement_seconds: Histogram,
@@ -47,6 +49,7 @@ impl Default for ApplyMetrics {
             lag_bytes: Gauge::default(),
             transactions: Counter::default(),
             rows: Family::default(),
+            missing_rows: Family::default(),
             batch_rows: Histogram::new(exponential_buckets(1.0, 4.0, 8)),
             group_transactions: Histogram::new(exponential_buckets(1.0, 4.0, 9)),
             statement_seconds: Histogram::new(exponential_buckets(0.0005, 4.0, 10)),
@@ -77,6 +80,11 @@ impl ApplyMetrics {
         );
         r.register("pgm_apply_transactions", "Source transactions applied", self.transactions.clone());
         r.register("pgm_apply_rows", "Rows written to DB2, by target table", self.rows.clone());
+        r.register(
+            "pgm_apply_missing_rows",
+            "Updates and deletes whose row was not in DB2, by target table",
+            self.missing_rows.clone(),
+        );
         r.register("pgm_apply_batch_rows", "Rows per SQL statement", self.batch_rows.clone());
         r.register(
             "pgm_apply_group_transactions",

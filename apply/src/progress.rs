@@ -82,7 +82,10 @@ pub struct AfterAdvance {
 pub async fn prepare(client: &Client, pipeline: &str) -> Result<(), ApplyError> {
     // Two applies starting at once may race on CREATE … IF NOT EXISTS; a lock makes it deterministic.
     client
-        .batch_execute(&format!("BEGIN; SELECT pg_advisory_xact_lock(hashtext('pgm schema')); {SCHEMA} COMMIT;"))
+        .batch_execute(&format!(
+            "BEGIN; SET LOCAL client_min_messages = warning; SELECT pg_advisory_xact_lock(hashtext('pgm schema')); \
+             {SCHEMA} COMMIT;"
+        ))
         .await
         .map_err(ApplyError::db)?;
     client

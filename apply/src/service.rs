@@ -209,7 +209,7 @@ impl<'a> Session<'a> {
         }
         progress::set_state(self.client(), &self.pipeline, "running", None).await?;
         let mut reader = Reader::open(self.config, stored.txn_offset, stored.offsets).await?;
-        let mut writer = Writer::new(self.batch_rows(), self.metrics.clone());
+        let mut writer = Writer::new(self.batch_rows(), self.config.apply.on_missing_row, self.metrics.clone());
         // Transactional messages of the transaction whose commit comes next.
         let mut messages: Vec<(Position, String, String)> = Vec::new();
         let mut idle_since = Instant::now();

@@ -23,6 +23,7 @@ use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 
 use pgm_common::change::{quote_ident, Cell, Row, TableRef};
+use pgm_common::config::OnMissingRow;
 use pgm_common::envelope::{Op, TargetOp};
 use pgm_common::Position;
 use tokio_postgres::types::ToSql;
@@ -64,6 +65,7 @@ struct Batch {
 }
 
 pub struct Writer {
+    on_missing_row: OnMissingRow,
     catalog: TargetCatalog,
     statements: HashMap<String, Statement>,
     batch: Option<Batch>,
@@ -87,8 +89,9 @@ fn key_values(row: &Row, key: &[String], table: &TableRef, pos: Position) -> Res
 }
 
 impl Writer {
-    pub fn new(batch_rows: usize, metrics: ApplyMetrics) -> Self {
+    pub fn new(batch_rows: usize, on_missing_row: OnMissingRow, metrics: ApplyMetrics) -> Self {
         Writer {
+            on_missing_row,
             catalog: TargetCatalog::default(),
             statements: HashMap::new(),
             batch: None,
@@ -231,7 +234,27 @@ impl Writer {
         };
         let params: Vec<&(dyn ToSql + Sync)> = batch.values.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
         let started = std::time::Instant::now();
-        client.execute(&statement, &params).await.map_err(|e| batch_error(e, &batch))?;
+        let changed = client.execute(&statement, &params).await.map_err(|e| batch_error(e, &batch))?;
+        let touches_existing = !matches!(batch.kind, Kind::Insert | Kind::Upsert);
+        if touches_existing && (changed as usize) < batch.rows {
+            let missing = batch.rows - changed as usize;
+            self.metrics.missing_rows.get_or_create(&crate::metrics::table_label(&batch.table)).inc_by(missing as u64);
+            let at = if batch.first == batch.last { batch.first.to_string() } else { format!("{} .. {}", batch.first, batch.last) };
+            if self.on_missing_row == OnMissingRow::Error {
+                return Err(ApplyError::Target(format!(
+                    "{missing} of {} {}s of {} at source position {at} found no row in DB2: DB2 has diverged from DB1 \
+                     (was it bootstrapped? were rows changed by hand?); nothing after the last committed transaction \
+                     was applied. Set apply.on_missing_row = \"warn\" to skip such changes",
+                    batch.rows,
+                    kind_name(batch.kind),
+                    batch.table
+                )));
+            }
+            tracing::warn!(
+                table = %batch.table, at = %at, missing, op = kind_name(batch.kind),
+                "changes found no row in DB2 and were skipped (as PostgreSQL's apply does); DB2 may have diverged"
+            );
+        }
         self.metrics.statement_seconds.observe(started.elapsed().as_secs_f64());
         self.metrics.batch_rows.observe(batch.rows as f64);
         self.metrics.rows.get_or_create(&crate::metrics::table_label(&batch.table)).inc_by(batch.rows as u64);

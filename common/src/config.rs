@@ -267,6 +267,18 @@ pub struct ApplyConfig {
     /// Replication origin that marks apply's writes in DB2's WAL; default `pgm_<topics.prefix>`.
     #[serde(default)]
     pub origin: Option<String>,
+    /// An update or delete whose row is not in DB2: `warn` (log, count, go on — as PostgreSQL's own apply does)
+    /// or `error` (stop: DB2 has diverged from DB1).
+    #[serde(default)]
+    pub on_missing_row: OnMissingRow,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnMissingRow {
+    #[default]
+    Warn,
+    Error,
 }
 
 fn default_apply_group() -> String {
@@ -298,6 +310,7 @@ impl Default for ApplyConfig {
             group_bytes: default_group_bytes(),
             group_ms: default_group_ms(),
             origin: None,
+            on_missing_row: OnMissingRow::Warn,
         }
     }
 }

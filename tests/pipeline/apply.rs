@@ -482,9 +482,17 @@ async fn a_broken_target_stops_apply_with_a_clear_error_and_it_converges_after_t
     ensure!(line.contains("#") && !line.contains(" .. "), "the failing change is not located exactly: {line}");
 
     db2.batch_execute("ALTER TABLE accounts DROP CONSTRAINT small_ids").await?;
-    let _apply = stack.spawn(Service::Apply, &["run"])?;
+    let apply = stack.spawn(Service::Apply, &["run"])?;
     stack.marker("fixed").await?;
     stack.wait_marker("fixed", Duration::from_secs(60)).await?;
     stack.assert_same(&TABLES).await?;
+
+    // A row removed from DB2 by hand: the update that needs it is reported (by position, not value) and skipped.
+    db2.batch_execute("DELETE FROM accounts WHERE id = 3").await?;
+    db1.batch_execute("UPDATE accounts SET balance = 1 WHERE id = 3").await?;
+    stack.marker("diverged").await?;
+    stack.wait_marker("diverged", Duration::from_secs(60)).await?;
+    let log = apply.log();
+    ensure!(log.contains("found no row in DB2") && !log.contains("balance = 1"), "the missing row went unreported:\n{log}");
     Ok(())
 }
