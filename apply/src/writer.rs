@@ -239,7 +239,11 @@ impl Writer {
         if touches_existing && (changed as usize) < batch.rows {
             let missing = batch.rows - changed as usize;
             self.metrics.missing_rows.get_or_create(&crate::metrics::table_label(&batch.table)).inc_by(missing as u64);
-            let at = if batch.first == batch.last { batch.first.to_string() } else { format!("{} .. {}", batch.first, batch.last) };
+            let at = if batch.first == batch.last {
+                batch.first.to_string()
+            } else {
+                format!("{} .. {}", batch.first, batch.last)
+            };
             if self.on_missing_row == OnMissingRow::Error {
                 return Err(ApplyError::Target(format!(
                     "{missing} of {} {}s of {} at source position {at} found no row in DB2: DB2 has diverged from DB1 \

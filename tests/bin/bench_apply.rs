@@ -148,13 +148,27 @@ async fn prepare_stream(
                 v: ENVELOPE_VERSION,
                 pos,
                 source: table.clone(),
-                ops: vec![TargetOp { op: Op::Insert, target: table.clone(), key: vec!["id".into()], new: row(id), old: None }],
+                ops: vec![TargetOp {
+                    op: Op::Insert,
+                    target: table.clone(),
+                    key: vec!["id".into()],
+                    new: row(id),
+                    old: None,
+                }],
             };
             let payload = serde_json::to_vec(&record)?;
             let key = pos.to_key();
-            pending.push(producer.send_result(FutureRecord::to(&out).partition(partition).key(&key).payload(&payload)).map_err(|(e, _)| e)?);
+            pending.push(
+                producer
+                    .send_result(FutureRecord::to(&out).partition(partition).key(&key).payload(&payload))
+                    .map_err(|(e, _)| e)?,
+            );
             if pending.len() >= 20_000 {
-                try_join_all(pending.drain(..)).await?.into_iter().collect::<Result<Vec<_>, _>>().map_err(|(e, _)| e)?;
+                try_join_all(pending.drain(..))
+                    .await?
+                    .into_iter()
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|(e, _)| e)?;
             }
         }
         let commit = TxnRecord::Commit {
@@ -163,11 +177,18 @@ async fn prepare_stream(
             commit_lsn,
             end_lsn: Lsn(commit_lsn.0 + 0x40),
             commit_time: Some("2026-11-25 21:24:32.251444+00".into()),
-            counts: counts.into_iter().map(|(partition, count)| PartitionCount { topic: raw.clone(), partition, count }).collect(),
+            counts: counts
+                .into_iter()
+                .map(|(partition, count)| PartitionCount { topic: raw.clone(), partition, count })
+                .collect(),
         };
         let payload = serde_json::to_vec(&commit)?;
         let key = Position::new(commit_lsn, Position::COMMIT).to_key();
-        pending.push(producer.send_result(FutureRecord::to(&topics.txn()).partition(0).key(&key).payload(&payload)).map_err(|(e, _)| e)?);
+        pending.push(
+            producer
+                .send_result(FutureRecord::to(&topics.txn()).partition(0).key(&key).payload(&payload))
+                .map_err(|(e, _)| e)?,
+        );
     }
     try_join_all(pending.drain(..)).await?.into_iter().collect::<Result<Vec<_>, _>>().map_err(|(e, _)| e)?;
     Ok(last)
@@ -176,7 +197,11 @@ async fn prepare_stream(
 /// Runs pgm-apply until `until`; returns wall seconds, peak RSS in kB and CPU seconds.
 fn run_apply(config: &std::path::Path, until: Lsn) -> anyhow::Result<(f64, u64, f64)> {
     let binary = std::env::current_exe()?.with_file_name("pgm-test-apply");
-    anyhow::ensure!(binary.exists(), "{} missing: build with `cargo build --release -p pgm-tests --bins`", binary.display());
+    anyhow::ensure!(
+        binary.exists(),
+        "{} missing: build with `cargo build --release -p pgm-tests --bins`",
+        binary.display()
+    );
     let started = Instant::now();
     let mut child = std::process::Command::new(&binary)
         .arg("--config")
@@ -197,7 +222,11 @@ fn run_apply(config: &std::path::Path, until: Lsn) -> anyhow::Result<(f64, u64, 
             }
         }
         if let Ok(text) = std::fs::read_to_string(&status_path) {
-            if let Some(kb) = text.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches(" kB").parse().ok()) {
+            if let Some(kb) = text
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
+            {
                 peak = peak.max(kb);
             }
         }
@@ -225,7 +254,11 @@ async fn main() -> anyhow::Result<()> {
         .set("linger.ms", "20")
         .create()?;
     println!("pgm-apply (rows/s over the process's wall time, start-up included):");
-    for (name, txns, rows) in [("single-row transactions", 20_000u64, 1u64), ("1,000-row transactions", 100, 1_000), ("one big transaction", 1, big)] {
+    for (name, txns, rows) in [
+        ("single-row transactions", 20_000u64, 1u64),
+        ("1,000-row transactions", 100, 1_000),
+        ("one big transaction", 1, big),
+    ] {
         let prefix = unique("bench");
         let table = TableRef::new("public", unique("t"));
         db.batch_execute(&format!("CREATE TABLE {} {TABLE_DDL}", table.quoted())).await?;

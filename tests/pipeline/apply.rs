@@ -252,10 +252,8 @@ async fn mixed_workload_replays_row_by_row_equal_and_never_shows_half_a_transact
 
     // Kafka lag tools see apply's position: its group's committed offset on the txn topic is DB2's.
     let config = pgm_common::config::PipelineConfig::load(stack.config_path())?;
-    let stored: i64 = db2
-        .query_one("SELECT txn_offset FROM pgm.apply_progress WHERE pipeline = $1", &[&stack.prefix])
-        .await?
-        .get(0);
+    let stored: i64 =
+        db2.query_one("SELECT txn_offset FROM pgm.apply_progress WHERE pipeline = $1", &[&stack.prefix]).await?.get(0);
     let consumer: rdkafka::consumer::BaseConsumer =
         pgm_common::kafka::consumer_config(&config.kafka, "lag-check", &config.apply.group_id).create()?;
     let mut list = rdkafka::TopicPartitionList::new();
@@ -493,6 +491,9 @@ async fn a_broken_target_stops_apply_with_a_clear_error_and_it_converges_after_t
     stack.marker("diverged").await?;
     stack.wait_marker("diverged", Duration::from_secs(60)).await?;
     let log = apply.log();
-    ensure!(log.contains("found no row in DB2") && !log.contains("balance = 1"), "the missing row went unreported:\n{log}");
+    ensure!(
+        log.contains("found no row in DB2") && !log.contains("balance = 1"),
+        "the missing row went unreported:\n{log}"
+    );
     Ok(())
 }
