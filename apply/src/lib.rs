@@ -159,16 +159,25 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     })
 }
 
-async fn connect(config: &PipelineConfig) -> anyhow::Result<tokio_postgres::Client> {
+/// A connection to DB2 with the pipeline's `pgm` schema and progress row in place.
+pub async fn connect_target(config: &PipelineConfig) -> Result<tokio_postgres::Client, ApplyError> {
     let (client, connection) = config
         .target
         .to_tokio_postgres("pgm-apply")
         .connect(tokio_postgres::NoTls)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot connect to DB2 {}: {e}", config.target.describe()))?;
-    tokio::spawn(connection);
+        .map_err(|e| ApplyError::Connect(format!("DB2 {}: {e}", config.target.describe())))?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::warn!(%error, "DB2 connection closed");
+        }
+    });
     progress::prepare(&client, &config.topics.prefix).await?;
     Ok(client)
+}
+
+async fn connect(config: &PipelineConfig) -> anyhow::Result<tokio_postgres::Client> {
+    Ok(connect_target(config).await?)
 }
 
 async fn run_service(config: PipelineConfig, until: Option<Lsn>) -> anyhow::Result<()> {

@@ -140,19 +140,7 @@ impl<'a> Session<'a> {
     }
 
     async fn connect(&mut self) -> Result<(), ApplyError> {
-        let (client, connection) = self
-            .config
-            .target
-            .to_tokio_postgres("pgm-apply")
-            .connect(tokio_postgres::NoTls)
-            .await
-            .map_err(|e| ApplyError::Connect(format!("DB2 {}: {e}", self.config.target.describe())))?;
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::warn!(%error, "DB2 connection closed");
-            }
-        });
-        progress::prepare(&client, &self.pipeline).await?;
+        let client = crate::connect_target(self.config).await?;
         let deadline = Instant::now() + TAKEOVER_WAIT;
         while !progress::try_lock(&client, &self.pipeline).await? {
             if Instant::now() >= deadline {
@@ -433,15 +421,7 @@ impl<'a> Session<'a> {
     async fn record_failure(&self, error: &ApplyError) {
         let text = error.to_string();
         let result = async {
-            let (client, connection) = self
-                .config
-                .target
-                .to_tokio_postgres("pgm-apply")
-                .connect(tokio_postgres::NoTls)
-                .await
-                .map_err(|e| ApplyError::Connect(e.to_string()))?;
-            tokio::spawn(connection);
-            progress::prepare(&client, &self.pipeline).await?;
+            let client = crate::connect_target(self.config).await?;
             progress::set_state(&client, &self.pipeline, "failed", Some(&text)).await
         }
         .await;

@@ -311,49 +311,38 @@ impl Writer {
                     }
                 }
             }
-            Kind::Update | Kind::Delete => {
-                let matches = batch
-                    .key
-                    .iter()
-                    .enumerate()
-                    .map(|(i, k)| Ok(format!("pgm_t.{} = {}", quote_ident(k), cast(&format!("k{i}"), k)?)))
-                    .collect::<Result<Vec<_>, ApplyError>>()?
-                    .join(" AND ");
-                if batch.kind == Kind::Update {
-                    let set = batch
-                        .columns
-                        .iter()
-                        .enumerate()
-                        .map(|(i, c)| Ok(format!("{} = {}", quote_ident(c), cast(&format!("n{i}"), c)?)))
-                        .collect::<Result<Vec<_>, ApplyError>>()?;
-                    write!(sql, "UPDATE {t} AS pgm_t SET {} FROM {unnest} WHERE {matches}", set.join(", "))
-                        .expect("write to String");
-                } else {
-                    write!(sql, "DELETE FROM {t} AS pgm_t USING {unnest} WHERE {matches}").expect("write to String");
-                }
-            }
-            Kind::RowUpdate | Kind::RowDelete => {
+            Kind::Update | Kind::Delete | Kind::RowUpdate | Kind::RowDelete => {
+                let by_key = matches!(batch.kind, Kind::Update | Kind::Delete);
                 let matches = batch
                     .key
                     .iter()
                     .enumerate()
                     .map(|(i, k)| {
-                        Ok(format!("s.{} IS NOT DISTINCT FROM {}", quote_ident(k), cast(&format!("k{i}"), k)?))
+                        let value = cast(&format!("k{i}"), k)?;
+                        Ok(if by_key {
+                            format!("pgm_t.{} = {value}", quote_ident(k))
+                        } else {
+                            format!("s.{} IS NOT DISTINCT FROM {value}", quote_ident(k))
+                        })
                     })
                     .collect::<Result<Vec<_>, ApplyError>>()?
                     .join(" AND ");
-                let row = format!("pgm_t.ctid = (SELECT s.ctid FROM {t} AS s WHERE {matches} LIMIT 1)");
-                if batch.kind == Kind::RowUpdate {
+                let condition = if by_key {
+                    matches
+                } else {
+                    format!("pgm_t.ctid = (SELECT s.ctid FROM {t} AS s WHERE {matches} LIMIT 1)")
+                };
+                if matches!(batch.kind, Kind::Update | Kind::RowUpdate) {
                     let set = batch
                         .columns
                         .iter()
                         .enumerate()
                         .map(|(i, c)| Ok(format!("{} = {}", quote_ident(c), cast(&format!("n{i}"), c)?)))
                         .collect::<Result<Vec<_>, ApplyError>>()?;
-                    write!(sql, "UPDATE {t} AS pgm_t SET {} FROM {unnest} WHERE {row}", set.join(", "))
+                    write!(sql, "UPDATE {t} AS pgm_t SET {} FROM {unnest} WHERE {condition}", set.join(", "))
                         .expect("write to String");
                 } else {
-                    write!(sql, "DELETE FROM {t} AS pgm_t USING {unnest} WHERE {row}").expect("write to String");
+                    write!(sql, "DELETE FROM {t} AS pgm_t USING {unnest} WHERE {condition}").expect("write to String");
                 }
             }
         }
