@@ -221,6 +221,14 @@ async fn mixed_workload_replays_row_by_row_equal_and_never_shows_half_a_transact
         if step == 200 {
             db1.batch_execute("TRUNCATE lines").await?;
         }
+        // The keyless table holds two identical rows: an update and a delete must each touch exactly one.
+        if step == 100 {
+            db1.batch_execute("UPDATE hist SET at = at + interval '1 day' WHERE ctid = (SELECT ctid FROM hist WHERE acct = 0 LIMIT 1)").await?;
+            db1.batch_execute("INSERT INTO hist VALUES (0, 0, '2026-01-01 00:00:00+00')").await?;
+        }
+        if step == 300 {
+            db1.batch_execute("DELETE FROM hist WHERE ctid = (SELECT ctid FROM hist WHERE acct = 0 AND at = '2026-01-01 00:00:00+00' LIMIT 1)").await?;
+        }
         workload.step(&db1, true).await?;
     }
     stack.marker("drained").await?;
