@@ -38,8 +38,16 @@ const ACCOUNTS: i64 = 200;
 const TOTAL: i64 = ACCOUNTS * 1000;
 
 async fn stack(apply: &str) -> anyhow::Result<Stack> {
-    let options =
-        Options { source_schema: SCHEMA, target_schema: SCHEMA, tables: &TABLES, rules: None, partitions: 3, apply };
+    let options = Options {
+        source_schema: SCHEMA,
+        target_schema: SCHEMA,
+        tables: &TABLES,
+        rules: None,
+        partitions: 3,
+        apply,
+        librdkafka: "",
+        create_slot: true,
+    };
     Stack::new(BINS, shared_brokers()?, options).await
 }
 

@@ -46,6 +46,10 @@ pub struct Options<'a> {
     pub partitions: i32,
     /// Extra lines for the `[apply]` section.
     pub apply: &'a str,
+    /// Extra `"key" = "value"` lines for `[kafka.librdkafka]`.
+    pub librdkafka: &'a str,
+    /// Create capture's slot now (else the caller runs `pgm-capture slot create` when DB1 is ready).
+    pub create_slot: bool,
 }
 
 /// A running service; killed (SIGKILL) when dropped.
@@ -123,9 +127,10 @@ dbname = "{db2_name}"
 brokers = "{brokers}"
 [kafka.librdkafka]
 "message.timeout.ms" = "600000"
-"batch.num.messages" = "1"
+{batching}
 "session.timeout.ms" = "6000"
 "heartbeat.interval.ms" = "500"
+{librdkafka}
 [topics]
 prefix = "{prefix}"
 partitions = {partitions}
@@ -151,13 +156,28 @@ metrics_addr = "127.0.0.1:0"
                 slot = unique("slot"),
                 group = unique("g"),
                 apply = options.apply,
+                librdkafka = options.librdkafka,
+                // tansu cannot fetch from an offset inside a multi-record batch (docs/apply.md): one record per batch
+                // unless the caller sets its own batching.
+                batching = if options.librdkafka.contains("batch.num.messages") {
+                    ""
+                } else {
+                    "\"batch.num.messages\" = \"1\""
+                },
             ),
         )?;
         let stack =
             Stack { db1, db2, db1_name, db2_name, prefix, brokers, config, dir, bins, launches: Default::default() };
-        let out = stack.command(Service::Capture, &["slot", "create"]).output()?;
-        anyhow::ensure!(out.status.success(), "slot create: {}", String::from_utf8_lossy(&out.stderr));
+        if options.create_slot {
+            stack.create_slot()?;
+        }
         Ok(stack)
+    }
+
+    pub fn create_slot(&self) -> crate::Result<()> {
+        let out = self.command(Service::Capture, &["slot", "create"]).output()?;
+        anyhow::ensure!(out.status.success(), "slot create: {}", String::from_utf8_lossy(&out.stderr));
+        Ok(())
     }
 
     fn binary(&self, service: Service) -> &'static str {

@@ -1,0 +1,592 @@
+//! pg-migrator against PostgreSQL's native logical replication, side by side, in one run. Prints figures; asserts
+//! nothing about time.
+//!
+//!   compose/bench [--quick] [--out FILE]      (builds the release binaries, then runs this)
+//!
+//! Workloads on DB1: (a) pgbench's built-in tpcb-like script (history with REPLICA IDENTITY FULL), (b) many
+//! single-row transactions (pgbench with a one-INSERT script), (c) one transaction of many rows.
+//! Replicators: native publication/subscription; pg-migrator with identity rules; pg-migrator with a rename and a
+//! computed column; pg-migrator with identity rules and Kafka-style producer batching (what was tried: valid on
+//! Kafka, but on tansu 0.6.0 a consumer cannot resume inside a multi-record batch — see docs/apply.md).
+//! Modes: backlog drain (replication stopped during the load, then the catch-up is timed) and live (replication
+//! running during a fixed-rate load; lag sampled every 100 ms from a ticker row DB1 updates every 100 ms).
+//! Every run has fresh clusters; the end of a run is a marker row written on DB1 after the load, seen on DB2.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context};
+use pgm_test_support::broker::shared_brokers;
+use pgm_test_support::pg::bin_dir;
+use pgm_test_support::stack::{Binaries, Options, Running, Service, Stack};
+use serde_json::json;
+
+const BASE_SCHEMA: &str = "
+CREATE TABLE singles (id bigserial PRIMARY KEY, v text NOT NULL);
+CREATE TABLE big (id bigint PRIMARY KEY, v text NOT NULL);
+CREATE TABLE bench_marker (id int PRIMARY KEY, at timestamptz NOT NULL);
+CREATE TABLE bench_tick (id int PRIMARY KEY, at timestamptz NOT NULL);
+INSERT INTO bench_tick VALUES (1, clock_timestamp());
+";
+const TABLES: [&str; 8] = [
+    "public.pgbench_accounts",
+    "public.pgbench_branches",
+    "public.pgbench_tellers",
+    "public.pgbench_history",
+    "public.singles",
+    "public.big",
+    "public.bench_marker",
+    "public.bench_tick",
+];
+const RULES: &str = r#"
+unmatched = "pass"
+[[table]]
+source = "public.pgbench_accounts"
+[[table.target]]
+table = "public.accounts_v2"
+[table.target.columns]
+label = { expr = '"a" + aid.to_string()', type = "text" }
+[[table]]
+source = "public.singles"
+[[table.target]]
+table = "public.singles_v2"
+[table.target.columns]
+v_len = { expr = 'v.len()', type = "integer" }
+"#;
+/// DB2's side of the rules, applied after pgbench's init there (its data is deterministic, the same as DB1's).
+const DB2_MIGRATION: &str = "
+ALTER TABLE pgbench_accounts RENAME TO accounts_v2;
+ALTER TABLE accounts_v2 ADD COLUMN label text;
+UPDATE accounts_v2 SET label = 'a' || aid;
+ALTER TABLE singles RENAME TO singles_v2;
+ALTER TABLE singles_v2 ADD COLUMN v_len integer;
+";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Workload {
+    Pgbench,
+    Singles,
+    Big,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Replicator {
+    Native,
+    Identity,
+    Rules,
+    IdentityBatched,
+}
+
+impl Replicator {
+    fn name(self) -> &'static str {
+        match self {
+            Replicator::Native => "native",
+            Replicator::Identity => "pgm identity",
+            Replicator::Rules => "pgm rename+computed",
+            Replicator::IdentityBatched => "pgm identity, batched",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Backlog,
+    Live,
+}
+
+struct Sizes {
+    scale: u32,
+    pgbench_txns: u64,
+    singles: u64,
+    big_rows: u64,
+    live_changes_per_s: u64,
+    live_seconds: u64,
+}
+
+fn bins() -> anyhow::Result<Binaries> {
+    let dir = std::env::current_exe()?.parent().context("exe dir")?.to_owned();
+    let leak = |name: &str| -> anyhow::Result<&'static str> {
+        let path = dir.join(name);
+        ensure!(path.exists(), "{} missing: run compose/bench (it builds the binaries)", path.display());
+        Ok(Box::leak(path.display().to_string().into_boxed_str()))
+    };
+    Ok(Binaries {
+        capture: leak("pgm-test-capture")?,
+        transform: leak("pgm-test-transform")?,
+        apply: leak("pgm-test-apply")?,
+    })
+}
+
+fn pgbench(stack: &Stack, db1: bool, args: &[&str]) -> anyhow::Result<String> {
+    let (cluster, db) = if db1 { (&stack.db1, &stack.db1_name) } else { (&stack.db2, &stack.db2_name) };
+    let out = Command::new(bin_dir().join("pgbench"))
+        .args(["-h", "127.0.0.1", "-p", &cluster.port().to_string(), "-U", "postgres"])
+        .args(args)
+        .arg(db)
+        .output()?;
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    ensure!(out.status.success(), "pgbench {args:?} failed:\n{text}");
+    Ok(text)
+}
+
+/// pgbench's "number of transactions actually processed: N".
+fn processed(text: &str) -> anyhow::Result<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
+        .and_then(|v| v.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("no transaction count in pgbench output:\n{text}"))
+}
+
+/// CPU seconds (user + system) and peak RSS (kB) of a process, from /proc.
+fn usage(pid: u32) -> Option<(f64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit(')').next()?.split_whitespace().collect();
+    let cpu = (fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?) / 100.0;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let rss = status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?.trim().trim_end_matches(" kB").parse().ok()?;
+    Some((cpu, rss))
+}
+
+/// The broker's pid when it is a local tansu listening on the port of `brokers`.
+fn broker_pid(brokers: &str) -> Option<u32> {
+    let port = brokers.rsplit(':').next()?;
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
+        let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+        let cmdline = std::fs::read_to_string(entry.path().join("cmdline")).ok()?;
+        (cmdline.contains("tansu") && cmdline.contains(&format!(":{port}"))).then_some(pid)
+    })
+}
+
+struct Measured {
+    changes: u64,
+    /// Backlog: catch-up seconds (replication start → marker on DB2). Live: load seconds.
+    seconds: f64,
+    end_to_end_s: f64,
+    lag_p50: Option<f64>,
+    lag_p99: Option<f64>,
+    lag_at_stop: Option<f64>,
+    processes: BTreeMap<String, (f64, u64)>,
+    equal: Result<(), String>,
+}
+
+struct Run<'a> {
+    stack: Stack,
+    replicator: Replicator,
+    workload: Workload,
+    sizes: &'a Sizes,
+    services: Vec<(Service, Running)>,
+    cpu_start: BTreeMap<String, f64>,
+}
+
+impl<'a> Run<'a> {
+    async fn new(replicator: Replicator, workload: Workload, sizes: &'a Sizes) -> anyhow::Result<Run<'a>> {
+        let rules = (replicator == Replicator::Rules).then_some(RULES);
+        let librdkafka =
+            if replicator == Replicator::IdentityBatched { "\"batch.num.messages\" = \"10000\"" } else { "" };
+        let options = Options {
+            source_schema: BASE_SCHEMA,
+            target_schema: BASE_SCHEMA,
+            tables: &TABLES,
+            rules,
+            partitions: 4,
+            apply: "",
+            librdkafka,
+            create_slot: false,
+        };
+        let stack = Stack::new(bins()?, shared_brokers()?, options).await?;
+        let scale = sizes.scale.to_string();
+        for db1 in [true, false] {
+            pgbench(&stack, db1, &["-i", "-q", "-s", &scale])?;
+        }
+        stack.source().await?.batch_execute("ALTER TABLE pgbench_history REPLICA IDENTITY FULL").await?;
+        if replicator == Replicator::Rules {
+            stack.target().await?.batch_execute(DB2_MIGRATION).await?;
+        }
+        if replicator == Replicator::Native {
+            let tables = TABLES.join(", ");
+            stack.source().await?.batch_execute(&format!("CREATE PUBLICATION bench FOR TABLE {tables}")).await?;
+            stack
+                .target()
+                .await?
+                .batch_execute(&format!(
+                    "CREATE SUBSCRIPTION bench_sub CONNECTION 'host=127.0.0.1 port={} dbname={} user=postgres' \
+                     PUBLICATION bench WITH (copy_data = false, enabled = false)",
+                    stack.db1.port(),
+                    stack.db1_name
+                ))
+                .await?;
+        } else {
+            stack.create_slot()?;
+        }
+        Ok(Run { stack, replicator, workload, sizes, services: Vec::new(), cpu_start: BTreeMap::new() })
+    }
+
+    async fn start_replication(&mut self) -> anyhow::Result<()> {
+        if self.replicator == Replicator::Native {
+            self.stack.target().await?.batch_execute("ALTER SUBSCRIPTION bench_sub ENABLE").await?;
+        } else {
+            for service in [Service::Capture, Service::Transform, Service::Apply] {
+                self.services.push((service, self.stack.spawn(service, &["run"])?));
+            }
+        }
+        Ok(())
+    }
+
+    /// The processes doing the replication, by name.
+    async fn pids(&self) -> anyhow::Result<BTreeMap<String, u32>> {
+        let mut pids = BTreeMap::new();
+        if self.replicator == Replicator::Native {
+            let db1 = self.stack.source().await?;
+            if let Some(row) =
+                db1.query_opt("SELECT pid FROM pg_stat_replication WHERE application_name = 'bench_sub'", &[]).await?
+            {
+                pids.insert("walsender (DB1)".into(), row.get::<_, i32>(0) as u32);
+            }
+            let db2 = self.stack.target().await?;
+            if let Some(row) = db2
+                .query_opt("SELECT pid FROM pg_stat_subscription WHERE subname = 'bench_sub' AND relid IS NULL", &[])
+                .await?
+            {
+                pids.insert("apply worker (DB2)".into(), row.get::<_, Option<i32>>(0).unwrap_or_default() as u32);
+            }
+        } else {
+            for (service, running) in &self.services {
+                pids.insert(format!("{service:?}").to_lowercase(), running.child.id());
+            }
+            if let Some(pid) = broker_pid(&self.stack.brokers) {
+                pids.insert("tansu".into(), pid);
+            }
+        }
+        Ok(pids)
+    }
+
+    async fn mark_cpu(&mut self) -> anyhow::Result<()> {
+        self.cpu_start =
+            self.pids().await?.into_iter().filter_map(|(name, pid)| usage(pid).map(|(cpu, _)| (name, cpu))).collect();
+        Ok(())
+    }
+
+    async fn usage_since_mark(&self) -> anyhow::Result<BTreeMap<String, (f64, u64)>> {
+        Ok(self
+            .pids()
+            .await?
+            .into_iter()
+            .filter_map(|(name, pid)| {
+                let (cpu, rss) = usage(pid)?;
+                Some((name.clone(), (cpu - self.cpu_start.get(&name).copied().unwrap_or(0.0), rss)))
+            })
+            .collect())
+    }
+
+    /// Runs the workload (at `rate` changes/s for `seconds` when given); returns the number of row changes.
+    async fn load(&self, live: Option<(u64, u64)>) -> anyhow::Result<u64> {
+        let sizes = self.sizes;
+        match self.workload {
+            Workload::Pgbench => {
+                let args: Vec<String> = match live {
+                    None => vec!["-t".into(), (sizes.pgbench_txns / 4).to_string()],
+                    Some((rate, seconds)) => {
+                        vec!["-R".into(), (rate / 4).to_string(), "-T".into(), seconds.to_string()]
+                    }
+                };
+                let mut all = vec!["-n", "-c", "4", "-j", "2"];
+                all.extend(args.iter().map(String::as_str));
+                let out = tokio::task::block_in_place(|| pgbench(&self.stack, true, &all))?;
+                Ok(processed(&out)? * 4)
+            }
+            Workload::Singles => {
+                let script = self.stack.dir.path().join("single.sql");
+                std::fs::write(&script, "INSERT INTO singles (v) VALUES ('one row, one transaction');\n")?;
+                let script = script.display().to_string();
+                let args: Vec<String> = match live {
+                    None => vec!["-t".into(), (sizes.singles / 4).to_string()],
+                    Some((rate, seconds)) => vec!["-R".into(), rate.to_string(), "-T".into(), seconds.to_string()],
+                };
+                let mut all = vec!["-n", "-c", "4", "-j", "2", "-f", &script];
+                all.extend(args.iter().map(String::as_str));
+                let out = tokio::task::block_in_place(|| pgbench(&self.stack, true, &all))?;
+                processed(&out)
+            }
+            Workload::Big => {
+                let rows = sizes.big_rows as i64;
+                self.stack
+                    .source()
+                    .await?
+                    .execute("INSERT INTO big SELECT g, md5(g::text) FROM generate_series(1, $1::bigint) g", &[&rows])
+                    .await?;
+                Ok(sizes.big_rows)
+            }
+        }
+    }
+
+    async fn marker(&self, id: i32) -> anyhow::Result<()> {
+        self.stack.source().await?.execute("INSERT INTO bench_marker VALUES ($1, clock_timestamp())", &[&id]).await?;
+        Ok(())
+    }
+
+    async fn wait_marker(&self, id: i32, timeout: Duration) -> anyhow::Result<()> {
+        let db2 = self.stack.target().await?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if db2.query_opt("SELECT 1 FROM bench_marker WHERE id = $1", &[&id]).await?.is_some() {
+                return Ok(());
+            }
+            ensure!(Instant::now() < deadline, "marker {id} not on DB2 after {timeout:?}:\n{}", self.stack.logs());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// DB2 equals DB1 for the tables the workload wrote (under the rules for the rules variant).
+    async fn compare(&self) -> anyhow::Result<Result<(), String>> {
+        let rules = self.replicator == Replicator::Rules;
+        let checks: Vec<(&str, String, String)> = match self.workload {
+            Workload::Pgbench => vec![
+                (
+                    "pgbench_accounts",
+                    "(aid, bid, abalance, filler)".into(),
+                    if rules { "accounts_v2".into() } else { "pgbench_accounts".into() },
+                ),
+                ("pgbench_branches", "t".into(), "pgbench_branches".into()),
+                ("pgbench_tellers", "t".into(), "pgbench_tellers".into()),
+                ("pgbench_history", "t".into(), "pgbench_history".into()),
+            ],
+            Workload::Singles => {
+                vec![("singles", "(id, v)".into(), if rules { "singles_v2".into() } else { "singles".into() })]
+            }
+            Workload::Big => vec![("big", "t".into(), "big".into())],
+        };
+        let (db1, db2) = (self.stack.source().await?, self.stack.target().await?);
+        for (source, projection, target) in checks {
+            let sql = |table: &str| {
+                format!("SELECT count(*), md5(coalesce(string_agg({projection}::text, ',' ORDER BY {projection}::text), '')) FROM {table} t")
+            };
+            let a = db1.query_one(&sql(source), &[]).await?;
+            let b = db2.query_one(&sql(&target), &[]).await?;
+            let (ca, cb): (i64, i64) = (a.get(0), b.get(0));
+            if ca != cb || a.get::<_, String>(1) != b.get::<_, String>(1) {
+                return Ok(Err(format!(
+                    "{source}: DB1 {ca} rows, DB2 {cb} rows{}",
+                    if ca == cb { ", contents differ" } else { "" }
+                )));
+            }
+        }
+        if rules && self.workload == Workload::Pgbench {
+            let wrong: i64 = db2
+                .query_one("SELECT count(*) FROM accounts_v2 WHERE label IS DISTINCT FROM 'a' || aid", &[])
+                .await?
+                .get(0);
+            if wrong > 0 {
+                return Ok(Err(format!("accounts_v2: {wrong} rows with a wrong computed label")));
+            }
+        }
+        Ok(Ok(()))
+    }
+
+    async fn backlog(mut self) -> anyhow::Result<Measured> {
+        let started = Instant::now();
+        let changes = self.load(None).await?;
+        self.marker(1).await?;
+        let catch_up = Instant::now();
+        self.start_replication().await?;
+        self.wait_marker(1, Duration::from_secs(3600)).await?;
+        let seconds = catch_up.elapsed().as_secs_f64();
+        let end_to_end_s = started.elapsed().as_secs_f64();
+        let processes = self.usage_since_mark().await?;
+        let equal = self.compare().await?;
+        Ok(Measured {
+            changes,
+            seconds,
+            end_to_end_s,
+            lag_p50: None,
+            lag_p99: None,
+            lag_at_stop: None,
+            processes,
+            equal,
+        })
+    }
+
+    async fn live(mut self, rate: u64, seconds: u64) -> anyhow::Result<Measured> {
+        self.start_replication().await?;
+        self.marker(0).await?;
+        self.wait_marker(0, Duration::from_secs(120)).await?;
+        self.mark_cpu().await?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let ticker = {
+            let (db1, stop) = (self.stack.source().await?, stop.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    db1.execute("UPDATE bench_tick SET at = clock_timestamp() WHERE id = 1", &[]).await?;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                anyhow::Ok(())
+            })
+        };
+        let sampler = {
+            let (db2, stop) = (self.stack.target().await?, stop.clone());
+            tokio::spawn(async move {
+                let mut samples = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let row = db2
+                        .query_one(
+                            "SELECT extract(epoch FROM clock_timestamp() - at)::float8 FROM bench_tick WHERE id = 1",
+                            &[],
+                        )
+                        .await?;
+                    samples.push(row.get::<_, f64>(0));
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                anyhow::Ok(samples)
+            })
+        };
+        let started = Instant::now();
+        let changes = self.load(Some((rate, seconds))).await?;
+        let load_s = started.elapsed().as_secs_f64();
+        stop.store(true, Ordering::Relaxed);
+        ticker.await??;
+        let mut samples = sampler.await??;
+        let stopped = Instant::now();
+        self.marker(1).await?;
+        self.wait_marker(1, Duration::from_secs(3600)).await?;
+        let lag_at_stop = stopped.elapsed().as_secs_f64();
+        let end_to_end_s = started.elapsed().as_secs_f64();
+        let processes = self.usage_since_mark().await?;
+        samples.sort_by(f64::total_cmp);
+        let pct = |p: f64| samples.get(((samples.len() as f64 - 1.0) * p).round() as usize).copied();
+        let equal = self.compare().await?;
+        Ok(Measured {
+            changes,
+            seconds: load_s,
+            end_to_end_s,
+            lag_p50: pct(0.5),
+            lag_p99: pct(0.99),
+            lag_at_stop: Some(lag_at_stop),
+            processes,
+            equal,
+        })
+    }
+}
+
+fn ms(v: Option<f64>) -> String {
+    v.map_or("-".into(), |s| format!("{:.0}", s * 1000.0))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let out = args
+        .iter()
+        .position(|a| a == "--out")
+        .and_then(|i| args.get(i + 1))
+        .map_or_else(|| PathBuf::from("bench-results.json"), PathBuf::from);
+    let sizes = if quick {
+        Sizes {
+            scale: 1,
+            pgbench_txns: 2_000,
+            singles: 4_000,
+            big_rows: 100_000,
+            live_changes_per_s: 1_000,
+            live_seconds: 6,
+        }
+    } else {
+        Sizes {
+            scale: 10,
+            pgbench_txns: 20_000,
+            singles: 20_000,
+            big_rows: 1_000_000,
+            live_changes_per_s: 5_000,
+            live_seconds: 20,
+        }
+    };
+    let replicators = [Replicator::Native, Replicator::Identity, Replicator::Rules, Replicator::IdentityBatched];
+    let mut plan: Vec<(Workload, Mode, Replicator)> = Vec::new();
+    for workload in [Workload::Pgbench, Workload::Singles, Workload::Big] {
+        for mode in [Mode::Backlog, Mode::Live] {
+            if workload == Workload::Big && mode == Mode::Live {
+                continue; // one transaction: there is no rate to hold
+            }
+            for replicator in replicators {
+                if replicator == Replicator::IdentityBatched && mode == Mode::Live {
+                    continue;
+                }
+                plan.push((workload, mode, replicator));
+            }
+        }
+    }
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    println!(
+        "pg-migrator vs native logical replication — {} run, {cpus} CPUs, PostgreSQL 15 ×2, tansu 0.6.0",
+        if quick { "quick" } else { "full" }
+    );
+    println!(
+        "{:<9} {:<7} {:<22} {:>9} {:>8} {:>10} {:>8} {:>8} {:>9}  {:<5}  processes (CPU s / peak RSS MiB)",
+        "workload", "mode", "replicator", "changes", "secs", "changes/s", "lag p50", "lag p99", "stop lag", "equal"
+    );
+    let mut results = Vec::new();
+    let mut native_rate: BTreeMap<(String, String), f64> = BTreeMap::new();
+    for (workload, mode, replicator) in plan {
+        let run = Run::new(replicator, workload, &sizes).await?;
+        let measured = match mode {
+            Mode::Backlog => run.backlog().await?,
+            Mode::Live => run.live(sizes.live_changes_per_s, sizes.live_seconds).await?,
+        };
+        // Backlog: the catch-up's throughput. Live: first change committed → last applied.
+        let rate = match mode {
+            Mode::Backlog => measured.changes as f64 / measured.seconds,
+            Mode::Live => measured.changes as f64 / measured.end_to_end_s,
+        };
+        let key = (format!("{workload:?}"), format!("{mode:?}"));
+        if replicator == Replicator::Native {
+            native_rate.insert(key.clone(), rate);
+        }
+        let ratio = native_rate.get(&key).map(|n| rate / n);
+        let processes: Vec<String> = measured
+            .processes
+            .iter()
+            .map(|(n, (cpu, rss))| format!("{n} {cpu:.1}/{:.0}", *rss as f64 / 1024.0))
+            .collect();
+        println!(
+            "{:<9} {:<7} {:<22} {:>9} {:>8.1} {:>10.0} {:>8} {:>8} {:>9}  {:<5}  {}{}",
+            format!("{workload:?}"),
+            format!("{mode:?}"),
+            replicator.name(),
+            measured.changes,
+            measured.seconds,
+            rate,
+            ms(measured.lag_p50),
+            ms(measured.lag_p99),
+            ms(measured.lag_at_stop),
+            if measured.equal.is_ok() { "yes" } else { "NO" },
+            processes.join(", "),
+            ratio
+                .filter(|_| replicator != Replicator::Native)
+                .map_or(String::new(), |r| format!("  ratio pipeline/native: {r:.2}")),
+        );
+        if let Err(diff) = &measured.equal {
+            println!("          DB2 differs from DB1: {diff}");
+        }
+        results.push(json!({
+            "workload": format!("{workload:?}"), "mode": format!("{mode:?}"), "replicator": replicator.name(),
+            "changes": measured.changes, "seconds": measured.seconds, "end_to_end_seconds": measured.end_to_end_s,
+            "changes_per_second": rate, "ratio_to_native": ratio,
+            "lag_p50_ms": measured.lag_p50.map(|s| s * 1000.0), "lag_p99_ms": measured.lag_p99.map(|s| s * 1000.0),
+            "lag_at_stop_ms": measured.lag_at_stop.map(|s| s * 1000.0),
+            "db2_equals_db1": measured.equal.is_ok(), "difference": measured.equal.err(),
+            "processes": measured.processes.iter().map(|(n, (cpu, rss))| json!({"name": n, "cpu_seconds": cpu, "peak_rss_kb": rss})).collect::<Vec<_>>(),
+        }));
+    }
+    let document = json!({
+        "quick": quick, "cpus": cpus, "postgresql": "15", "broker": "tansu 0.6.0 (memory)",
+        "sizes": {"pgbench_scale": sizes.scale, "pgbench_transactions": sizes.pgbench_txns, "singles": sizes.singles,
+                  "big_rows": sizes.big_rows, "live_changes_per_s": sizes.live_changes_per_s, "live_seconds": sizes.live_seconds},
+        "runs": results,
+    });
+    std::fs::write(&out, serde_json::to_string_pretty(&document)?)?;
+    println!("results: {}", out.display());
+    Ok(())
+}
