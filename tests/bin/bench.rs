@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context};
-use pgm_test_support::broker::shared_brokers;
+use pgm_test_support::broker::{shared_brokers, Broker, Storage};
 use pgm_test_support::pg::bin_dir;
 use pgm_test_support::stack::{Binaries, Options, Running, Service, Stack};
 use serde_json::json;
@@ -176,6 +176,8 @@ struct Measured {
 
 struct Run<'a> {
     stack: Stack,
+    /// The run's own broker (a shared one accumulates every run's topics in memory and slows down).
+    broker: Option<Broker>,
     replicator: Replicator,
     workload: Workload,
     sizes: &'a Sizes,
@@ -198,7 +200,12 @@ impl<'a> Run<'a> {
             librdkafka,
             create_slot: false,
         };
-        let stack = Stack::new(bins()?, shared_brokers()?, options).await?;
+        let broker = match std::env::var("PGM_TEST_BROKERS") {
+            Ok(_) => None,
+            Err(_) => Some(Broker::start(Storage::Memory)?),
+        };
+        let brokers = broker.as_ref().map_or_else(shared_brokers, |b| Ok(b.brokers()))?;
+        let stack = Stack::new(bins()?, brokers, options).await?;
         let scale = sizes.scale.to_string();
         for db1 in [true, false] {
             pgbench(&stack, db1, &["-i", "-q", "-s", &scale])?;
@@ -223,7 +230,7 @@ impl<'a> Run<'a> {
         } else {
             stack.create_slot()?;
         }
-        Ok(Run { stack, replicator, workload, sizes, services: Vec::new(), cpu_start: BTreeMap::new() })
+        Ok(Run { stack, broker, replicator, workload, sizes, services: Vec::new(), cpu_start: BTreeMap::new() })
     }
 
     async fn start_replication(&mut self) -> anyhow::Result<()> {
@@ -258,7 +265,7 @@ impl<'a> Run<'a> {
             for (service, running) in &self.services {
                 pids.insert(format!("{service:?}").to_lowercase(), running.child.id());
             }
-            if let Some(pid) = broker_pid(&self.stack.brokers) {
+            if let Some(pid) = self.broker.as_ref().and_then(Broker::pid).or_else(|| broker_pid(&self.stack.brokers)) {
                 pids.insert("tansu".into(), pid);
             }
         }
@@ -391,6 +398,8 @@ impl<'a> Run<'a> {
         let started = Instant::now();
         let changes = self.load(None).await?;
         self.marker(1).await?;
+        // The broker already runs (it took no part in the load); the replication processes start now.
+        self.mark_cpu().await?;
         let catch_up = Instant::now();
         self.start_replication().await?;
         self.wait_marker(1, Duration::from_secs(3600)).await?;

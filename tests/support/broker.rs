@@ -157,6 +157,11 @@ impl Broker {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// The broker process, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Kills the broker (SIGKILL: no clean shutdown).
     pub fn kill(&mut self) -> crate::Result<()> {
         if let Some(mut child) = self.child.take() {
