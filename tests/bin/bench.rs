@@ -442,8 +442,35 @@ impl<'a> Run<'a> {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let catch_up = Instant::now();
+        // Where the time goes in pg-migrator: when capture has the whole backlog acknowledged by Kafka (the slot's
+        // confirmed_flush_lsn passes the marker) versus when apply has it in DB2.
+        let capture_done = if self.replicator == Replicator::Native {
+            None
+        } else {
+            let target: String = db1.query_one("SELECT pg_current_wal_lsn()::text", &[]).await?.get(0);
+            let db1 = self.stack.source().await?;
+            Some(tokio::spawn(async move {
+                loop {
+                    let row = db1
+                        .query_one(
+                            "SELECT coalesce(bool_and(confirmed_flush_lsn >= $1::text::pg_lsn), false) FROM pg_replication_slots \
+                             WHERE slot_type = 'logical'",
+                            &[&target],
+                        )
+                        .await?;
+                    if row.get::<_, bool>(0) {
+                        return anyhow::Ok(catch_up.elapsed().as_secs_f64());
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }))
+        };
         self.wait_marker(1, Duration::from_secs(3600)).await?;
         let seconds = catch_up.elapsed().as_secs_f64();
+        if let Some(done) = capture_done {
+            let capture_s = tokio::time::timeout(Duration::from_secs(30), done).await???;
+            println!("          capture had the backlog in Kafka after {capture_s:.1} s of {seconds:.1} s");
+        }
         let end_to_end_s = started.elapsed().as_secs_f64();
         let processes = self.usage_since_mark().await?;
         let equal = self.compare().await?;
