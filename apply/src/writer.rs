@@ -13,6 +13,12 @@
 //! truncate  TRUNCATE ONLY t
 //! ```
 //!
+//! Each table has its own pending batch within the DB2 transaction, so a source transaction that touches three
+//! tables (pgbench's) still gives one statement per table per group, not one per change. Operations on one table
+//! stay in source order; across tables, the order inside one DB2 transaction is invisible to readers (it commits
+//! atomically) and to DB2 itself, whose foreign keys and ordinary triggers do not fire under
+//! `session_replication_role = replica` (an `ENABLE ALWAYS` trigger on DB2 would see the per-table order).
+//!
 //! Values are always bound, as PostgreSQL text, and converted by the cast to the column's type from DB2's catalog;
 //! identifiers are always quoted. A batch ends before an operation that touches a key already in it (a second
 //! update of one row, a key update chain), so one statement never depends on its own effects. Targets without a
@@ -35,6 +41,8 @@ use crate::ApplyError;
 
 /// A statement's parameters are capped in bytes too, so one batch of wide rows stays small in memory.
 const MAX_BATCH_BYTES: usize = 8 << 20;
+/// Tables with a batch pending at once; beyond, everything pending is written.
+const MAX_PENDING_TABLES: usize = 32;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
@@ -68,7 +76,8 @@ pub struct Writer {
     on_missing_row: OnMissingRow,
     catalog: TargetCatalog,
     statements: HashMap<String, Statement>,
-    batch: Option<Batch>,
+    /// Pending batches, at most one per table, in the order they were started.
+    batches: Vec<Batch>,
     batch_rows: usize,
     metrics: ApplyMetrics,
     /// Rows and bytes written in the open DB2 transaction.
@@ -94,7 +103,7 @@ impl Writer {
             on_missing_row,
             catalog: TargetCatalog::default(),
             statements: HashMap::new(),
-            batch: None,
+            batches: Vec::new(),
             batch_rows,
             metrics,
             rows: 0,
@@ -169,22 +178,26 @@ impl Writer {
             }
         };
         let bytes: usize = values.iter().flatten().map(|v| v.as_ref().map_or(0, String::len)).sum();
-        let fits = self.batch.as_ref().is_some_and(|b| {
-            b.kind == kind
+        let pending = self.batches.iter().position(|b| b.table == target);
+        if let Some(index) = pending {
+            let b = &self.batches[index];
+            let fits = b.kind == kind
                 && !matches!(kind, Kind::RowUpdate | Kind::RowDelete)
-                && b.table == target
                 && b.key == key
                 && b.columns == columns
                 && b.rows < self.batch_rows
                 && b.bytes + bytes <= MAX_BATCH_BYTES
-                && !touched.iter().any(|t| b.touched.contains(t))
-        });
-        if !fits {
+                && !touched.iter().any(|t| b.touched.contains(t));
+            if !fits {
+                let batch = self.batches.remove(index);
+                self.write(client, batch).await?;
+            }
+        } else if self.batches.len() >= MAX_PENDING_TABLES {
             self.flush(client).await?;
         }
         self.rows += 1;
         self.bytes += bytes;
-        match &mut self.batch {
+        match self.batches.iter_mut().find(|b| b.table == target) {
             Some(batch) => {
                 for (column, value) in batch.values.iter_mut().zip(values.iter_mut()) {
                     column.push(value.pop().expect("one value per column"));
@@ -194,27 +207,36 @@ impl Writer {
                 batch.bytes += bytes;
                 batch.last = pos;
             }
-            None => {
-                self.batch = Some(Batch {
-                    kind,
-                    table: target,
-                    key,
-                    columns,
-                    values,
-                    touched: touched.into_iter().collect(),
-                    rows: 1,
-                    bytes,
-                    first: pos,
-                    last: pos,
-                })
-            }
+            None => self.batches.push(Batch {
+                kind,
+                table: target,
+                key,
+                columns,
+                values,
+                touched: touched.into_iter().collect(),
+                rows: 1,
+                bytes,
+                first: pos,
+                last: pos,
+            }),
+        }
+        if self.batch_rows == 1 {
+            // Locating a failed statement: every change is written at once, in source order.
+            self.flush(client).await?;
         }
         Ok(())
     }
 
-    /// Writes the pending batch.
+    /// Writes every pending batch, in the order they were started.
     pub async fn flush(&mut self, client: &Client) -> Result<(), ApplyError> {
-        let Some(batch) = self.batch.take() else { return Ok(()) };
+        for batch in std::mem::take(&mut self.batches) {
+            self.write(client, batch).await?;
+        }
+        Ok(())
+    }
+
+    /// One batch as one statement.
+    async fn write(&mut self, client: &Client, batch: Batch) -> Result<(), ApplyError> {
         let sql = self.sql(client, &batch).await.map_err(|e| match e {
             ApplyError::Target(problem) => ApplyError::Target(format!(
                 "{problem}; stopped at source position {} ({} of {}), nothing after it was applied",

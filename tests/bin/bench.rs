@@ -410,7 +410,11 @@ impl<'a> Run<'a> {
             self.stack.target().await?.batch_execute("ALTER SUBSCRIPTION bench_sub DISABLE").await?;
             let db1 = self.stack.source().await?;
             let deadline = Instant::now() + Duration::from_secs(30);
-            while db1.query_opt("SELECT 1 FROM pg_stat_replication WHERE application_name = 'bench_sub'", &[]).await?.is_some() {
+            while db1
+                .query_opt("SELECT 1 FROM pg_stat_replication WHERE application_name = 'bench_sub'", &[])
+                .await?
+                .is_some()
+            {
                 ensure!(Instant::now() < deadline, "the subscription's walsender did not stop");
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
