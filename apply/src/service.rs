@@ -228,7 +228,13 @@ impl<'a> Session<'a> {
                 }
                 continue;
             };
-            tracing::debug!(offset, ?record, "txn record");
+            let kind = match &record {
+                TxnRecord::Begin { .. } => "begin",
+                TxnRecord::Commit { .. } => "commit",
+                TxnRecord::Message { .. } => "message",
+                TxnRecord::Heartbeat { .. } => "heartbeat",
+            };
+            tracing::trace!(offset, kind, "txn record");
             match record {
                 TxnRecord::Begin { .. } => {}
                 TxnRecord::Message { pos, transactional: true, prefix, content, .. } => {
