@@ -69,6 +69,9 @@ pub struct Advance<'a> {
     pub end_lsn: Option<Lsn>,
     pub commit_time: Option<&'a str>,
     pub heartbeat: Option<(Lsn, u64)>,
+    /// The next offset of the txn topic.
+    pub txn_offset: i64,
+    /// The next offset of every out partition read so far.
     pub positions: &'a BTreeMap<(String, i32), i64>,
 }
 
@@ -131,7 +134,6 @@ pub async fn load(client: &Client, pipeline: &str) -> Result<Stored, ApplyError>
 
 /// Inside the open DB2 transaction: moves the position and offsets; returns whether a pause was requested.
 pub async fn advance(client: &Client, pipeline: &str, to: &Advance<'_>) -> Result<AfterAdvance, ApplyError> {
-    let txn_offset = to.positions.iter().find(|((t, _), _)| t.ends_with(".txn")).map_or(0, |(_, o)| *o);
     let (heartbeat_lsn, heartbeat_ms) = match to.heartbeat {
         Some((lsn, ms)) => (Some(lsn.to_string()), Some(ms as f64 / 1000.0)),
         None => (None, None),
@@ -153,7 +155,7 @@ pub async fn advance(client: &Client, pipeline: &str, to: &Advance<'_>) -> Resul
                 &to.applied.commit_lsn.to_string(),
                 &to.end_lsn.map(|l| l.to_string()),
                 &to.commit_time,
-                &txn_offset,
+                &to.txn_offset,
                 &heartbeat_lsn,
                 &heartbeat_ms,
             ],

@@ -53,12 +53,10 @@ const WAIT_WARNING: Duration = Duration::from_secs(30);
 
 type Queue = StreamPartitionQueue<DefaultConsumerContext>;
 
-/// An out record with where it was read.
+/// An out record with its offset in its partition.
 #[derive(Debug)]
 pub struct Change {
     pub record: OutRecord,
-    pub topic: String,
-    pub partition: i32,
     pub offset: i64,
 }
 
@@ -259,18 +257,16 @@ impl Reader {
         Ok(Some(change))
     }
 
-    /// Where to resume each partition read so far (txn topic included), for DB2's progress table and Kafka.
+    /// Where to resume each out partition read so far, for DB2's progress table (the txn topic's is `txn_next`).
     pub fn positions(&self) -> BTreeMap<(String, i32), i64> {
-        let mut out: BTreeMap<(String, i32), i64> =
-            self.parts.iter().map(|(key, part)| (key.clone(), part.next_offset)).collect();
-        out.insert((self.txn_topic.clone(), 0), self.txn_next);
-        out
+        self.parts.iter().map(|(key, part)| (key.clone(), part.next_offset)).collect()
     }
 
-    /// Commits the positions to the consumer group, for Kafka lag tools only (apply itself seeks from DB2).
+    /// Commits the positions and the txn topic's to the consumer group, for Kafka lag tools only (apply itself seeks from DB2).
     pub fn commit_to_kafka(&self, positions: &BTreeMap<(String, i32), i64>) {
         let mut list = TopicPartitionList::new();
-        for ((topic, partition), offset) in positions {
+        let txn = ((self.txn_topic.clone(), 0), self.txn_next);
+        for ((topic, partition), offset) in positions.iter().chain([(&txn.0, &txn.1)]) {
             if list.add_partition_offset(topic, *partition, Offset::Offset(*offset)).is_err() {
                 return;
             }
@@ -378,7 +374,7 @@ async fn peek(
             let origin = RecordOrigin { topic, partition: *partition, offset };
             let record = OutRecord::decode(message.payload().unwrap_or_default(), origin)
                 .map_err(|e| ApplyError::Stream(e.to_string()))?;
-            part.head = Some(Change { record, topic: topic.clone(), partition: *partition, offset });
+            part.head = Some(Change { record, offset });
         }
         let head = part.head.as_ref().expect("filled above");
         let pos = head.record.pos;

@@ -12,7 +12,6 @@
 //! stops apply (after locating it exactly: the failing group is replayed one change per statement), with nothing
 //! marked applied past the last committed group.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use pgm_common::config::PipelineConfig;
@@ -244,7 +243,7 @@ impl<'a> Session<'a> {
                 }
                 TxnRecord::Message { pos, transactional: false, prefix, content, .. } => {
                     if pos > self.applied {
-                        self.begin_group(&writer).await?;
+                        self.begin_group().await?;
                         progress::record_message(self.client(), &self.pipeline, pos, false, &prefix, &content).await?;
                     }
                     reader.txn_next = offset + 1;
@@ -254,7 +253,7 @@ impl<'a> Session<'a> {
                     self.heartbeat = Some((wal_end, sent_at_ms));
                     self.current_at = self.current_at.max(sent_at_ms as f64 / 1000.0);
                     reader.txn_next = offset + 1;
-                    self.begin_group(&writer).await?;
+                    self.begin_group().await?;
                     if self.until_reached(wal_end) {
                         self.commit_group(&mut reader, &mut writer).await?;
                         tracing::info!(until = %self.until.expect("set"), "--until reached (the source has moved past it)");
@@ -276,7 +275,7 @@ impl<'a> Session<'a> {
                         tracing::info!(until = %self.until.expect("set"), applied = %self.applied, "--until reached");
                         return Ok(());
                     }
-                    self.begin_group(&writer).await?;
+                    self.begin_group().await?;
                     let mut cursor = reader.cursor(pos, &counts).await?;
                     let mut changes = 0u64;
                     while let Some(change) = reader.next_change(&mut cursor, self.applied).await? {
@@ -331,12 +330,11 @@ impl<'a> Session<'a> {
             || self.group_started.is_some_and(|s| s.elapsed() >= Duration::from_millis(apply.group_ms))
     }
 
-    async fn begin_group(&mut self, writer: &Writer) -> Result<(), ApplyError> {
+    async fn begin_group(&mut self) -> Result<(), ApplyError> {
         if self.group_started.is_none() {
             self.client().batch_execute("BEGIN").await.map_err(ApplyError::db)?;
             self.group_started = Some(Instant::now());
             self.group_txns = 0;
-            debug_assert_eq!(writer.rows, 0);
         }
         Ok(())
     }
@@ -353,6 +351,7 @@ impl<'a> Session<'a> {
                 end_lsn: self.applied_end,
                 commit_time: self.applied_time.as_deref(),
                 heartbeat: self.heartbeat,
+                txn_offset: reader.txn_next,
                 positions: &positions,
             },
         )
@@ -444,6 +443,3 @@ fn origin_error(error: tokio_postgres::Error, origin: &str) -> ApplyError {
         error.as_db_error().map_or_else(|| error.to_string(), |db| db.message().to_owned())
     ))
 }
-
-/// Positions per partition, for tests and status.
-pub type Positions = BTreeMap<(String, i32), i64>;

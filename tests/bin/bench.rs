@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context};
 use pgm_test_support::broker::{shared_brokers, Broker, Storage};
 use pgm_test_support::pg::bin_dir;
+use pgm_test_support::process_usage;
 use pgm_test_support::stack::{Binaries, Options, Running, Service, Stack};
 use serde_json::json;
 
@@ -140,16 +141,6 @@ fn processed(text: &str) -> anyhow::Result<u64> {
         .and_then(|v| v.split(|c: char| !c.is_ascii_digit()).next())
         .and_then(|v| v.parse().ok())
         .with_context(|| format!("no transaction count in pgbench output:\n{text}"))
-}
-
-/// CPU seconds (user + system) and peak RSS (kB) of a process, from /proc.
-fn usage(pid: u32) -> Option<(f64, u64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let fields: Vec<&str> = stat.rsplit(')').next()?.split_whitespace().collect();
-    let cpu = (fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?) / 100.0;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let rss = status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?.trim().trim_end_matches(" kB").parse().ok()?;
-    Some((cpu, rss))
 }
 
 /// The broker's pid when it is a local tansu listening on the port of `brokers`.
@@ -283,8 +274,12 @@ impl<'a> Run<'a> {
     }
 
     async fn mark_cpu(&mut self) -> anyhow::Result<()> {
-        self.cpu_start =
-            self.pids().await?.into_iter().filter_map(|(name, pid)| usage(pid).map(|(cpu, _)| (name, cpu))).collect();
+        self.cpu_start = self
+            .pids()
+            .await?
+            .into_iter()
+            .filter_map(|(name, pid)| process_usage(pid).map(|(cpu, _)| (name, cpu)))
+            .collect();
         Ok(())
     }
 
@@ -294,7 +289,7 @@ impl<'a> Run<'a> {
             .await?
             .into_iter()
             .filter_map(|(name, pid)| {
-                let (cpu, rss) = usage(pid)?;
+                let (cpu, rss) = process_usage(pid)?;
                 Some((name.clone(), (cpu - self.cpu_start.get(&name).copied().unwrap_or(0.0), rss)))
             })
             .collect())

@@ -209,26 +209,11 @@ fn run_apply(config: &std::path::Path, until: Lsn) -> anyhow::Result<(f64, u64, 
         .args(["run", "--until", &until.to_string()])
         .env("RUST_LOG", std::env::var("PGM_BENCH_LOG").unwrap_or_else(|_| "warn".into()))
         .spawn()?;
-    let status_path = format!("/proc/{}/status", child.id());
-    let stat_path = format!("/proc/{}/stat", child.id());
-    let mut peak = 0u64;
-    let mut cpu = 0.0f64;
+    let (mut peak, mut cpu) = (0u64, 0.0f64);
     loop {
-        if let Ok(text) = std::fs::read_to_string(&stat_path) {
-            // Fields after the command name: utime and stime are the 12th and 13th (clock ticks, 100 per second).
-            let fields: Vec<&str> = text.rsplit(')').next().unwrap_or_default().split_whitespace().collect();
-            if let (Some(user), Some(system)) = (fields.get(11), fields.get(12)) {
-                cpu = (user.parse::<f64>().unwrap_or(0.0) + system.parse::<f64>().unwrap_or(0.0)) / 100.0;
-            }
-        }
-        if let Ok(text) = std::fs::read_to_string(&status_path) {
-            if let Some(kb) = text
-                .lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
-            {
-                peak = peak.max(kb);
-            }
+        if let Some((used, rss)) = pgm_test_support::process_usage(child.id()) {
+            cpu = used;
+            peak = peak.max(rss);
         }
         if let Some(status) = child.try_wait()? {
             anyhow::ensure!(status.success(), "pgm-apply failed: {status}");
