@@ -12,6 +12,7 @@
 //! loop, `metrics` names what is measured. Operator commands (pause, resume, status, reset) are below.
 
 pub mod catalog;
+pub mod cutover;
 pub mod metrics;
 pub mod progress;
 pub mod reader;
@@ -56,10 +57,17 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Move the application to DB2: fence writes on DB1, wait until apply has applied a marker written after the
+    /// fence, copy sequence values, print the timeline and the write downtime (apply must be running).
+    Cutover {
+        /// Check everything and print the plan (fence, sessions, sequences) without changing anything.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[cfg(test)]
-const HELP_SUBCOMMANDS: &[&str] = &["run", "pause", "resume", "status", "reset"];
+const HELP_SUBCOMMANDS: &[&str] = &["run", "pause", "resume", "status", "reset", "cutover"];
 
 /// Why apply stopped. [`ApplyError::is_transient`] tells whether a new session can help.
 #[derive(Debug, thiserror::Error)]
@@ -155,6 +163,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Command::Status => status(&config).await,
             Command::Reset { to, force } => reset(&config, &to, force).await,
+            Command::Cutover { dry_run } => cutover::run(&config, dry_run).await,
         }
     })
 }

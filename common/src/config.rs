@@ -334,6 +334,70 @@ pub struct PipelineConfig {
     pub transform: TransformConfig,
     #[serde(default)]
     pub apply: ApplyConfig,
+    #[serde(default)]
+    pub bootstrap: BootstrapConfig,
+    #[serde(default)]
+    pub cutover: CutoverConfig,
+}
+
+/// `pgm-capture bootstrap`: the snapshot copy of DB1 into the raw topics.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootstrapConfig {
+    /// Table chunks copied at the same time (one DB1 connection each, all in the slot's exported snapshot).
+    #[serde(default = "default_parallel")]
+    pub parallel: usize,
+    /// A table larger than this many heap pages (8 kB each) is copied in ctid ranges of this size.
+    #[serde(default = "default_chunk_pages")]
+    pub chunk_pages: u32,
+}
+
+fn default_parallel() -> usize {
+    4
+}
+fn default_chunk_pages() -> u32 {
+    16_384
+}
+
+impl Default for BootstrapConfig {
+    fn default() -> Self {
+        BootstrapConfig { parallel: default_parallel(), chunk_pages: default_chunk_pages() }
+    }
+}
+
+/// How `pgm-apply cutover` stops writes on DB1.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Fence {
+    /// `ALTER DATABASE … SET default_transaction_read_only = on`, then end every other client session of DB1's
+    /// database (a session keeps the setting it started with; a pool reconnects read-only).
+    #[default]
+    ReadOnly,
+    /// The operator has stopped the writers already: cutover only writes its marker and waits for it.
+    None,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CutoverConfig {
+    #[serde(default)]
+    pub fence: Fence,
+    /// Give up (and lift the fence) when apply has not applied the marker within this many milliseconds.
+    #[serde(default = "default_cutover_timeout")]
+    pub timeout_ms: u64,
+    /// Added to every sequence value copied to DB2.
+    #[serde(default)]
+    pub sequence_margin: i64,
+}
+
+fn default_cutover_timeout() -> u64 {
+    30_000
+}
+
+impl Default for CutoverConfig {
+    fn default() -> Self {
+        CutoverConfig { fence: Fence::default(), timeout_ms: default_cutover_timeout(), sequence_margin: 0 }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -422,6 +486,12 @@ impl PipelineConfig {
             if value == 0 {
                 return Err(invalid(key, "must be at least 1".into()));
             }
+        }
+        if self.bootstrap.parallel == 0 || self.bootstrap.chunk_pages == 0 {
+            return Err(invalid("bootstrap.parallel / bootstrap.chunk_pages", "must be at least 1".into()));
+        }
+        if self.cutover.sequence_margin < 0 {
+            return Err(invalid("cutover.sequence_margin", "must not be negative".into()));
         }
         if let Some(origin) = &self.apply.origin {
             if origin.is_empty() || origin.len() > 512 {

@@ -26,6 +26,7 @@ pub mod envelope;
 pub mod findings;
 pub mod kafka;
 pub mod lsn;
+pub mod snapshot;
 pub mod telemetry;
 pub mod topics;
 pub mod wal2json;

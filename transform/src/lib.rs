@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod rewrite;
 pub mod rules;
 pub mod scaffold;
+pub mod verify;
 pub mod worker;
 
 use clap::{Parser, Subcommand};
@@ -44,10 +45,13 @@ pub enum Command {
     Check,
     /// Write a starting rules file from both catalogs.
     Scaffold,
+    /// Compare every target table of DB2 with DB1 passed through the rules (counts, checksums, differing keys).
+    /// Exits 1 when a table differs. Run it when both are at the same point (after cutover).
+    Verify,
 }
 
 #[cfg(test)]
-const HELP_SUBCOMMANDS: &[&str] = &["run", "check", "scaffold"];
+const HELP_SUBCOMMANDS: &[&str] = &["run", "check", "scaffold", "verify"];
 
 /// Why the worker or a command stopped.
 #[derive(Debug, thiserror::Error)]
@@ -112,6 +116,26 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 let source = load_catalog(&config.source).await?;
                 let target = load_catalog(&config.target).await?;
                 print!("{}", scaffold::draft(&config.tables(), &source, &target));
+                Ok(())
+            }
+            Command::Verify => {
+                let program = compile(&config).await?;
+                let started = std::time::Instant::now();
+                let reports = verify::run(&config, &program).await?;
+                let differing = reports.iter().filter(|r| !r.equal).count();
+                for report in &reports {
+                    println!("{report}");
+                }
+                let rows: u64 = reports.iter().map(|r| r.db2_rows).sum();
+                println!(
+                    "verify: {} of {} tables equal, {rows} rows in DB2, {:.1} s",
+                    reports.len() - differing,
+                    reports.len(),
+                    started.elapsed().as_secs_f64()
+                );
+                if differing > 0 {
+                    anyhow::bail!("{differing} table(s) differ between DB2 and the transformed DB1 (listed above)");
+                }
                 Ok(())
             }
         }

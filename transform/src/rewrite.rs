@@ -134,6 +134,41 @@ impl Program {
         Ok(OutRecord { v: ENVELOPE_VERSION, pos: raw.pos, source: raw.source.clone(), ops })
     }
 
+    /// The DB2 tables that rows of `source` are written to.
+    pub fn targets_of(&self, source: &TableRef) -> Vec<TableRef> {
+        match self.tables.get(source) {
+            Some(targets) => targets.iter().map(|t| t.table.clone()).collect(),
+            None => match self.unmatched {
+                Unmatched::Pass => vec![source.clone()],
+                Unmatched::Drop => Vec::new(),
+            },
+        }
+    }
+
+    /// The DB2 columns that take `column` of `source` unchanged (copied or passed through under any name): how
+    /// cutover finds the DB2 sequence behind a DB1 serial or identity column.
+    pub fn column_targets(&self, source: &TableRef, column: &str) -> Vec<(TableRef, String)> {
+        let Some(targets) = self.tables.get(source) else {
+            return match self.unmatched {
+                Unmatched::Pass => vec![(source.clone(), column.to_owned())],
+                Unmatched::Drop => Vec::new(),
+            };
+        };
+        let mut out = Vec::new();
+        for target in targets {
+            let copied = target.columns.iter().filter_map(|(name, spec)| match spec {
+                Spec::Copy { from } if from == column => Some(name.clone()),
+                _ => None,
+            });
+            out.extend(copied.map(|name| (target.table.clone(), name)));
+            let explicit = target.columns.iter().any(|(name, _)| name == column);
+            if target.keep_unlisted && !explicit && !target.hidden.contains(column) {
+                out.push((target.table.clone(), column.to_owned()));
+            }
+        }
+        out
+    }
+
     /// Source tables that have rules, with whether a filter reads columns outside the source key.
     pub fn filters_needing_full_identity(&self, source: &Catalog) -> Vec<(TableRef, String)> {
         let mut out = Vec::new();

@@ -1,0 +1,381 @@
+//! `pgm-apply cutover`: the application moves from DB1 to DB2.
+//!
+//! ```text
+//!  t0 fence     ALTER DATABASE db1 SET default_transaction_read_only = on; end every other client session
+//!  t1 fenced    every ended session is gone: nothing can commit on DB1 any more
+//!  t2 marker    pg_logical_emit_message(true, 'pgm', 'cutover:<id>') commits after every write DB1 acknowledged
+//!  t3 applied   apply has committed the marker to DB2 (pgm.apply_messages), so everything before it too
+//!  t4 sequences every DB1 sequence's value (+ margin) set on its DB2 counterpart: DB2 takes writes
+//! ```
+//!
+//! Write downtime = t4 − t0. On a timeout or an error before t4 the fence is lifted and cutover says so; after t4
+//! DB1 stays read-only (lift it with `ALTER DATABASE … RESET default_transaction_read_only` if you roll back).
+
+use std::time::{Duration, Instant};
+
+use pgm_common::change::{quote_ident, TableRef};
+use pgm_common::config::{Fence, PipelineConfig};
+use tokio_postgres::{Client, NoTls};
+
+use crate::progress;
+
+/// The prefix of cutover's marker; capture must carry it (`capture.message_prefixes`).
+pub const MARKER_PREFIX: &str = "pgm";
+
+/// One sequence of DB1 and where its value goes on DB2.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SequencePlan {
+    pub source: TableRef,
+    /// `None`: no DB2 counterpart found (reported, not copied).
+    pub target: Option<TableRef>,
+    /// Why this target (owned by a renamed column, or the same name).
+    pub via: String,
+}
+
+async fn connect(pg: &pgm_common::config::PgConfig, what: &str) -> anyhow::Result<Client> {
+    let (client, connection) = pg
+        .to_tokio_postgres("pgm-cutover")
+        .connect(NoTls)
+        .await
+        .map_err(|e| anyhow::anyhow!("cutover: cannot connect to {what} {}: {e}", pg.describe()))?;
+    tokio::spawn(connection);
+    Ok(client)
+}
+
+/// DB1's sequences in the configured tables' schemas and their DB2 counterparts: the sequence behind the DB2 column
+/// that takes the owning column (through the rules' renames), else a DB2 sequence of the same name.
+pub async fn plan_sequences(
+    config: &PipelineConfig,
+    db1: &Client,
+    db2: &Client,
+) -> anyhow::Result<Vec<SequencePlan>> {
+    let program = pgm_transform::compile(config).await?;
+    let tables = config.tables();
+    let mut schemas: Vec<String> = tables.iter().map(|t| t.schema.clone()).collect();
+    schemas.sort();
+    schemas.dedup();
+    let rows = db1
+        .query(
+            "SELECT sn.nspname::text, s.relname::text, tn.nspname::text, t.relname::text, a.attname::text
+             FROM pg_class s
+             JOIN pg_namespace sn ON sn.oid = s.relnamespace
+             LEFT JOIN pg_depend d ON d.classid = 'pg_class'::regclass AND d.objid = s.oid
+                  AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')
+             LEFT JOIN pg_class t ON t.oid = d.refobjid
+             LEFT JOIN pg_namespace tn ON tn.oid = t.relnamespace
+             LEFT JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
+             WHERE s.relkind = 'S' AND sn.nspname = ANY($1)
+             ORDER BY 1, 2",
+            &[&schemas],
+        )
+        .await?;
+    let mut plans = Vec::new();
+    for row in rows {
+        let source = TableRef::new(row.get::<_, String>(0), row.get::<_, String>(1));
+        let owner: Option<(TableRef, String)> =
+            match (row.get::<_, Option<String>>(2), row.get::<_, Option<String>>(3), row.get::<_, Option<String>>(4)) {
+                (Some(schema), Some(table), Some(column)) => Some((TableRef::new(schema, table), column)),
+                _ => None,
+            };
+        let mut plan = SequencePlan { source: source.clone(), target: None, via: String::new() };
+        if let Some((table, column)) = &owner {
+            for (target_table, target_column) in program.column_targets(table, column) {
+                let found = db2
+                    .query_one("SELECT pg_get_serial_sequence($1, $2)", &[&target_table.quoted(), &target_column])
+                    .await
+                    .ok()
+                    .and_then(|r| r.get::<_, Option<String>>(0));
+                if let Some(name) = found {
+                    let parsed = db2
+                        .query_one(
+                            "SELECT n.nspname::text, c.relname::text FROM pg_class c
+                             JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1::text::regclass",
+                            &[&name],
+                        )
+                        .await?;
+                    plan.target = Some(TableRef::new(parsed.get::<_, String>(0), parsed.get::<_, String>(1)));
+                    plan.via = format!(
+                        "owned by {table}.{} → {target_table}.{}",
+                        quote_ident(column),
+                        quote_ident(&target_column)
+                    );
+                    break;
+                }
+            }
+        }
+        if plan.target.is_none() {
+            let same = db2
+                .query_opt(
+                    "SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                     WHERE c.relkind = 'S' AND n.nspname = $1 AND c.relname = $2",
+                    &[&source.schema, &source.table],
+                )
+                .await?;
+            if same.is_some() {
+                plan.target = Some(source.clone());
+                plan.via = "same name".into();
+            } else {
+                plan.via = match &owner {
+                    Some((table, column)) => format!(
+                        "owned by {table}.{}, but no DB2 column taking it has a sequence and DB2 has no sequence of this name",
+                        quote_ident(column)
+                    ),
+                    None => "DB2 has no sequence of this name".into(),
+                };
+            }
+        }
+        plans.push(plan);
+    }
+    Ok(plans)
+}
+
+/// Copies the values; returns (sequence, DB1 value, value set on DB2) per copied sequence.
+async fn copy_sequences(
+    plans: &[SequencePlan],
+    margin: i64,
+    db1: &Client,
+    db2: &Client,
+) -> anyhow::Result<Vec<(TableRef, i64, i64)>> {
+    let mut copied = Vec::new();
+    for plan in plans {
+        let Some(target) = &plan.target else { continue };
+        let row = db1
+            .query_one(&format!("SELECT last_value, is_called FROM {}", plan.source.quoted()), &[])
+            .await
+            .map_err(|e| anyhow::anyhow!("reading sequence {} on DB1: {e}", plan.source))?;
+        let (last, called): (i64, bool) = (row.get(0), row.get(1));
+        // The next value DB1 would hand out, so DB2 hands out nothing DB1 already did.
+        let next = if called { last.saturating_add(1) } else { last };
+        let wanted = next.saturating_add(margin);
+        let row = db2
+            .query_one(
+                &format!(
+                    "SELECT CASE WHEN s.last_value + (s.is_called)::int >= $1 THEN s.last_value
+                                 ELSE setval($2::text::regclass, $1, false) END
+                     FROM {} s",
+                    target.quoted()
+                ),
+                &[&wanted, &target.quoted()],
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("setting sequence {target} on DB2: {e}"))?;
+        copied.push((target.clone(), last, row.get::<_, i64>(0)));
+    }
+    Ok(copied)
+}
+
+/// What the dry run and the real run both check first.
+struct Preflight {
+    db1: Client,
+    db2: Client,
+    database: String,
+    sessions: i64,
+    plans: Vec<SequencePlan>,
+}
+
+async fn preflight(config: &PipelineConfig) -> anyhow::Result<Preflight> {
+    if !config.capture.message_prefixes.iter().any(|p| p == MARKER_PREFIX) {
+        anyhow::bail!(
+            "capture.message_prefixes does not include {MARKER_PREFIX:?}: cutover's marker would never reach DB2. Add it \
+             and restart capture"
+        );
+    }
+    let db1 = connect(&config.source, "DB1").await?;
+    let db2 = crate::connect_target(config).await?;
+    let pipeline = &config.topics.prefix;
+    if progress::running_pid(&db2, pipeline).await?.is_none() {
+        anyhow::bail!("no pgm-apply is running for pipeline {pipeline:?}: start it (`pgm-apply run`) before cutover");
+    }
+    if progress::is_paused(&db2, pipeline).await? {
+        anyhow::bail!("apply is paused for pipeline {pipeline:?}: `pgm-apply resume` first");
+    }
+    let row = db1
+        .query_one(
+            "SELECT current_database()::text,
+                    (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)
+                    OR pg_has_role(current_user, (SELECT datdba FROM pg_database WHERE datname = current_database()), 'MEMBER'),
+                    (SELECT count(*) FROM pg_prepared_xacts WHERE database = current_database()),
+                    (SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
+                        AND backend_type = 'client backend' AND pid <> pg_backend_pid())",
+            &[],
+        )
+        .await?;
+    let database: String = row.get(0);
+    if config.cutover.fence == Fence::ReadOnly && !row.get::<_, bool>(1) {
+        anyhow::bail!(
+            "the DB1 user {} may not ALTER DATABASE {}: cutover's read-only fence needs the database owner or a \
+             superuser (or set cutover.fence = \"none\" once the writers are stopped)",
+            config.source.user,
+            quote_ident(&database)
+        );
+    }
+    let prepared: i64 = row.get(2);
+    if prepared > 0 {
+        anyhow::bail!(
+            "DB1 database {} has {prepared} prepared transaction(s) (pg_prepared_xacts): they could commit after the \
+             fence. COMMIT PREPARED or ROLLBACK PREPARED them first",
+            quote_ident(&database)
+        );
+    }
+    let plans = plan_sequences(config, &db1, &db2).await?;
+    Ok(Preflight { db1, db2, database, sessions: row.get(3), plans })
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+pub async fn run(config: &PipelineConfig, dry_run: bool) -> anyhow::Result<()> {
+    let Preflight { db1, db2, database, sessions, plans } = preflight(config).await?;
+    let pipeline = &config.topics.prefix;
+    println!("cutover of pipeline {pipeline:?}: DB1 {} → DB2 {}", config.source.describe(), config.target.describe());
+    match config.cutover.fence {
+        Fence::ReadOnly => println!(
+            "fence        read-only: ALTER DATABASE {} SET default_transaction_read_only = on, then end the {sessions} \
+             other client session(s)",
+            quote_ident(&database)
+        ),
+        Fence::None => println!("fence        none (cutover.fence = \"none\": the writers must be stopped already)"),
+    }
+    for plan in &plans {
+        match &plan.target {
+            Some(target) => println!("sequence     {} → {target} ({})", plan.source, plan.via),
+            None => println!("sequence     {} → not copied: {}", plan.source, plan.via),
+        }
+    }
+    if dry_run {
+        println!("dry run: apply is running and not paused; nothing was changed");
+        return Ok(());
+    }
+
+    let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let id = format!("cutover:{}:{}", started.as_nanos(), std::process::id());
+    let t0 = Instant::now();
+    if config.cutover.fence == Fence::ReadOnly {
+        fence(&db1, &database).await?;
+    }
+    let result = finish(config, &db1, &db2, &id, &plans, t0).await;
+    match result {
+        Ok(timeline) => {
+            println!("{timeline}");
+            Ok(())
+        }
+        Err(error) => {
+            if config.cutover.fence == Fence::ReadOnly {
+                match lift_fence(&db1, &database).await {
+                    Ok(()) => eprintln!("cutover failed; the fence is lifted: DB1 {} accepts writes again", quote_ident(&database)),
+                    Err(e) => eprintln!(
+                        "cutover failed and lifting the fence failed too ({e}): run ALTER DATABASE {} RESET \
+                         default_transaction_read_only on DB1",
+                        quote_ident(&database)
+                    ),
+                }
+            }
+            Err(error)
+        }
+    }
+}
+
+async fn fence(db1: &Client, database: &str) -> anyhow::Result<()> {
+    db1.batch_execute(&format!("ALTER DATABASE {} SET default_transaction_read_only = on", quote_ident(database)))
+        .await
+        .map_err(|e| anyhow::anyhow!("fencing DB1: {e}"))?;
+    Ok(())
+}
+
+async fn lift_fence(db1: &Client, database: &str) -> anyhow::Result<()> {
+    db1.batch_execute(&format!("ALTER DATABASE {} RESET default_transaction_read_only", quote_ident(database))).await?;
+    Ok(())
+}
+
+async fn finish(
+    config: &PipelineConfig,
+    db1: &Client,
+    db2: &Client,
+    id: &str,
+    plans: &[SequencePlan],
+    t0: Instant,
+) -> anyhow::Result<String> {
+    let deadline = t0 + Duration::from_millis(config.cutover.timeout_ms);
+    let mut ended = 0u64;
+    if config.cutover.fence == Fence::ReadOnly {
+        // Sessions opened before the fence keep read-write defaults: end them all, then wait until they are gone
+        // (a backend's last commit is in the WAL before it exits).
+        // Sessions that connect after the fence are read-only and are left alone.
+        let rows = db1
+            .query(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database()
+                   AND backend_type = 'client backend' AND pid <> pg_backend_pid() AND pg_terminate_backend(pid)",
+                &[],
+            )
+            .await?;
+        let pids: Vec<i32> = rows.iter().map(|r| r.get(0)).collect();
+        ended = pids.len() as u64;
+        loop {
+            let left: i64 =
+                db1.query_one("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1)", &[&pids]).await?.get(0);
+            if left == 0 {
+                break;
+            }
+            if Instant::now() > deadline {
+                anyhow::bail!("{left} DB1 session(s) did not end within cutover.timeout_ms");
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    let t1 = t0.elapsed();
+    // Our session started before the fence; READ WRITE says so explicitly.
+    db1.batch_execute("BEGIN READ WRITE").await?;
+    let marker = db1
+        .query_one("SELECT pg_logical_emit_message(true, $1::text, $2::text)::text", &[&MARKER_PREFIX, &id])
+        .await;
+    let marker_lsn: String = match marker {
+        Ok(row) => {
+            db1.batch_execute("COMMIT").await?;
+            row.get(0)
+        }
+        Err(e) => {
+            let _ = db1.batch_execute("ROLLBACK").await;
+            return Err(anyhow::anyhow!("writing the cutover marker on DB1: {e}"));
+        }
+    };
+    let t2 = t0.elapsed();
+    let pipeline = &config.topics.prefix;
+    loop {
+        let found = db2
+            .query_opt(
+                "SELECT 1 FROM pgm.apply_messages WHERE pipeline = $1 AND prefix = $2 AND content = $3",
+                &[pipeline, &MARKER_PREFIX, &id],
+            )
+            .await?;
+        if found.is_some() {
+            break;
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!(
+                "apply did not apply the cutover marker (DB1 {marker_lsn}) within {} ms: see `pgm-apply status` and \
+                 the services' logs",
+                config.cutover.timeout_ms
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let t3 = t0.elapsed();
+    let copied = copy_sequences(plans, config.cutover.sequence_margin, db1, db2).await?;
+    let t4 = t0.elapsed();
+    let mut out = String::new();
+    out.push_str("timeline (from the fence)\n");
+    out.push_str(&format!("  {:>10}  fence: DB1 read-only for new sessions\n", ms(Duration::ZERO)));
+    out.push_str(&format!("  {:>10}  {ended} session(s) ended and gone\n", ms(t1)));
+    out.push_str(&format!("  {:>10}  marker written at DB1 {marker_lsn}\n", ms(t2)));
+    out.push_str(&format!("  {:>10}  marker applied on DB2\n", ms(t3)));
+    out.push_str(&format!("  {:>10}  {} sequence(s) copied\n", ms(t4), copied.len()));
+    for (sequence, db1_value, db2_value) in &copied {
+        out.push_str(&format!("              {sequence}: DB1 last value {db1_value}, DB2 now {db2_value}\n"));
+    }
+    out.push_str(&format!(
+        "write downtime: {} ms — the application now writes to DB2; DB1 stays read-only",
+        t4.as_millis()
+    ));
+    Ok(out)
+}
