@@ -135,7 +135,7 @@ async fn copy_sequences(
     margin: i64,
     db1: &Client,
     db2: &Client,
-) -> anyhow::Result<Vec<(TableRef, i64, i64)>> {
+) -> anyhow::Result<Vec<(TableRef, TableRef, i64, i64)>> {
     let mut copied = Vec::new();
     for plan in plans {
         let Some(target) = &plan.target else { continue };
@@ -150,7 +150,7 @@ async fn copy_sequences(
         let row = db2
             .query_one(
                 &format!(
-                    "SELECT CASE WHEN s.last_value + (s.is_called)::int >= $1 THEN s.last_value
+                    "SELECT CASE WHEN s.last_value + (s.is_called)::int >= $1 THEN s.last_value + (s.is_called)::int
                                  ELSE setval($2::text::regclass, $1, false) END
                      FROM {} s",
                     target.quoted()
@@ -159,7 +159,7 @@ async fn copy_sequences(
             )
             .await
             .map_err(|e| anyhow::anyhow!("setting sequence {target} on DB2: {e}"))?;
-        copied.push((target.clone(), last, row.get::<_, i64>(0)));
+        copied.push((plan.source.clone(), target.clone(), next, row.get::<_, i64>(0)));
     }
     Ok(copied)
 }
@@ -251,8 +251,9 @@ pub async fn run(config: &PipelineConfig, dry_run: bool) -> anyhow::Result<()> {
     let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     let id = format!("cutover:{}:{}", started.as_nanos(), std::process::id());
     let t0 = Instant::now();
+    let mut fenced_at = None;
     if config.cutover.fence == Fence::ReadOnly {
-        fence(&db1, &database).await?;
+        fenced_at = Some(fence(&db1, &database).await?);
     }
     let result = finish(config, &db1, &db2, &id, &plans, t0).await;
     match result {
@@ -261,11 +262,15 @@ pub async fn run(config: &PipelineConfig, dry_run: bool) -> anyhow::Result<()> {
             Ok(())
         }
         Err(error) => {
-            if config.cutover.fence == Fence::ReadOnly {
-                match lift_fence(&db1, &database).await {
-                    Ok(()) => eprintln!("cutover failed; the fence is lifted: DB1 {} accepts writes again", quote_ident(&database)),
+            if let Some(fenced_at) = fenced_at {
+                match lift_fence(config, &database, fenced_at).await {
+                    Ok(ended) => eprintln!(
+                        "cutover failed; the fence is lifted: DB1 {} accepts writes again ({ended} session(s) opened \
+                         read-only during the fence were ended so they reconnect read-write)",
+                        quote_ident(&database)
+                    ),
                     Err(e) => eprintln!(
-                        "cutover failed and lifting the fence failed too ({e}): run ALTER DATABASE {} RESET \
+                        "cutover failed and lifting the fence failed too ({e:#}): run ALTER DATABASE {} RESET \
                          default_transaction_read_only on DB1",
                         quote_ident(&database)
                     ),
@@ -276,16 +281,35 @@ pub async fn run(config: &PipelineConfig, dry_run: bool) -> anyhow::Result<()> {
     }
 }
 
-async fn fence(db1: &Client, database: &str) -> anyhow::Result<()> {
+/// Returns DB1's clock at the fence: sessions that start after it are read-only.
+async fn fence(db1: &Client, database: &str) -> anyhow::Result<std::time::SystemTime> {
     db1.batch_execute(&format!("ALTER DATABASE {} SET default_transaction_read_only = on", quote_ident(database)))
         .await
-        .map_err(|e| anyhow::anyhow!("fencing DB1: {e}"))?;
-    Ok(())
+        .map_err(|e| anyhow::anyhow!("fencing DB1: {e:#}"))?;
+    Ok(db1.query_one("SELECT clock_timestamp()", &[]).await?.get(0))
 }
 
-async fn lift_fence(db1: &Client, database: &str) -> anyhow::Result<()> {
+/// On a new connection (cutover's own may be what failed). Sessions that connected during the fence would stay
+/// read-only for their lifetime: they are ended, so the application's pool reconnects read-write.
+async fn lift_fence(
+    config: &PipelineConfig,
+    database: &str,
+    fenced_at: std::time::SystemTime,
+) -> anyhow::Result<usize> {
+    let db1 = connect(&config.source, "DB1").await?;
+    // A new session starts read-only under the fence itself.
+    db1.batch_execute("SET default_transaction_read_only = off").await?;
     db1.batch_execute(&format!("ALTER DATABASE {} RESET default_transaction_read_only", quote_ident(database))).await?;
-    Ok(())
+    let ended = db1
+        .query(
+            "SELECT pid FROM (SELECT pid FROM pg_stat_activity WHERE datname = current_database()
+                               AND backend_type = 'client backend' AND pid <> pg_backend_pid()
+                               AND backend_start >= $1::timestamptz - interval '1 second' OFFSET 0) s
+             WHERE pg_terminate_backend(pid)",
+            &[&fenced_at],
+        )
+        .await?;
+    Ok(ended.len())
 }
 
 async fn finish(
@@ -304,8 +328,9 @@ async fn finish(
         // Sessions that connect after the fence are read-only and are left alone.
         let rows = db1
             .query(
-                "SELECT pid FROM pg_stat_activity WHERE datname = current_database()
-                   AND backend_type = 'client backend' AND pid <> pg_backend_pid() AND pg_terminate_backend(pid)",
+                "SELECT pid FROM (SELECT pid FROM pg_stat_activity WHERE datname = current_database()
+                                   AND backend_type = 'client backend' AND pid <> pg_backend_pid() OFFSET 0) s
+                 WHERE pg_terminate_backend(pid)",
                 &[],
             )
             .await?;
@@ -370,8 +395,8 @@ async fn finish(
     out.push_str(&format!("  {:>10}  marker written at DB1 {marker_lsn}\n", ms(t2)));
     out.push_str(&format!("  {:>10}  marker applied on DB2\n", ms(t3)));
     out.push_str(&format!("  {:>10}  {} sequence(s) copied\n", ms(t4), copied.len()));
-    for (sequence, db1_value, db2_value) in &copied {
-        out.push_str(&format!("              {sequence}: DB1 last value {db1_value}, DB2 now {db2_value}\n"));
+    for (source, target, db1_next, db2_next) in &copied {
+        out.push_str(&format!("              DB1 {source} next {db1_next} → DB2 {target} next {db2_next}\n"));
     }
     out.push_str(&format!(
         "write downtime: {} ms — the application now writes to DB2; DB1 stays read-only",

@@ -3,5 +3,6 @@
 
 mod apply;
 mod capture;
+mod lifecycle;
 mod smoke;
 mod transform;

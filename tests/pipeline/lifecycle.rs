@@ -1,0 +1,258 @@
+//! The migration lifecycle on real servers, with the demo's shop schema and rules (a renamed table, a split name
+//! column, integer cents to numeric, a dropped column): verify, cutover under a running workload (and its undo),
+//! the snapshot bootstrap and the standby switch.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{ensure, Context};
+use pgm_test_support::broker::shared_brokers;
+use pgm_test_support::pg::PgCluster;
+use pgm_test_support::stack::{Binaries, Options, Service, Stack};
+use pgm_test_support::wait;
+
+const BINS: Binaries = Binaries {
+    capture: env!("CARGO_BIN_EXE_pgm-test-capture"),
+    transform: env!("CARGO_BIN_EXE_pgm-test-transform"),
+    apply: env!("CARGO_BIN_EXE_pgm-test-apply"),
+};
+
+const SHOP: &str = include_str!("../../compose/shop.sql");
+const SHOP_V2: &str = include_str!("../../compose/shop-v2.sql");
+const RULES: &str = include_str!("../../compose/shop.rules.toml");
+const TABLES: [&str; 3] = ["public.customers", "public.orders", "public.order_items"];
+
+/// The shop's DDL without its sample rows.
+fn shop_schema() -> &'static str {
+    &SHOP[..SHOP.find("INSERT INTO").expect("shop.sql has sample rows")]
+}
+
+async fn shop_stack(source_schema: &str, create_slot: bool) -> anyhow::Result<Stack> {
+    let options = Options {
+        source_schema,
+        target_schema: SHOP_V2,
+        tables: &TABLES,
+        rules: Some(RULES),
+        partitions: 2,
+        apply: "group_ms = 50",
+        librdkafka: "",
+        create_slot,
+    };
+    Stack::new(BINS, shared_brokers()?, options).await
+}
+
+/// An application writing to DB1 until stopped: each transaction adds a customer (sometimes renames one), an order
+/// and its items. Keeps every order DB1 acknowledged (commit returned) with its amount in cents.
+struct Shop {
+    stop: Arc<AtomicBool>,
+    hold: Arc<AtomicBool>,
+    acked: Arc<Mutex<Vec<(i64, i64)>>>,
+    refused: Arc<std::sync::atomic::AtomicU64>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Shop {
+    fn start(db1: pgm_common::config::PgConfig) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let hold = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let refused = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (s, h, a, r) = (stop.clone(), hold.clone(), acked.clone(), refused.clone());
+        let task = tokio::spawn(async move {
+            let mut client: Option<tokio_postgres::Client> = None;
+            let mut n: i64 = 0;
+            while !s.load(Ordering::Relaxed) {
+                if h.load(Ordering::Relaxed) {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    continue;
+                }
+                if client.as_ref().is_none_or(|c| c.is_closed()) {
+                    client = match db1.to_tokio_postgres("shop").connect(tokio_postgres::NoTls).await {
+                        Ok((client, connection)) => {
+                            tokio::spawn(connection);
+                            Some(client)
+                        }
+                        Err(_) => None,
+                    };
+                    if client.is_none() {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                }
+                let db = client.as_mut().expect("connected");
+                n += 1;
+                match Self::order(db, n).await {
+                    Ok(order) => a.lock().unwrap().push(order),
+                    Err(_) => {
+                        r.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(4)).await;
+            }
+            Ok(())
+        });
+        Shop { stop, hold, acked, refused, task }
+    }
+
+    async fn order(db: &mut tokio_postgres::Client, n: i64) -> anyhow::Result<(i64, i64)> {
+        let tx = db.transaction().await?;
+        let customer: i64 = tx
+            .query_one(
+                "INSERT INTO customers (full_name, email, legacy_flags) VALUES ($1, $2, 'x') RETURNING id",
+                &[&format!("Ann{n} Smith {n}"), &format!("w{n}-{}@example.com", std::process::id())],
+            )
+            .await?
+            .get(0);
+        if n % 3 == 0 {
+            tx.execute("UPDATE customers SET full_name = 'Bob ' || id WHERE id = $1 - 1", &[&customer]).await?;
+        }
+        let cents = 100 + n * 7;
+        let order: i64 = tx
+            .query_one(
+                "INSERT INTO orders (customer_id, amount_cents) VALUES ($1, $2) RETURNING id",
+                &[&customer, &cents],
+            )
+            .await?
+            .get(0);
+        tx.execute("INSERT INTO order_items SELECT $1, l, 'SKU-' || l, l FROM generate_series(1, 2) l", &[&order])
+            .await?;
+        tx.commit().await?;
+        Ok((order, cents))
+    }
+
+    fn acked(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+
+    async fn wait_acked(&self, more_than: usize) -> anyhow::Result<()> {
+        wait::until("the shop workload commits on DB1", Duration::from_secs(30), || async {
+            Ok((self.acked() > more_than).then_some(()))
+        })
+        .await
+    }
+
+    async fn finish(self) -> anyhow::Result<Vec<(i64, i64)>> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await??;
+        Ok(Arc::try_unwrap(self.acked).map_err(|_| anyhow::anyhow!("workload still shared"))?.into_inner().unwrap())
+    }
+}
+
+fn text(out: &std::process::Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+/// Every order DB1 acknowledged is on DB2 with its amount converted.
+async fn assert_orders_on_db2(stack: &Stack, acked: &[(i64, i64)]) -> anyhow::Result<()> {
+    let db2 = stack.target().await?;
+    let ids: Vec<i64> = acked.iter().map(|(id, _)| *id).collect();
+    let rows = db2.query("SELECT id, (amount * 100)::int8 FROM orders WHERE id = ANY($1)", &[&ids]).await?;
+    let found: std::collections::BTreeMap<i64, i64> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    for (id, cents) in acked {
+        ensure!(found.get(id) == Some(cents), "order {id} (acknowledged by DB1, {cents} cents) is not on DB2 as such");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_names_a_changed_row_and_cutover_under_load_loses_no_acknowledged_write() -> anyhow::Result<()> {
+    let stack = shop_stack(shop_schema(), true).await?;
+    let _capture = stack.spawn(Service::Capture, &["run"])?;
+    let mut transform = stack.spawn(Service::Transform, &["run"])?;
+    let _apply = stack.spawn(Service::Apply, &["run"])?;
+    let shop = Shop::start(stack.db1.pg_config(&stack.db1_name));
+    shop.wait_acked(150).await?;
+
+    // Verify on a quiet source: equal, then a hand-made difference is named by table and key.
+    shop.hold.store(true, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    stack.marker("quiet").await?;
+    stack.wait_marker("quiet", Duration::from_secs(60)).await?;
+    let out = stack.run(Service::Transform, &["verify"])?;
+    ensure!(out.status.success(), "verify on a correct migration failed:\n{}", text(&out));
+    ensure!(text(&out).contains("3 of 3 tables equal"), "{}", text(&out));
+    let db2 = stack.target().await?;
+    let victim: i64 = db2.query_one("SELECT id FROM orders ORDER BY id OFFSET 40 LIMIT 1", &[]).await?.get(0);
+    db2.execute("UPDATE orders SET amount = amount + 0.01 WHERE id = $1", &[&victim]).await?;
+    db2.execute("DELETE FROM order_items WHERE order_id = $1 AND line = 2", &[&victim]).await?;
+    let out = stack.run(Service::Transform, &["verify"])?;
+    let report = text(&out);
+    ensure!(!out.status.success(), "verify missed a changed row:\n{report}");
+    ensure!(report.contains("\"public\".\"clients\": equal"), "{report}");
+    ensure!(
+        report.contains(&format!("\"public\".\"orders\": DIFFERENT"))
+            && report.contains(&format!("differing keys lie in (id) {victim} .. {victim}"))
+            && report.contains(&format!("1 rows differ: (id)=({victim})")),
+        "verify did not name orders {victim}:\n{report}"
+    );
+    ensure!(
+        report.contains(&format!("1 rows only in DB1: (order_id, line)=({victim}, 2)")),
+        "verify did not name the deleted item:\n{report}"
+    );
+    ensure!(!report.contains("Ann") && !report.contains("SKU-"), "verify printed row values:\n{report}");
+    db2.execute("UPDATE orders SET amount = amount - 0.01 WHERE id = $1", &[&victim]).await?;
+    db2.execute("INSERT INTO order_items VALUES ($1, 2, 'SKU-2', 2)", &[&victim]).await?;
+    shop.hold.store(false, Ordering::Relaxed);
+
+    // Dry run: plan printed, nothing fenced.
+    let before = shop.acked();
+    let out = stack.run(Service::Apply, &["cutover", "--dry-run"])?;
+    ensure!(out.status.success(), "dry run: {}", text(&out));
+    ensure!(
+        text(&out).contains("\"public\".\"customers_id_seq\" → \"public\".\"clients_id_seq\""),
+        "the dry run does not map the renamed table's sequence:\n{}",
+        text(&out)
+    );
+    shop.wait_acked(before + 20).await?;
+
+    // A cutover that cannot finish (transform is down, the marker never arrives) lifts its fence.
+    transform.kill9()?;
+    let out = stack.command(Service::Apply, &["cutover"]).env("PGM__CUTOVER__TIMEOUT_MS", "1500").output()?;
+    ensure!(!out.status.success(), "cutover succeeded without transform:\n{}", text(&out));
+    ensure!(text(&out).contains("the fence is lifted"), "{}", text(&out));
+    let before = shop.acked();
+    shop.wait_acked(before + 20).await.context("DB1 still refuses writes after the failed cutover")?;
+    let _transform = stack.spawn(Service::Transform, &["run"])?;
+
+    // The real cutover, with the workload writing, once the pipeline has caught up (as an operator would check with
+    // `pgm-apply status`: the restarted transform first waits out the killed member's session).
+    stack.marker("caught-up").await?;
+    stack.wait_marker("caught-up", Duration::from_secs(60)).await?;
+    shop.wait_acked(shop.acked() + 50).await?;
+    let out = stack.run(Service::Apply, &["cutover"])?;
+    let timeline = text(&out);
+    ensure!(out.status.success(), "cutover failed:\n{timeline}\n{}", stack.logs());
+    eprintln!("{timeline}");
+    let downtime: u64 = timeline
+        .lines()
+        .find_map(|l| l.strip_prefix("write downtime: "))
+        .and_then(|l| l.split(' ').next())
+        .and_then(|ms| ms.parse().ok())
+        .context("no downtime in the timeline")?;
+    let refused_at_cutover = shop.refused.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    ensure!(
+        shop.refused.load(Ordering::Relaxed) > refused_at_cutover,
+        "DB1 did not refuse the workload's writes after cutover"
+    );
+    let acked = shop.finish().await?;
+    assert_orders_on_db2(&stack, &acked).await?;
+
+    // Sequences: DB2 hands out ids beyond every id DB1 handed out.
+    let db1 = stack.source().await?;
+    let db2 = stack.target().await?;
+    for (db1_seq, db2_table) in [("customers_id_seq", "clients"), ("orders_id_seq", "orders")] {
+        let db1_last: i64 = db1.query_one(&format!("SELECT last_value FROM {db1_seq}"), &[]).await?.get(0);
+        let db2_next: i64 = db2
+            .query_one(&format!("SELECT nextval(pg_get_serial_sequence('{db2_table}', 'id'))"), &[])
+            .await?
+            .get(0);
+        ensure!(db2_next > db1_last, "DB2 {db2_table} would hand out {db2_next}, DB1 already used {db1_last}");
+    }
+    let out = stack.run(Service::Transform, &["verify"])?;
+    ensure!(out.status.success() && text(&out).contains("3 of 3 tables equal"), "after cutover:\n{}", text(&out));
+    eprintln!("cutover: {} acknowledged orders all on DB2; write downtime {downtime} ms", acked.len());
+    Ok(())
+}
