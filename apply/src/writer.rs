@@ -132,11 +132,27 @@ impl Writer {
         let (kind, key, columns, mut values, touched) = match op {
             Op::Truncate => {
                 self.flush(client).await?;
-                let sql = format!("TRUNCATE ONLY {}", target.quoted());
-                client
-                    .execute(sql.as_str(), &[])
-                    .await
-                    .map_err(|e| statement_error(e, "truncate", &target, &[], pos, pos))?;
+                // TRUNCATE refuses a table that another DB2 table references by foreign key, even when both are
+                // truncated one after the other (wal2json sends one truncate per table) — or when the referencing
+                // table is a target the source never truncates. DELETE does the same under the replica role (foreign
+                // keys are not checked), so it is the fallback.
+                let truncate = format!(
+                    "SAVEPOINT pgm_truncate; TRUNCATE ONLY {}; RELEASE SAVEPOINT pgm_truncate",
+                    target.quoted()
+                );
+                if let Err(e) = client.batch_execute(&truncate).await {
+                    if e.code() != Some(&tokio_postgres::error::SqlState::FEATURE_NOT_SUPPORTED) {
+                        return Err(statement_error(e, "truncate", &target, &[], pos, pos));
+                    }
+                    let delete = format!(
+                        "ROLLBACK TO SAVEPOINT pgm_truncate; DELETE FROM ONLY {}; RELEASE SAVEPOINT pgm_truncate",
+                        target.quoted()
+                    );
+                    client
+                        .batch_execute(&delete)
+                        .await
+                        .map_err(|e| statement_error(e, "truncate (as DELETE)", &target, &[], pos, pos))?;
+                }
                 return Ok(());
             }
             Op::Insert | Op::Snapshot => {

@@ -9,6 +9,7 @@
 //! `walsender` speaks the replication protocol, `stream` runs the loop, `publisher` makes records and tracks
 //! acknowledgements, `slot` and `check` serve the operator commands, `metrics` names what is measured.
 
+pub mod bootstrap;
 pub mod check;
 pub mod metrics;
 pub mod publisher;
@@ -34,6 +35,13 @@ pub enum Command {
     Run,
     /// Check that DB1 is ready: wal_level, wal2json, free slots and senders, privileges, replica identity.
     Check,
+    /// Create the slot with an exported snapshot and copy every configured table in that snapshot into the raw
+    /// topics (before the stream), so DB2 can start empty. Then run `pgm-capture run`.
+    Bootstrap {
+        /// The slot exists from an interrupted bootstrap: drop it and copy again.
+        #[arg(long)]
+        restart: bool,
+    },
     /// Create, drop or inspect the logical replication slot.
     Slot {
         #[command(subcommand)]
@@ -52,7 +60,7 @@ pub enum SlotAction {
 }
 
 #[cfg(test)]
-const HELP_SUBCOMMANDS: &[&str] = &["run", "check", "slot"];
+const HELP_SUBCOMMANDS: &[&str] = &["run", "check", "bootstrap", "slot"];
 
 /// Why capture stopped. [`CaptureError::is_transient`] tells a supervisor whether a restart can help.
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +110,18 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 let findings = check::run(&config).await?;
                 pgm_common::findings::report(&findings)
                     .map_err(|failed| anyhow::anyhow!("{failed} on {}", config.source.describe()))
+            }
+            Command::Bootstrap { restart } => {
+                let summary = bootstrap::run(&config, restart).await?;
+                println!(
+                    "bootstrap: {} rows of {} tables in {:.1} s; slot {} starts the stream at {}: now run `pgm-capture run`",
+                    summary.rows,
+                    summary.tables,
+                    summary.elapsed.as_secs_f64(),
+                    config.capture.slot,
+                    summary.consistent_point
+                );
+                Ok(())
             }
             Command::Slot { action } => {
                 let out = match action {

@@ -287,6 +287,24 @@ impl Publisher {
         self.publish_raw(route, record, partition).await
     }
 
+    /// A row copied by the bootstrap: op `snapshot`, no xid, partitioned like an insert of the same row.
+    pub async fn snapshot_row(&mut self, change: RowChange) -> Result<(), CaptureError> {
+        let Some(route) = self.route(&change.table).await? else { return Ok(()) };
+        let (pos, _) = self.next_position("snapshot row")?;
+        let partition = partition_for(&change, self.partitions);
+        let record = RawRecord {
+            v: ENVELOPE_VERSION,
+            pos,
+            op: Op::Snapshot,
+            source: change.table,
+            xid: None,
+            key: change.key_columns,
+            new: change.new,
+            old: None,
+        };
+        self.publish_raw(route, record, partition).await
+    }
+
     pub async fn truncate(&mut self, truncate: Truncate) -> Result<(), CaptureError> {
         let Some(route) = self.route(&truncate.table).await? else { return Ok(()) };
         let (pos, xid) = self.next_position("truncate")?;

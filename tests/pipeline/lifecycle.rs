@@ -256,3 +256,63 @@ async fn verify_names_a_changed_row_and_cutover_under_load_loses_no_acknowledged
     eprintln!("cutover: {} acknowledged orders all on DB2; write downtime {downtime} ms", acked.len());
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_bootstrap_under_load_survives_a_crash_and_drains_to_the_transformed_source() -> anyhow::Result<()> {
+    // DB1 starts with the shop's sample rows (1,000 orders) plus 3,000 more, and no slot.
+    let seeded = format!(
+        "{SHOP}\nINSERT INTO orders (customer_id, amount_cents) SELECT 1 + (g % 200), g FROM generate_series(1, 3000) g;"
+    );
+    let stack = shop_stack(&seeded, false).await?;
+    let shop = Shop::start(stack.db1.pg_config(&stack.db1_name));
+    shop.wait_acked(20).await?;
+    let small_chunks = |command: &mut std::process::Command| {
+        command.env("PGM__BOOTSTRAP__CHUNK_PAGES", "4").env("PGM__BOOTSTRAP__PARALLEL", "2");
+    };
+
+    // An attempt killed mid-copy leaves its slot and some records behind.
+    let mut first = stack.command(Service::Capture, &["bootstrap"]);
+    small_chunks(&mut first);
+    let mut first = first.stderr(std::process::Stdio::null()).stdout(std::process::Stdio::null()).spawn()?;
+    let db1 = stack.source().await?;
+    wait::until("the first bootstrap creates its slot", Duration::from_secs(30), || async {
+        let n: i64 = db1.query_one("SELECT count(*) FROM pg_replication_slots", &[]).await?.get(0);
+        Ok((n > 0).then_some(()))
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let _ = first.kill();
+    let status = first.wait()?;
+    ensure!(!status.success(), "the first bootstrap finished before it could be killed: make DB1 larger");
+
+    let out = stack.run(Service::Capture, &["bootstrap"])?;
+    ensure!(
+        !out.status.success() && text(&out).contains("--restart"),
+        "a second bootstrap over the interrupted one's slot must refuse and name --restart:\n{}",
+        text(&out)
+    );
+    let mut again = stack.command(Service::Capture, &["bootstrap", "--restart"]);
+    small_chunks(&mut again);
+    let out = again.output()?;
+    ensure!(out.status.success(), "bootstrap --restart failed:\n{}", text(&out));
+    let report = text(&out);
+    ensure!(report.contains("\"public\".\"orders\"") && report.contains("rows/s"), "no per-table progress:\n{report}");
+    ensure!(!report.contains("Customer "), "bootstrap printed row values:\n{report}");
+    eprintln!("{report}");
+
+    // The stream continues from the slot while the workload goes on writing.
+    let _capture = stack.spawn(Service::Capture, &["run"])?;
+    let _transform = stack.spawn(Service::Transform, &["run"])?;
+    let _apply = stack.spawn(Service::Apply, &["run"])?;
+    shop.wait_acked(shop.acked() + 100).await?;
+    let acked = shop.finish().await?;
+    stack.marker("bootstrapped").await?;
+    stack.wait_marker("bootstrapped", Duration::from_secs(120)).await?;
+    assert_orders_on_db2(&stack, &acked).await?;
+    let out = stack.run(Service::Transform, &["verify"])?;
+    ensure!(out.status.success() && text(&out).contains("3 of 3 tables equal"), "after the drain:\n{}", text(&out));
+    let db2 = stack.target().await?;
+    let orders: i64 = db2.query_one("SELECT count(*) FROM orders", &[]).await?.get(0);
+    ensure!(orders >= 4000, "DB2 has {orders} orders: the snapshot's 4,000 are not all there");
+    Ok(())
+}
