@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod progress;
 pub mod reader;
 pub mod service;
+pub mod switch;
 pub mod writer;
 
 use clap::{Parser, Subcommand};
@@ -57,6 +58,13 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Standby switch: DB2 is a streaming physical standby of DB1. Create capture's slot on DB1, promote DB2 once it
+    /// has replayed past the slot's consistent point, and record in DB2 where apply starts. No copy needed.
+    Switch {
+        /// How long to wait for DB2 to replay up to the slot's consistent point before giving up (unpromoted).
+        #[arg(long, default_value_t = 60)]
+        replay_timeout_s: u64,
+    },
     /// Move the application to DB2: fence writes on DB1, wait until apply has applied a marker written after the
     /// fence, copy sequence values, print the timeline and the write downtime (apply must be running).
     Cutover {
@@ -67,7 +75,7 @@ pub enum Command {
 }
 
 #[cfg(test)]
-const HELP_SUBCOMMANDS: &[&str] = &["run", "pause", "resume", "status", "reset", "cutover"];
+const HELP_SUBCOMMANDS: &[&str] = &["run", "pause", "resume", "status", "reset", "switch", "cutover"];
 
 /// Why apply stopped. [`ApplyError::is_transient`] tells whether a new session can help.
 #[derive(Debug, thiserror::Error)]
@@ -164,6 +172,20 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Status => status(&config).await,
             Command::Reset { to, force } => reset(&config, &to, force).await,
             Command::Cutover { dry_run } => cutover::run(&config, dry_run).await,
+            Command::Switch { replay_timeout_s } => {
+                let done = switch::run(&config, std::time::Duration::from_secs(replay_timeout_s)).await?;
+                println!(
+                    "standby switch done in {:.1} s: slot {} consistent point {}, DB2 promoted at switch point {}; {} \
+                     transaction(s) committed in between are in DB2 already and apply skips them. Start pgm-capture, \
+                     pgm-transform and pgm-apply run. If DB2 used a physical slot on DB1, drop it now.",
+                    done.elapsed.as_secs_f64(),
+                    config.capture.slot,
+                    done.consistent_point,
+                    done.switch_point,
+                    done.skipped
+                );
+                Ok(())
+            }
         }
     })
 }

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context};
 use pgm_test_support::broker::shared_brokers;
-use pgm_test_support::pg::PgCluster;
 use pgm_test_support::stack::{Binaries, Options, Service, Stack};
 use pgm_test_support::wait;
 
@@ -47,6 +46,8 @@ async fn shop_stack(source_schema: &str, create_slot: bool) -> anyhow::Result<St
 struct Shop {
     stop: Arc<AtomicBool>,
     hold: Arc<AtomicBool>,
+    /// Pause between transactions, microseconds.
+    pace: Arc<std::sync::atomic::AtomicU64>,
     acked: Arc<Mutex<Vec<(i64, i64)>>>,
     refused: Arc<std::sync::atomic::AtomicU64>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
@@ -54,11 +55,17 @@ struct Shop {
 
 impl Shop {
     fn start(db1: pgm_common::config::PgConfig) -> Self {
+        Self::start_paced(db1, Duration::from_millis(4))
+    }
+
+    /// `pause` between transactions (zero: as fast as one session goes).
+    fn start_paced(db1: pgm_common::config::PgConfig, pause: Duration) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let hold = Arc::new(AtomicBool::new(false));
         let acked = Arc::new(Mutex::new(Vec::new()));
         let refused = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let (s, h, a, r) = (stop.clone(), hold.clone(), acked.clone(), refused.clone());
+        let pace = Arc::new(std::sync::atomic::AtomicU64::new(pause.as_micros() as u64));
+        let (s, h, a, r, p) = (stop.clone(), hold.clone(), acked.clone(), refused.clone(), pace.clone());
         let task = tokio::spawn(async move {
             let mut client: Option<tokio_postgres::Client> = None;
             let mut n: i64 = 0;
@@ -89,11 +96,11 @@ impl Shop {
                         tokio::time::sleep(Duration::from_millis(5)).await;
                     }
                 }
-                tokio::time::sleep(Duration::from_millis(4)).await;
+                tokio::time::sleep(Duration::from_micros(p.load(Ordering::Relaxed))).await;
             }
             Ok(())
         });
-        Shop { stop, hold, acked, refused, task }
+        Shop { stop, hold, pace, acked, refused, task }
     }
 
     async fn order(db: &mut tokio_postgres::Client, n: i64) -> anyhow::Result<(i64, i64)> {
@@ -314,5 +321,76 @@ async fn snapshot_bootstrap_under_load_survives_a_crash_and_drains_to_the_transf
     let db2 = stack.target().await?;
     let orders: i64 = db2.query_one("SELECT count(*) FROM orders", &[]).await?.get(0);
     ensure!(orders >= 4000, "DB2 has {orders} orders: the snapshot's 4,000 are not all there");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standby_switch_under_load_loses_and_doubles_nothing_at_the_switch_point() -> anyhow::Result<()> {
+    let options = Options {
+        source_schema: SHOP,
+        target_schema: "",
+        tables: &TABLES,
+        rules: None,
+        partitions: 2,
+        apply: "group_ms = 50",
+        librdkafka: "",
+        create_slot: false,
+    };
+    let stack = Stack::with_standby(BINS, shared_brokers()?, options).await?;
+    let shop = Shop::start_paced(stack.db1.pg_config(&stack.db1_name), Duration::ZERO);
+    shop.wait_acked(50).await?;
+    // DB2 lags behind for a while (replay paused, WAL still received): many transactions then commit between the
+    // slot's consistent point and the promotion, which is the boundary under test.
+    let standby = stack.db2.connect(&stack.db2_name).await?;
+    standby.execute("SELECT pg_wal_replay_pause()", &[]).await?;
+
+    // A transaction with writes open when the switch starts (the slot waits for it), and one that began before the
+    // switch but writes and commits only after DB2 is promoted.
+    let span_a = stack.source().await?;
+    span_a.batch_execute("BEGIN; INSERT INTO customers (full_name, email) VALUES ('Span A', 'span-a@example.com')").await?;
+    let span_b = stack.source().await?;
+    span_b.batch_execute("BEGIN; SELECT 1").await?;
+    let mut switch = stack
+        .command(Service::Apply, &["switch"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    ensure!(switch.try_wait()?.is_none(), "the switch finished while a writing transaction was still open on DB1");
+    span_a.batch_execute("COMMIT").await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    standby.execute("SELECT pg_wal_replay_resume()", &[]).await?;
+    let out = tokio::task::spawn_blocking(move || switch.wait_with_output()).await??;
+    ensure!(out.status.success(), "switch failed:\n{}", text(&out));
+    let report = text(&out);
+    eprintln!("{report}");
+    span_b
+        .batch_execute("INSERT INTO customers (full_name, email) VALUES ('Span B', 'span-b@example.com'); COMMIT")
+        .await?;
+    let skipped: i64 = report
+        .split(" transaction(s) committed in between")
+        .next()
+        .and_then(|head| head.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .context("no skipped count in the switch report")?;
+    ensure!(skipped >= 10, "{skipped} transactions committed between the slot and the promotion: too few to exercise the boundary");
+    let db2 = stack.target().await?;
+    let promoted: bool = db2.query_one("SELECT NOT pg_is_in_recovery()", &[]).await?.get(0);
+    ensure!(promoted, "DB2 is still a standby after the switch");
+    shop.pace.store(4000, Ordering::Relaxed);
+
+    let _capture = stack.spawn(Service::Capture, &["run"])?;
+    let _transform = stack.spawn(Service::Transform, &["run"])?;
+    let _apply = stack.spawn(Service::Apply, &["run"])?;
+    shop.wait_acked(shop.acked() + 100).await?;
+    let acked = shop.finish().await?;
+    stack.marker("switched").await?;
+    stack.wait_marker("switched", Duration::from_secs(120)).await?;
+    stack.assert_same(&["customers", "orders", "order_items"]).await?;
+    for email in ["span-a@example.com", "span-b@example.com"] {
+        let n: i64 = db2.query_one("SELECT count(*) FROM customers WHERE email = $1", &[&email]).await?.get(0);
+        ensure!(n == 1, "{email}: {n} rows on DB2");
+    }
+    eprintln!("switch: {} acknowledged orders, {skipped} transactions skipped at the boundary", acked.len());
     Ok(())
 }

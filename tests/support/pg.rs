@@ -138,6 +138,7 @@ impl PgCluster {
             "-R",
             "-X",
             "stream",
+            "--checkpoint=fast",
             "--no-sync",
         ]);
         run(backup, "pg_basebackup")?;

@@ -99,6 +99,29 @@ impl Stack {
         let db2_name = db2.create_database("db2").await?;
         db1.connect(&db1_name).await?.batch_execute(options.source_schema).await?;
         db2.connect(&db2_name).await?.batch_execute(options.target_schema).await?;
+        Self::assemble(bins, brokers, options, db1, db2, db1_name, db2_name)
+    }
+
+    /// DB2 is a streaming physical standby of DB1 (for the standby switch): `target_schema` is not used, DB2 has
+    /// DB1's database under the same name.
+    pub async fn with_standby(bins: Binaries, brokers: String, options: Options<'_>) -> crate::Result<Self> {
+        let db1 = PgCluster::start()?;
+        let db1_name = db1.create_database("db1").await?;
+        db1.connect(&db1_name).await?.batch_execute(options.source_schema).await?;
+        let db2 = PgCluster::standby_of(&db1)?;
+        let db2_name = db1_name.clone();
+        Self::assemble(bins, brokers, options, db1, db2, db1_name, db2_name)
+    }
+
+    fn assemble(
+        bins: Binaries,
+        brokers: String,
+        options: Options<'_>,
+        db1: PgCluster,
+        db2: PgCluster,
+        db1_name: String,
+        db2_name: String,
+    ) -> crate::Result<Self> {
         let dir = tempfile::Builder::new().prefix("pgm-stack-").tempdir()?;
         let prefix = unique("p");
         let rules = match options.rules {
