@@ -44,11 +44,7 @@ async fn connect(pg: &pgm_common::config::PgConfig, what: &str) -> anyhow::Resul
 
 /// DB1's sequences in the configured tables' schemas and their DB2 counterparts: the sequence behind the DB2 column
 /// that takes the owning column (through the rules' renames), else a DB2 sequence of the same name.
-pub async fn plan_sequences(
-    config: &PipelineConfig,
-    db1: &Client,
-    db2: &Client,
-) -> anyhow::Result<Vec<SequencePlan>> {
+pub async fn plan_sequences(config: &PipelineConfig, db1: &Client, db2: &Client) -> anyhow::Result<Vec<SequencePlan>> {
     let program = pgm_transform::compile(config).await?;
     let tables = config.tables();
     let mut schemas: Vec<String> = tables.iter().map(|t| t.schema.clone()).collect();
@@ -351,9 +347,8 @@ async fn finish(
     let t1 = t0.elapsed();
     // Our session started before the fence; READ WRITE says so explicitly.
     db1.batch_execute("BEGIN READ WRITE").await?;
-    let marker = db1
-        .query_one("SELECT pg_logical_emit_message(true, $1::text, $2::text)::text", &[&MARKER_PREFIX, &id])
-        .await;
+    let marker =
+        db1.query_one("SELECT pg_logical_emit_message(true, $1::text, $2::text)::text", &[&MARKER_PREFIX, &id]).await;
     let marker_lsn: String = match marker {
         Ok(row) => {
             db1.batch_execute("COMMIT").await?;

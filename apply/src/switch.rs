@@ -68,7 +68,8 @@ pub async fn run(config: &PipelineConfig, replay_timeout: Duration) -> anyhow::R
         );
     }
     let system = "SELECT system_identifier::text FROM pg_control_system()";
-    let (id1, id2): (String, String) = (db1.query_one(system, &[]).await?.get(0), db2.query_one(system, &[]).await?.get(0));
+    let (id1, id2): (String, String) =
+        (db1.query_one(system, &[]).await?.get(0), db2.query_one(system, &[]).await?.get(0));
     if id1 != id2 {
         anyhow::bail!(
             "DB2 is a standby of another cluster (system identifier {id2}, DB1 has {id1}): point target at DB1's standby"
@@ -130,7 +131,9 @@ pub async fn run(config: &PipelineConfig, replay_timeout: Duration) -> anyhow::R
             &[],
         )
         .await
-        .map_err(|e| anyhow::anyhow!("reading DB2's timeline history (needs superuser or pg_read_server_files): {e}"))?;
+        .map_err(|e| {
+            anyhow::anyhow!("reading DB2's timeline history (needs superuser or pg_read_server_files): {e}")
+        })?;
     let text: String = history.get(0);
     let s = switch_point(&text)
         .ok_or_else(|| anyhow::anyhow!("DB2's newest timeline history file has no switch point:\n{text}"))?;
@@ -158,7 +161,7 @@ pub async fn run(config: &PipelineConfig, replay_timeout: Duration) -> anyhow::R
 
 /// The last switch point of a timeline history file (`1\t0/3000158\tno recovery target specified`).
 pub fn switch_point(history: &str) -> Option<Lsn> {
-    history.lines().filter_map(|line| line.split('\t').nth(1)?.trim().parse().ok()).last()
+    history.lines().rev().find_map(|line| line.split('\t').nth(1)?.trim().parse().ok())
 }
 
 #[cfg(test)]

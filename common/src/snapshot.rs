@@ -150,7 +150,10 @@ mod tests {
     #[test]
     fn select_quotes_identifiers_and_bounds_by_tid() {
         let t = table(25);
-        assert_eq!(t.select_sql(None), "SELECT \"id\"::text, \"Note\"::text FROM ONLY \"public\".\"Order \"\"Items\"\"\"");
+        assert_eq!(
+            t.select_sql(None),
+            "SELECT \"id\"::text, \"Note\"::text FROM ONLY \"public\".\"Order \"\"Items\"\"\""
+        );
         assert!(t
             .select_sql(Some(PageRange { from: 10, to: Some(20) }))
             .ends_with("WHERE ctid >= '(10,0)'::tid AND ctid < '(20,0)'::tid"));

@@ -186,10 +186,11 @@ async fn verify_names_a_changed_row_and_cutover_under_load_loses_no_acknowledged
     db2.execute("DELETE FROM order_items WHERE order_id = $1 AND line = 2", &[&victim]).await?;
     let out = stack.run(Service::Transform, &["verify"])?;
     let report = text(&out);
+    eprintln!("verify after two hand-made changes on DB2:\n{report}");
     ensure!(!out.status.success(), "verify missed a changed row:\n{report}");
     ensure!(report.contains("\"public\".\"clients\": equal"), "{report}");
     ensure!(
-        report.contains(&format!("\"public\".\"orders\": DIFFERENT"))
+        report.contains("\"public\".\"orders\": DIFFERENT")
             && report.contains(&format!("differing keys lie in (id) {victim} .. {victim}"))
             && report.contains(&format!("1 rows differ: (id)=({victim})")),
         "verify did not name orders {victim}:\n{report}"
@@ -252,10 +253,8 @@ async fn verify_names_a_changed_row_and_cutover_under_load_loses_no_acknowledged
     let db2 = stack.target().await?;
     for (db1_seq, db2_table) in [("customers_id_seq", "clients"), ("orders_id_seq", "orders")] {
         let db1_last: i64 = db1.query_one(&format!("SELECT last_value FROM {db1_seq}"), &[]).await?.get(0);
-        let db2_next: i64 = db2
-            .query_one(&format!("SELECT nextval(pg_get_serial_sequence('{db2_table}', 'id'))"), &[])
-            .await?
-            .get(0);
+        let db2_next: i64 =
+            db2.query_one(&format!("SELECT nextval(pg_get_serial_sequence('{db2_table}', 'id'))"), &[]).await?.get(0);
         ensure!(db2_next > db1_last, "DB2 {db2_table} would hand out {db2_next}, DB1 already used {db1_last}");
     }
     let out = stack.run(Service::Transform, &["verify"])?;
@@ -347,7 +346,9 @@ async fn standby_switch_under_load_loses_and_doubles_nothing_at_the_switch_point
     // A transaction with writes open when the switch starts (the slot waits for it), and one that began before the
     // switch but writes and commits only after DB2 is promoted.
     let span_a = stack.source().await?;
-    span_a.batch_execute("BEGIN; INSERT INTO customers (full_name, email) VALUES ('Span A', 'span-a@example.com')").await?;
+    span_a
+        .batch_execute("BEGIN; INSERT INTO customers (full_name, email) VALUES ('Span A', 'span-a@example.com')")
+        .await?;
     let span_b = stack.source().await?;
     span_b.batch_execute("BEGIN; SELECT 1").await?;
     let mut switch = stack
@@ -373,7 +374,10 @@ async fn standby_switch_under_load_loses_and_doubles_nothing_at_the_switch_point
         .and_then(|head| head.rsplit(' ').next())
         .and_then(|n| n.parse().ok())
         .context("no skipped count in the switch report")?;
-    ensure!(skipped >= 10, "{skipped} transactions committed between the slot and the promotion: too few to exercise the boundary");
+    ensure!(
+        skipped >= 10,
+        "{skipped} transactions committed between the slot and the promotion: too few to exercise the boundary"
+    );
     let db2 = stack.target().await?;
     let promoted: bool = db2.query_one("SELECT NOT pg_is_in_recovery()", &[]).await?.get(0);
     ensure!(promoted, "DB2 is still a standby after the switch");

@@ -61,7 +61,7 @@ struct Shape {
     from_rows: bool,
 }
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 struct Side {
     rows: u64,
     sum: u64,
@@ -71,11 +71,13 @@ struct Side {
     overflow: bool,
 }
 
-impl Side {
-    fn new() -> Self {
-        Side { buckets: vec![(0, 0); BUCKETS], ..Side::default() }
+impl Default for Side {
+    fn default() -> Self {
+        Side { rows: 0, sum: 0, buckets: vec![(0, 0); BUCKETS], narrowed: None, overflow: false }
     }
+}
 
+impl Side {
     fn add(&mut self, key: Vec<Option<String>>, hash: u64, narrowing: Option<&BTreeSet<usize>>) {
         let bucket = bucket_of(&key);
         self.rows += 1;
@@ -229,8 +231,7 @@ pub async fn run(config: &PipelineConfig, program: &Program) -> Result<Vec<Table
         verifier.narrowing = differing.clone();
         let again: BTreeSet<&TableRef> = differing.keys().flat_map(|t| feeds[t].iter()).collect();
         for target in differing.keys() {
-            let mut side = Side::new();
-            side.narrowed = Some(HashMap::new());
+            let side = Side { narrowed: Some(HashMap::new()), ..Side::default() };
             verifier.db1_side.insert(target.clone(), side.clone());
             verifier.db2_side.insert(target.clone(), side);
         }
@@ -295,8 +296,8 @@ impl Verifier<'_> {
         }
         let shape = Shape { columns, key, from_rows: written.is_some() };
         self.shapes.insert(target.clone(), shape.clone());
-        self.db1_side.entry(target.clone()).or_insert_with(Side::new);
-        self.db2_side.entry(target.clone()).or_insert_with(Side::new);
+        self.db1_side.entry(target.clone()).or_default();
+        self.db2_side.entry(target.clone()).or_default();
         Ok(shape)
     }
 
@@ -326,16 +327,22 @@ impl Verifier<'_> {
                 old: None,
             };
             let out = self.program.rewrite(&raw).map_err(|e| {
-                VerifyError::Refused(format!("the rules fail on row {ordinal} of {source} (row {ordinal} of the scan): {e}"))
+                VerifyError::Refused(format!(
+                    "the rules fail on row {ordinal} of {source} (row {ordinal} of the scan): {e}"
+                ))
             })?;
             for op in out.ops {
                 if self.narrowing.is_empty() || self.narrowing.contains_key(&op.target) {
                     let names: Vec<String> = op.new.columns().iter().map(|c| c.name.clone()).collect();
                     let shape = self.shape(&op.target, Some((&names, &op.key)))?;
-                    let values = shape.columns.iter().map(|(name, _)| match op.new.get(name) {
+                    let values = shape
+                        .columns
+                        .iter()
+                        .map(|(name, _)| match op.new.get(name) {
                             Cell::Value(text) => Some(text.to_owned()),
                             Cell::Null | Cell::Absent => None,
-                        }).collect();
+                        })
+                        .collect();
                     let batch = self.pending.entry(op.target.clone()).or_default();
                     batch.push(values);
                     if batch.len() >= BATCH {
@@ -393,9 +400,11 @@ impl Verifier<'_> {
 
     async fn read_db2(&mut self, target: &TableRef) -> Result<(), VerifyError> {
         let shape = self.shapes[target].clone();
-        let keys: Vec<String> = shape.key.iter().map(|&i| format!("{}::text", quote_ident(&shape.columns[i].0))).collect();
+        let keys: Vec<String> =
+            shape.key.iter().map(|&i| format!("{}::text", quote_ident(&shape.columns[i].0))).collect();
         let all: Vec<String> = shape.columns.iter().map(|(name, _)| quote_ident(name)).collect();
-        let sql = format!("SELECT {}, md5(ROW({})::text) FROM ONLY {}", keys.join(", "), all.join(", "), target.quoted());
+        let sql =
+            format!("SELECT {}, md5(ROW({})::text) FROM ONLY {}", keys.join(", "), all.join(", "), target.quoted());
         let stream = self
             .db2
             .query_raw(sql.as_str(), std::iter::empty::<&str>())
@@ -451,9 +460,13 @@ impl Verifier<'_> {
                     .map(|k| k[0].clone())
                     .collect();
                 if !keys.is_empty() {
-                    let sql = format!("SELECT min(k::{type_name})::text, max(k::{type_name})::text FROM unnest($1::text[]) k");
-                    let row = self.db2.query_one(sql.as_str(), &[&keys]).await.map_err(db("ordering the differing keys"))?;
-                    if let (Some(low), Some(high)) = (row.get::<_, Option<String>>(0), row.get::<_, Option<String>>(1)) {
+                    let sql = format!(
+                        "SELECT min(k::{type_name})::text, max(k::{type_name})::text FROM unnest($1::text[]) k"
+                    );
+                    let row =
+                        self.db2.query_one(sql.as_str(), &[&keys]).await.map_err(db("ordering the differing keys"))?;
+                    if let (Some(low), Some(high)) = (row.get::<_, Option<String>>(0), row.get::<_, Option<String>>(1))
+                    {
                         report.key_range = Some((low, high));
                     }
                 }
