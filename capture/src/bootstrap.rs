@@ -100,9 +100,16 @@ pub async fn run(config: &PipelineConfig, restart: bool) -> Result<Summary, Capt
     let mut described = Vec::with_capacity(tables.len());
     for table in &tables {
         let found = SourceTable::describe(&client, table).await.map_err(source_err(format!("describe {table}")))?;
-        described.push(found.ok_or_else(|| {
+        let found = found.ok_or_else(|| {
             CaptureError::Config(format!("{table} is in tables.include but does not exist in DB1: fix tables.include"))
-        })?);
+        })?;
+        if found.partitioned {
+            return Err(CaptureError::Config(format!(
+                "{table} is a partitioned table: its rows live in its partitions, and changes are decoded under the \
+                 partitions' names. List the partitions in tables.include instead"
+            )));
+        }
+        described.push(found);
     }
     let publisher = Publisher::new(config, CaptureMetrics::default()).await?;
 

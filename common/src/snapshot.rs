@@ -23,14 +23,18 @@ pub struct SourceTable {
     pub columns: Vec<SourceColumn>,
     /// Primary-key columns in key order; empty without one.
     pub key: Vec<String>,
-    /// `pg_class.relpages` and `reltuples` (estimates, for chunking and ETA).
+    /// Heap pages now (`pg_relation_size`), for chunking; `reltuples` (an estimate, 0 when unknown), for the ETA.
     pub pages: u32,
     pub rows_estimate: u64,
+    /// A partitioned table: it holds no rows itself, and changes are decoded under its partitions' names.
+    pub partitioned: bool,
 }
 
 const DESCRIBE: &str = "
 SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.atttypid::oid,
-       array_position(pk.indkey::int2[], a.attnum), c.relpages::int8, greatest(c.reltuples, 0)::int8
+       array_position(pk.indkey::int2[], a.attnum),
+       pg_relation_size(c.oid) / current_setting('block_size')::int8, greatest(c.reltuples, 0)::int8,
+       c.relkind = 'p'
 FROM pg_class c
 JOIN pg_namespace n ON n.oid = c.relnamespace
 JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
@@ -63,6 +67,7 @@ impl SourceTable {
             key: key.into_iter().map(|(_, name)| name).collect(),
             pages,
             rows_estimate,
+            partitioned: rows[0].get(6),
         }))
     }
 
@@ -130,6 +135,7 @@ mod tests {
             key: vec!["id".into()],
             pages,
             rows_estimate: 0,
+            partitioned: false,
         }
     }
 

@@ -306,6 +306,11 @@ impl Verifier<'_> {
             .await
             .map_err(db(format!("cannot describe {source} on DB1")))?
             .ok_or_else(|| VerifyError::Refused(format!("{source} is configured but does not exist in DB1")))?;
+        if table.partitioned {
+            return Err(VerifyError::Refused(format!(
+                "{source} is a partitioned table: list its partitions in tables.include (changes are decoded per partition)"
+            )));
+        }
         let stream = self
             .db1
             .query_raw(table.select_sql(None).as_str(), std::iter::empty::<&str>())
