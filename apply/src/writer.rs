@@ -156,7 +156,12 @@ impl Writer {
                 return Ok(());
             }
             Op::Insert | Op::Snapshot => {
-                let touched = if op == Op::Snapshot { vec![key_values(&new, &key, &target, pos)?] } else { Vec::new() };
+                // A keyless table's snapshot rows are plain inserts (the snapshot truncated it first): no key to track.
+                let touched = if op == Op::Snapshot && !key.is_empty() {
+                    vec![key_values(&new, &key, &target, pos)?]
+                } else {
+                    Vec::new()
+                };
                 let (columns, values) = split(new);
                 (if op == Op::Snapshot { Kind::Upsert } else { Kind::Insert }, key, columns, values, touched)
             }
@@ -333,7 +338,7 @@ impl Writer {
                     .collect::<Result<Vec<_>, _>>()?;
                 write!(sql, "INSERT INTO {t} ({}) SELECT {} FROM {unnest}", columns.join(", "), values.join(", "))
                     .expect("write to String");
-                if batch.kind == Kind::Upsert {
+                if batch.kind == Kind::Upsert && !batch.key.is_empty() {
                     let key: Vec<String> = batch.key.iter().map(|c| quote_ident(c)).collect();
                     let set: Vec<String> = batch
                         .columns

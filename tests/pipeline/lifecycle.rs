@@ -266,10 +266,23 @@ async fn verify_names_a_changed_row_and_cutover_under_load_loses_no_acknowledged
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshot_bootstrap_under_load_survives_a_crash_and_drains_to_the_transformed_source() -> anyhow::Result<()> {
     // DB1 starts with the shop's sample rows (1,000 orders) plus 3,000 more, and no slot.
+    // And a keyless table (REPLICA IDENTITY FULL) holding duplicate rows.
+    const AUDIT: &str = "CREATE TABLE audit (at int, note text); ALTER TABLE audit REPLICA IDENTITY FULL;";
     let seeded = format!(
-        "{SHOP}\nINSERT INTO orders (customer_id, amount_cents) SELECT 1 + (g % 200), g FROM generate_series(1, 3000) g;"
+        "{SHOP}\nINSERT INTO orders (customer_id, amount_cents) SELECT 1 + (g % 200), g FROM generate_series(1, 3000) g;
+         {AUDIT} INSERT INTO audit SELECT g % 20, 'same' FROM generate_series(1, 60) g;"
     );
-    let stack = shop_stack(&seeded, false).await?;
+    let options = Options {
+        source_schema: &seeded,
+        target_schema: &format!("{SHOP_V2}\n{AUDIT}"),
+        tables: &["public.customers", "public.orders", "public.order_items", "public.audit"],
+        rules: Some(RULES),
+        partitions: 2,
+        apply: "group_ms = 50",
+        librdkafka: "",
+        create_slot: false,
+    };
+    let stack = Stack::new(BINS, shared_brokers()?, options).await?;
     let shop = Shop::start(stack.db1.pg_config(&stack.db1_name));
     shop.wait_acked(20).await?;
     let small_chunks = |command: &mut std::process::Command| {
@@ -316,8 +329,10 @@ async fn snapshot_bootstrap_under_load_survives_a_crash_and_drains_to_the_transf
     stack.wait_marker("bootstrapped", Duration::from_secs(120)).await?;
     assert_orders_on_db2(&stack, &acked).await?;
     let out = stack.run(Service::Transform, &["verify"])?;
-    ensure!(out.status.success() && text(&out).contains("3 of 3 tables equal"), "after the drain:\n{}", text(&out));
+    ensure!(out.status.success() && text(&out).contains("4 of 4 tables equal"), "after the drain:\n{}", text(&out));
     let db2 = stack.target().await?;
+    let audit: i64 = db2.query_one("SELECT count(*) FROM audit", &[]).await?.get(0);
+    ensure!(audit == 60, "DB2 has {audit} audit rows, DB1 60 (a keyless table with duplicates)");
     let orders: i64 = db2.query_one("SELECT count(*) FROM orders", &[]).await?.get(0);
     ensure!(orders >= 4000, "DB2 has {orders} orders: the snapshot's 4,000 are not all there");
     Ok(())
