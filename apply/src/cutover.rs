@@ -185,6 +185,23 @@ async fn preflight(config: &PipelineConfig) -> anyhow::Result<Preflight> {
     if progress::is_paused(&db2, pipeline).await? {
         anyhow::bail!("apply is paused for pipeline {pipeline:?}: `pgm-apply resume` first");
     }
+    let lag_s: Option<f64> = db2
+        .query_one(
+            "SELECT extract(epoch FROM clock_timestamp() - greatest(applied_commit_time, heartbeat_at))::float8
+             FROM pgm.apply_progress WHERE pipeline = $1",
+            &[pipeline],
+        )
+        .await?
+        .get(0);
+    let max_s = config.cutover.max_lag_ms as f64 / 1000.0;
+    match lag_s {
+        Some(lag) if lag <= max_s => {}
+        lag => anyhow::bail!(
+            "apply is {} behind DB1 (cutover.max_lag_ms allows {max_s:.1} s): the fence would last at least that long. \
+             Wait until `pgm-apply status` shows a small lag, then run cutover again",
+            lag.map_or("an unknown time (nothing applied yet)".to_owned(), |l| format!("{l:.1} s"))
+        ),
+    }
     let row = db1
         .query_one(
             "SELECT current_database()::text,

@@ -388,6 +388,14 @@ pub struct CutoverConfig {
     /// Added to every sequence value copied to DB2.
     #[serde(default)]
     pub sequence_margin: i64,
+    /// Refuse to fence while apply is further behind DB1 than this (milliseconds): the fence would last at least
+    /// that long.
+    #[serde(default = "default_cutover_max_lag")]
+    pub max_lag_ms: u64,
+}
+
+fn default_cutover_max_lag() -> u64 {
+    10_000
 }
 
 fn default_cutover_timeout() -> u64 {
@@ -396,7 +404,12 @@ fn default_cutover_timeout() -> u64 {
 
 impl Default for CutoverConfig {
     fn default() -> Self {
-        CutoverConfig { fence: Fence::default(), timeout_ms: default_cutover_timeout(), sequence_margin: 0 }
+        CutoverConfig {
+            fence: Fence::default(),
+            timeout_ms: default_cutover_timeout(),
+            sequence_margin: 0,
+            max_lag_ms: default_cutover_max_lag(),
+        }
     }
 }
 

@@ -215,6 +215,16 @@ async fn verify_names_a_changed_row_and_cutover_under_load_loses_no_acknowledged
     );
     shop.wait_acked(before + 20).await?;
 
+    // Further behind than cutover.max_lag_ms allows: refused before any fence.
+    let out = stack.command(Service::Apply, &["cutover"]).env("PGM__CUTOVER__MAX_LAG_MS", "0").output()?;
+    ensure!(
+        !out.status.success() && text(&out).contains("behind DB1") && !text(&out).contains("timeline"),
+        "cutover with max_lag_ms = 0 did not refuse:\n{}",
+        text(&out)
+    );
+    let before = shop.acked();
+    shop.wait_acked(before + 10).await.context("DB1 refuses writes after a refused cutover")?;
+
     // A cutover that cannot finish (transform is down, the marker never arrives) lifts its fence.
     transform.kill9()?;
     let out = stack.command(Service::Apply, &["cutover"]).env("PGM__CUTOVER__TIMEOUT_MS", "1500").output()?;
