@@ -49,6 +49,8 @@ struct Progress {
     tables: Vec<SourceTable>,
     rows: Vec<AtomicU64>,
     chunks_left: Vec<AtomicU64>,
+    /// When each table's first chunk started and its last one ended: its rate is over that span.
+    spans: Vec<Mutex<(Option<Instant>, Option<Instant>)>>,
     started: Instant,
 }
 
@@ -140,6 +142,7 @@ pub async fn run(config: &PipelineConfig, restart: bool) -> Result<Summary, Capt
             .enumerate()
             .map(|(i, _)| AtomicU64::new(chunks.iter().filter(|c| c.table == i).count() as u64))
             .collect(),
+        spans: described.iter().map(|_| Mutex::new((None, None))).collect(),
         tables: described,
         started: Instant::now(),
     });
@@ -227,6 +230,7 @@ async fn copy_worker(
     loop {
         let Some(chunk) = queue.lock().unwrap().pop_front() else { break };
         let table = &progress.tables[chunk.table];
+        progress.spans[chunk.table].lock().unwrap().0.get_or_insert_with(Instant::now);
         let sql = table.select_sql(chunk.pages);
         let stream = client
             .query_raw(sql.as_str(), std::iter::empty::<&str>())
@@ -239,7 +243,9 @@ async fn copy_worker(
                 return Ok(()); // the publisher stopped; it reports why
             }
         }
-        progress.chunks_left[chunk.table].fetch_sub(1, Ordering::Relaxed);
+        if progress.chunks_left[chunk.table].fetch_sub(1, Ordering::Relaxed) == 1 {
+            progress.spans[chunk.table].lock().unwrap().1 = Some(Instant::now());
+        }
     }
     Ok(())
 }
@@ -300,7 +306,11 @@ async fn publish(
 fn line(progress: &Progress, i: usize) -> String {
     let table = &progress.tables[i];
     let rows = progress.rows[i].load(Ordering::Relaxed);
-    let secs = progress.started.elapsed().as_secs_f64().max(0.001);
+    let (first, last) = *progress.spans[i].lock().unwrap();
+    let secs = match first {
+        Some(first) => last.unwrap_or_else(Instant::now).duration_since(first).as_secs_f64().max(0.001),
+        None => f64::INFINITY,
+    };
     let rate = rows as f64 / secs;
     let done = progress.chunks_left[i].load(Ordering::Relaxed) == 0;
     let estimate = table.rows_estimate.max(rows);
