@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use pgm_common::change::{quote_ident, TableRef};
 use pgm_common::config::{Fence, PipelineConfig};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use crate::progress;
 
@@ -33,13 +33,9 @@ pub struct SequencePlan {
 }
 
 async fn connect(pg: &pgm_common::config::PgConfig, what: &str) -> anyhow::Result<Client> {
-    let (client, connection) = pg
-        .to_tokio_postgres("pgm-cutover")
-        .connect(NoTls)
+    pg.connect("pgm-cutover")
         .await
-        .map_err(|e| anyhow::anyhow!("cutover: cannot connect to {what} {}: {e}", pg.describe()))?;
-    tokio::spawn(connection);
-    Ok(client)
+        .map_err(|e| anyhow::anyhow!("cutover: cannot connect to {what} {}: {e}", pg.describe()))
 }
 
 /// DB1's sequences in the configured tables' schemas and their DB2 counterparts: the sequence behind the DB2 column
@@ -263,12 +259,19 @@ pub async fn run(config: &PipelineConfig, dry_run: bool) -> anyhow::Result<()> {
 
     let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     let id = format!("cutover:{}:{}", started.as_nanos(), std::process::id());
+    // DB1's clock just before the fence: sessions that start after it are read-only (see lift_fence).
+    let fenced_at: Option<std::time::SystemTime> = match config.cutover.fence {
+        Fence::ReadOnly => Some(db1.query_one("SELECT clock_timestamp()", &[]).await?.get(0)),
+        Fence::None => None,
+    };
     let t0 = Instant::now();
-    let mut fenced_at = None;
-    if config.cutover.fence == Fence::ReadOnly {
-        fenced_at = Some(fence(&db1, &database).await?);
+    let result = async {
+        if fenced_at.is_some() {
+            fence(&db1, &database).await?;
+        }
+        finish(config, &db1, &db2, &id, &plans, t0).await
     }
-    let result = finish(config, &db1, &db2, &id, &plans, t0).await;
+    .await;
     match result {
         Ok(timeline) => {
             println!("{timeline}");
@@ -294,12 +297,10 @@ pub async fn run(config: &PipelineConfig, dry_run: bool) -> anyhow::Result<()> {
     }
 }
 
-/// Returns DB1's clock at the fence: sessions that start after it are read-only.
-async fn fence(db1: &Client, database: &str) -> anyhow::Result<std::time::SystemTime> {
+async fn fence(db1: &Client, database: &str) -> anyhow::Result<()> {
     db1.batch_execute(&format!("ALTER DATABASE {} SET default_transaction_read_only = on", quote_ident(database)))
         .await
-        .map_err(|e| anyhow::anyhow!("fencing DB1: {e:#}"))?;
-    Ok(db1.query_one("SELECT clock_timestamp()", &[]).await?.get(0))
+        .map_err(|e| anyhow::anyhow!("fencing DB1: {e:#}"))
 }
 
 /// On a new connection (cutover's own may be what failed). Sessions that connected during the fence would stay
@@ -317,7 +318,7 @@ async fn lift_fence(
         .query(
             "SELECT pid FROM (SELECT pid FROM pg_stat_activity WHERE datname = current_database()
                                AND backend_type = 'client backend' AND pid <> pg_backend_pid()
-                               AND backend_start >= $1::timestamptz - interval '1 second' OFFSET 0) s
+                               AND backend_start >= $1::timestamptz OFFSET 0) s
              WHERE pg_terminate_backend(pid)",
             &[&fenced_at],
         )

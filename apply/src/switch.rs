@@ -21,18 +21,14 @@ use std::time::{Duration, Instant};
 
 use pgm_common::config::PipelineConfig;
 use pgm_common::{Lsn, Position};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use crate::progress;
 
 async fn connect(pg: &pgm_common::config::PgConfig, what: &str) -> anyhow::Result<Client> {
-    let (client, connection) = pg
-        .to_tokio_postgres("pgm-switch")
-        .connect(NoTls)
+    pg.connect("pgm-switch")
         .await
-        .map_err(|e| anyhow::anyhow!("switch: cannot connect to {what} {}: {e}", pg.describe()))?;
-    tokio::spawn(connection);
-    Ok(client)
+        .map_err(|e| anyhow::anyhow!("switch: cannot connect to {what} {}: {e}", pg.describe()))
 }
 
 async fn lsn(client: &Client, sql: &str) -> anyhow::Result<Option<Lsn>> {

@@ -30,7 +30,6 @@ use pgm_common::config::PipelineConfig;
 use pgm_common::snapshot::{PageRange, SourceTable};
 use pgm_common::Lsn;
 use tokio::sync::mpsc;
-use tokio_postgres::NoTls;
 
 use crate::metrics::CaptureMetrics;
 use crate::publisher::Publisher;
@@ -201,12 +200,7 @@ async fn copy_worker(
     imported: mpsc::Sender<Result<(), CaptureError>>,
 ) -> Result<(), CaptureError> {
     let import = async {
-        let (client, connection) = pg
-            .to_tokio_postgres("pgm-bootstrap")
-            .connect(NoTls)
-            .await
-            .map_err(source_err(format!("connect to {}", pg.describe())))?;
-        tokio::spawn(connection);
+        let client = pg.connect("pgm-bootstrap").await.map_err(source_err(format!("connect to {}", pg.describe())))?;
         client
             .batch_execute(&format!(
                 "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{}'",

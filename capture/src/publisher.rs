@@ -267,40 +267,32 @@ impl Publisher {
     }
 
     pub async fn row(&mut self, change: RowChange) -> Result<(), CaptureError> {
+        let op = match change.op {
+            RowOp::Insert => Op::Insert,
+            RowOp::Update => Op::Update,
+            RowOp::Delete => Op::Delete,
+        };
+        self.publish_change(change, op).await
+    }
+
+    /// A row copied by the bootstrap: op `snapshot`, no xid, partitioned like an insert of the same row.
+    pub async fn snapshot_row(&mut self, change: RowChange) -> Result<(), CaptureError> {
+        self.publish_change(change, Op::Snapshot).await
+    }
+
+    async fn publish_change(&mut self, change: RowChange, op: Op) -> Result<(), CaptureError> {
         let Some(route) = self.route(&change.table).await? else { return Ok(()) };
         let (pos, xid) = self.next_position("row change")?;
         let partition = partition_for(&change, self.partitions);
         let record = RawRecord {
             v: ENVELOPE_VERSION,
             pos,
-            op: match change.op {
-                RowOp::Insert => Op::Insert,
-                RowOp::Update => Op::Update,
-                RowOp::Delete => Op::Delete,
-            },
+            op,
             source: change.table,
-            xid: Some(xid),
+            xid: (op != Op::Snapshot).then_some(xid),
             key: change.key_columns,
             new: change.new,
             old: change.identity,
-        };
-        self.publish_raw(route, record, partition).await
-    }
-
-    /// A row copied by the bootstrap: op `snapshot`, no xid, partitioned like an insert of the same row.
-    pub async fn snapshot_row(&mut self, change: RowChange) -> Result<(), CaptureError> {
-        let Some(route) = self.route(&change.table).await? else { return Ok(()) };
-        let (pos, _) = self.next_position("snapshot row")?;
-        let partition = partition_for(&change, self.partitions);
-        let record = RawRecord {
-            v: ENVELOPE_VERSION,
-            pos,
-            op: Op::Snapshot,
-            source: change.table,
-            xid: None,
-            key: change.key_columns,
-            new: change.new,
-            old: None,
         };
         self.publish_raw(route, record, partition).await
     }

@@ -107,6 +107,13 @@ impl PgConfig {
         config
     }
 
+    /// An ordinary connection, its connection task spawned on the current runtime (it ends with the client).
+    pub async fn connect(&self, application_name: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        let (client, connection) = self.to_tokio_postgres(application_name).connect(tokio_postgres::NoTls).await?;
+        tokio::spawn(connection);
+        Ok(client)
+    }
+
     /// `host:port/dbname as user`, for logs and errors (never the password).
     pub fn describe(&self) -> String {
         format!("{}:{}/{} as {}", self.host, self.port, self.dbname, self.user)

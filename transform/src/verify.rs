@@ -22,7 +22,7 @@ use pgm_common::config::{PgConfig, PipelineConfig};
 use pgm_common::envelope::{Op, RawRecord, ENVELOPE_VERSION};
 use pgm_common::lsn::Position;
 use pgm_common::snapshot::SourceTable;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use crate::catalog::Catalog;
 use crate::rewrite::Program;
@@ -165,13 +165,7 @@ impl fmt::Display for TableReport {
 }
 
 async fn connect(pg: &PgConfig) -> Result<Client, VerifyError> {
-    let (client, connection) = pg
-        .to_tokio_postgres("pgm-verify")
-        .connect(NoTls)
-        .await
-        .map_err(db(format!("cannot connect to {}", pg.describe())))?;
-    tokio::spawn(connection);
-    Ok(client)
+    pg.connect("pgm-verify").await.map_err(db(format!("cannot connect to {}", pg.describe())))
 }
 
 struct Verifier<'a> {
