@@ -474,3 +474,81 @@ impl Verifier<'_> {
         Ok(report)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(v: &str) -> Vec<Option<String>> {
+        vec![Some(v.to_owned())]
+    }
+
+    #[test]
+    fn checksums_ignore_order_but_not_content_or_multiplicity() {
+        let rows = [("1", "a1b2c3d4e5f60718aa"), ("2", "0000000000000001ff"), ("3", "ffffffffffffffff00")];
+        let (mut forward, mut backward) = (Side::default(), Side::default());
+        for (k, h) in rows {
+            forward.add(key(k), hash_of(h), None);
+        }
+        for (k, h) in rows.iter().rev() {
+            backward.add(key(k), hash_of(h), None);
+        }
+        assert_eq!((forward.rows, forward.sum, &forward.buckets), (backward.rows, backward.sum, &backward.buckets));
+        let mut doubled = forward.clone();
+        doubled.add(key("3"), hash_of("ffffffffffffffff00"), None);
+        assert_ne!(doubled.sum, forward.sum);
+        assert_eq!(hash_of("0000000000000001ff"), 1);
+        assert_eq!(hash_of("zz"), 0);
+    }
+
+    #[test]
+    fn buckets_are_stable_and_spread_and_null_is_not_the_text_null() {
+        assert_eq!(bucket_of(&key("42")), bucket_of(&key("42")));
+        let used: BTreeSet<usize> = (0..5000).map(|i| bucket_of(&key(&i.to_string()))).collect();
+        assert!(used.len() > 240, "{} buckets used", used.len());
+        assert_ne!(bucket_of(&[None, Some("x".into())]), bucket_of(&[Some("x".into()), None]));
+        assert_ne!(
+            bucket_of(&[Some("ab".into()), Some("c".into())]),
+            bucket_of(&[Some("a".into()), Some("bc".into())])
+        );
+    }
+
+    #[test]
+    fn narrowing_keeps_only_the_wanted_buckets_and_stops_at_its_cap() {
+        let wanted: BTreeSet<usize> = [bucket_of(&key("7"))].into();
+        let mut side = Side { narrowed: Some(HashMap::new()), ..Side::default() };
+        for i in 0..2000 {
+            side.add(key(&i.to_string()), 1, Some(&wanted));
+        }
+        let kept = side.narrowed.as_ref().unwrap();
+        assert!(kept.contains_key(&key("7")));
+        assert!(kept.keys().all(|k| bucket_of(k) == bucket_of(&key("7"))));
+        assert_eq!(side.rows, 2000, "every row still counts");
+        assert!(!side.overflow);
+    }
+
+    #[test]
+    fn the_report_names_keys_and_ranges_and_cuts_long_lists() {
+        let report = TableReport {
+            table: TableRef::new("public", "orders"),
+            key_columns: vec!["id".into()],
+            db1_rows: 20,
+            db2_rows: 19,
+            equal: false,
+            only_db1: (1..=12).map(|i| key(&i.to_string())).collect(),
+            only_db2: Vec::new(),
+            changed: vec![vec![None]],
+            key_range: Some(("1".into(), "12".into())),
+            incomplete: false,
+        };
+        let text = report.to_string();
+        assert!(text.contains("\"public\".\"orders\": DIFFERENT — transformed DB1 has 20 rows, DB2 has 19"), "{text}");
+        assert!(text.contains("differing keys lie in (id) 1 .. 12"), "{text}");
+        assert!(text.contains("12 rows only in DB1: (id)=(1), (id)=(2)"), "{text}");
+        assert!(text.contains("and 2 more"), "{text}");
+        assert!(text.contains("1 rows differ: (id)=(NULL)"), "{text}");
+        assert!(!text.contains("only in DB2"), "{text}");
+        let equal = TableReport { equal: true, ..report };
+        assert_eq!(equal.to_string(), "\"public\".\"orders\": equal (19 rows)");
+    }
+}

@@ -148,3 +148,28 @@ fn rules_that_cannot_work_fail_at_start_naming_table_and_rule() {
         assert!(err.contains(expected) && err.contains("public."), "{expected}: {err}");
     }
 }
+
+/// What cutover (sequences) and verify (which tables to compare) ask the compiled rules.
+#[test]
+fn targets_and_column_targets_follow_renames_splits_and_drops() {
+    let program = program();
+    let customers = TableRef::new("public", "customers");
+    assert_eq!(
+        program.targets_of(&customers),
+        vec![TableRef::new("public", "clients"), TableRef::new("public", "client_emails")]
+    );
+    // `id` passes through to clients under its own name and is copied to client_emails as client_id.
+    assert_eq!(
+        program.column_targets(&customers, "id"),
+        vec![
+            (TableRef::new("public", "clients"), "id".to_owned()),
+            (TableRef::new("public", "client_emails"), "client_id".to_owned())
+        ]
+    );
+    // Dropped and converted columns take no sequence with them.
+    assert!(program.column_targets(&customers, "full_name").is_empty());
+    assert!(program.column_targets(&TableRef::new("public", "orders"), "amount_cents").is_empty());
+    // unmatched = "drop": a table without rules goes nowhere.
+    assert!(program.targets_of(&TableRef::new("public", "audit")).is_empty());
+    assert!(program.column_targets(&TableRef::new("public", "audit"), "id").is_empty());
+}
