@@ -57,6 +57,15 @@ fn source_err(what: String) -> impl FnOnce(tokio_postgres::Error) -> CaptureErro
     move |source| CaptureError::Source { what, source }
 }
 
+/// The application_name of every bootstrap connection: `pgm-capture run` waits while one is on DB1, because a
+/// stream started before the snapshot's commit record is in Kafka would be applied first and hide the snapshot.
+/// (PostgreSQL keeps the first 63 bytes.)
+pub fn application_name(slot: &str) -> String {
+    let mut name = format!("pgm-bootstrap:{slot}");
+    name.truncate(63);
+    name
+}
+
 /// What `bootstrap` reports when it is done.
 pub struct Summary {
     pub consistent_point: Lsn,
@@ -115,7 +124,8 @@ pub async fn run(config: &PipelineConfig, restart: bool) -> Result<Summary, Capt
     let publisher = Publisher::new(config, CaptureMetrics::default()).await?;
 
     // The slot and its snapshot: the replication connection stays open and idle until every worker has imported it.
-    let mut replication = Walsender::connect(&config.source, "pgm-bootstrap").await?;
+    let application = application_name(slot);
+    let mut replication = Walsender::connect(&config.source, &application).await?;
     let created = replication.create_slot(slot, true).await?;
     let snapshot = created.snapshot_name.clone().ok_or_else(|| {
         CaptureError::Stream("CREATE_REPLICATION_SLOT … EXPORT_SNAPSHOT returned no snapshot name".into())
@@ -153,8 +163,9 @@ pub async fn run(config: &PipelineConfig, restart: bool) -> Result<Summary, Capt
     let (imported_tx, mut imported_rx) = mpsc::channel::<Result<(), CaptureError>>(workers);
     let mut handles = Vec::new();
     for worker in 0..workers {
-        let (config, snapshot, queue, progress, rows_tx, imported_tx) = (
+        let (config, application, snapshot, queue, progress, rows_tx, imported_tx) = (
             config.source.clone(),
+            application.clone(),
             snapshot.clone(),
             queue.clone(),
             progress.clone(),
@@ -162,7 +173,7 @@ pub async fn run(config: &PipelineConfig, restart: bool) -> Result<Summary, Capt
             imported_tx.clone(),
         );
         handles.push(tokio::spawn(async move {
-            copy_worker(worker, config, snapshot, queue, progress, rows_tx, imported_tx).await
+            copy_worker(worker, config, application, snapshot, queue, progress, rows_tx, imported_tx).await
         }));
     }
     drop(rows_tx);
@@ -190,9 +201,11 @@ pub async fn run(config: &PipelineConfig, restart: bool) -> Result<Summary, Capt
     Ok(Summary { consistent_point: cp, rows, tables: progress.tables.len(), elapsed: progress.started.elapsed() })
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn copy_worker(
     worker: usize,
     pg: pgm_common::config::PgConfig,
+    application: String,
     snapshot: String,
     queue: Arc<Mutex<VecDeque<Chunk>>>,
     progress: Arc<Progress>,
@@ -200,7 +213,7 @@ async fn copy_worker(
     imported: mpsc::Sender<Result<(), CaptureError>>,
 ) -> Result<(), CaptureError> {
     let import = async {
-        let client = pg.connect("pgm-bootstrap").await.map_err(source_err(format!("connect to {}", pg.describe())))?;
+        let client = pg.connect(&application).await.map_err(source_err(format!("connect to {}", pg.describe())))?;
         client
             .batch_execute(&format!(
                 "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{}'",

@@ -87,13 +87,15 @@ pub enum CaptureError {
     },
     #[error("replication stream out of order: {0}")]
     Stream(String),
+    #[error("pgm-capture bootstrap is copying for slot {slot} (DB1 pid {pid}): streaming starts once it has finished")]
+    BootstrapRunning { slot: String, pid: String },
 }
 
 impl CaptureError {
     pub fn is_transient(&self) -> bool {
         match self {
             CaptureError::Walsender(e) => e.is_transient(),
-            CaptureError::Kafka(_) | CaptureError::Delivery { .. } => true,
+            CaptureError::Kafka(_) | CaptureError::Delivery { .. } | CaptureError::BootstrapRunning { .. } => true,
             CaptureError::Source { source, .. } => source.as_db_error().is_none(),
             CaptureError::Config(_) | CaptureError::Decode { .. } | CaptureError::Stream(_) => false,
         }

@@ -30,6 +30,21 @@ pub async fn ensure_exists(conn: &mut Walsender, slot: &str) -> Result<(), Captu
     }
 }
 
+/// Refuses (transiently: the run loop retries) while `pgm-capture bootstrap` is copying into this slot's pipeline.
+pub async fn wait_for_no_bootstrap(conn: &mut Walsender, slot: &str) -> Result<(), CaptureError> {
+    let name = crate::bootstrap::application_name(slot);
+    let rows = conn
+        .simple_query(&format!("SELECT pid::text FROM pg_stat_activity WHERE application_name = {}", literal(&name)))
+        .await?;
+    match rows.first() {
+        None => Ok(()),
+        Some(row) => Err(CaptureError::BootstrapRunning {
+            slot: slot.to_owned(),
+            pid: row.first().cloned().flatten().unwrap_or_default(),
+        }),
+    }
+}
+
 pub async fn connect(config: &PipelineConfig) -> Result<tokio_postgres::Client, CaptureError> {
     let (client, connection) =
         config.source.to_tokio_postgres("pgm-capture").connect(NoTls).await.map_err(|e| CaptureError::Source {

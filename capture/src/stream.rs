@@ -71,6 +71,7 @@ pub async fn run(
     let (system_id, server_wal) = conn.identify_system().await?;
     let timeout_ms = conn.wal_sender_timeout_ms().await?;
     let feedback_every = Duration::from_millis(if timeout_ms == 0 { 1000 } else { (timeout_ms / 2).clamp(100, 1000) });
+    crate::slot::wait_for_no_bootstrap(&mut conn, &config.capture.slot).await?;
     crate::slot::ensure_exists(&mut conn, &config.capture.slot).await?;
     let mut stream = conn.start_logical(&config.capture.slot, Lsn::ZERO, &plugin_options(config)).await?;
     tracing::info!(

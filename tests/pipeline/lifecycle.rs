@@ -322,15 +322,32 @@ async fn snapshot_bootstrap_under_load_survives_a_crash_and_drains_to_the_transf
     );
     let mut again = stack.command(Service::Capture, &["bootstrap", "--restart"]);
     small_chunks(&mut again);
-    let out = again.output()?;
+    let again = again.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn()?;
+    wait::until("the second bootstrap holds its slot", Duration::from_secs(30), || async {
+        let n: i64 = db1
+            .query_one("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pgm-bootstrap:%'", &[])
+            .await?
+            .get(0);
+        Ok((n > 0).then_some(()))
+    })
+    .await?;
+    // Capture started while the copy runs must wait for it: its stream would otherwise reach apply before the
+    // snapshot's commit record and hide the snapshot.
+    let capture = stack.spawn(Service::Capture, &["run"])?;
+    let out = tokio::task::spawn_blocking(move || again.wait_with_output()).await??;
     ensure!(out.status.success(), "bootstrap --restart failed:\n{}", text(&out));
     let report = text(&out);
     ensure!(report.contains("\"public\".\"orders\"") && report.contains("rows/s"), "no per-table progress:\n{report}");
     ensure!(!report.contains("Customer "), "bootstrap printed row values:\n{report}");
     eprintln!("{report}");
+    ensure!(
+        capture.log().contains("bootstrap is copying for slot"),
+        "capture did not wait for the running bootstrap:\n{}",
+        capture.log()
+    );
 
     // The stream continues from the slot while the workload goes on writing.
-    let _capture = stack.spawn(Service::Capture, &["run"])?;
+    let _capture = capture;
     let _transform = stack.spawn(Service::Transform, &["run"])?;
     let _apply = stack.spawn(Service::Apply, &["run"])?;
     shop.wait_acked(shop.acked() + 100).await?;
