@@ -467,5 +467,17 @@ async fn a_bootstrap_run_again_replaces_an_earlier_complete_one() -> anyhow::Res
     let db2 = stack.target().await?;
     let stale: i64 = db2.query_one("SELECT count(*) FROM orders WHERE id <= 50", &[]).await?.get(0);
     ensure!(stale == 0, "{stale} orders deleted before the second bootstrap are still on DB2");
+
+    // A switch needs DB2 to be a standby: refused here, naming the alternative.
+    let out = stack.run(Service::Apply, &["switch"])?;
+    ensure!(!out.status.success() && text(&out).contains("is not in recovery"), "switch:\n{}", text(&out));
+
+    // cutover.fence = "none" (the writers are stopped already): marker and sequences only, DB1 stays writable.
+    let out = stack.command(Service::Apply, &["cutover"]).env("PGM__CUTOVER__FENCE", "none").output()?;
+    ensure!(out.status.success() && text(&out).contains("write downtime"), "cutover without a fence:\n{}", text(&out));
+    ensure!(text(&out).contains("0 session(s) ended"), "{}", text(&out));
+    db1.execute("INSERT INTO customers (full_name, email) VALUES ('After Cutover', 'after@example.com')", &[]).await?;
+    let next: i64 = db2.query_one("SELECT nextval(pg_get_serial_sequence('orders', 'id'))", &[]).await?.get(0);
+    ensure!(next > 1000, "DB2's orders identity hands out {next}, DB1 used up to 1000");
     Ok(())
 }
