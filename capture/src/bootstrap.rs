@@ -96,8 +96,8 @@ pub async fn run(config: &PipelineConfig, restart: bool) -> Result<Summary, Capt
         if !restart {
             return Err(CaptureError::Config(format!(
                 "slot {slot} already exists. If an earlier bootstrap was interrupted, run `pgm-capture bootstrap \
-                 --restart` (drops the slot and copies again; the interrupted copy is never applied). If capture has \
-                 streamed from this slot, DB2 is bootstrapped already"
+                 --restart` (drops the slot and copies again; the new copy replaces whatever the interrupted one left). \
+                 If capture has streamed from this slot, DB2 is bootstrapped already"
             )));
         }
         client
