@@ -229,7 +229,7 @@ pub async fn run(config: &PipelineConfig, program: &Program) -> Result<Vec<Table
             verifier.db1_side.insert(target.clone(), side.clone());
             verifier.db2_side.insert(target.clone(), side);
         }
-        // Targets fed by the same sources but not narrowed are recounted too; only narrowed ones are read.
+        // Every source feeding a narrowed target is read again; only the narrowed targets' rows are hashed.
         for source in again {
             verifier.read_db1(source).await?;
         }
