@@ -32,12 +32,6 @@ pub struct SequencePlan {
     pub via: String,
 }
 
-async fn connect(pg: &pgm_common::config::PgConfig, what: &str) -> anyhow::Result<Client> {
-    pg.connect("pgm-cutover")
-        .await
-        .map_err(|e| anyhow::anyhow!("cutover: cannot connect to {what} {}: {e}", pg.describe()))
-}
-
 /// DB1's sequences in the configured tables' schemas and their DB2 counterparts: the sequence behind the DB2 column
 /// that takes the owning column (through the rules' renames), else a DB2 sequence of the same name.
 pub async fn plan_sequences(config: &PipelineConfig, db1: &Client, db2: &Client) -> anyhow::Result<Vec<SequencePlan>> {
@@ -172,7 +166,7 @@ async fn preflight(config: &PipelineConfig) -> anyhow::Result<Preflight> {
              and restart capture"
         );
     }
-    let db1 = connect(&config.source, "DB1").await?;
+    let db1 = crate::connect_plain(&config.source, "cutover", "DB1").await?;
     let db2 = crate::connect_target(config).await?;
     let pipeline = &config.topics.prefix;
     if progress::running_pid(&db2, pipeline).await?.is_none() {
@@ -183,8 +177,7 @@ async fn preflight(config: &PipelineConfig) -> anyhow::Result<Preflight> {
     }
     let lag_s: Option<f64> = db2
         .query_one(
-            "SELECT extract(epoch FROM clock_timestamp() - greatest(applied_commit_time, heartbeat_at))::float8
-             FROM pgm.apply_progress WHERE pipeline = $1",
+            &format!("SELECT {} FROM pgm.apply_progress WHERE pipeline = $1", progress::LAG_SECONDS_SQL),
             &[pipeline],
         )
         .await?
@@ -310,7 +303,7 @@ async fn lift_fence(
     database: &str,
     fenced_at: std::time::SystemTime,
 ) -> anyhow::Result<usize> {
-    let db1 = connect(&config.source, "DB1").await?;
+    let db1 = crate::connect_plain(&config.source, "cutover", "DB1").await?;
     // A new session starts read-only under the fence itself.
     db1.batch_execute("SET default_transaction_read_only = off").await?;
     db1.batch_execute(&format!("ALTER DATABASE {} RESET default_transaction_read_only", quote_ident(database))).await?;

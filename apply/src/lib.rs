@@ -190,6 +190,17 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     })
 }
 
+/// A plain connection for the lifecycle commands (switch, cutover); errors name the command, the database and why.
+async fn connect_plain(
+    pg: &pgm_common::config::PgConfig,
+    command: &str,
+    what: &str,
+) -> anyhow::Result<tokio_postgres::Client> {
+    pg.connect(&format!("pgm-{command}"))
+        .await
+        .map_err(|e| anyhow::anyhow!("{command}: cannot connect to {what} {}: {e}", pg.describe()))
+}
+
 /// A connection to DB2 with the pipeline's `pgm` schema and progress row in place.
 pub async fn connect_target(config: &PipelineConfig) -> Result<tokio_postgres::Client, ApplyError> {
     let (client, connection) = config
@@ -238,10 +249,12 @@ async fn status(config: &PipelineConfig) -> anyhow::Result<()> {
     let pipeline = &config.topics.prefix;
     let row = client
         .query_one(
-            "SELECT applied_lsn::text, applied_end_lsn::text, applied_commit_time::text, \
-                    extract(epoch FROM clock_timestamp() - greatest(applied_commit_time, heartbeat_at))::float8, \
-                    paused, state, last_error, updated_at::text \
-             FROM pgm.apply_progress WHERE pipeline = $1",
+            &format!(
+                "SELECT applied_lsn::text, applied_end_lsn::text, applied_commit_time::text, {}, \
+                        paused, state, last_error, updated_at::text \
+                 FROM pgm.apply_progress WHERE pipeline = $1",
+                progress::LAG_SECONDS_SQL
+            ),
             &[pipeline],
         )
         .await?;

@@ -3,21 +3,13 @@
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
-use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct TableLabel {
-    pub table: String,
-}
-
-pub fn table_label(table: &pgm_common::change::TableRef) -> TableLabel {
-    TableLabel { table: pgm_common::telemetry::table_label(table) }
-}
+pub use pgm_common::telemetry::TableLabel;
 
 #[derive(Clone)]
 pub struct ApplyMetrics {

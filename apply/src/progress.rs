@@ -253,6 +253,11 @@ pub async fn running_pid(client: &Client, pipeline: &str) -> Result<Option<i32>,
     Ok(row.map(|r| r.get(0)))
 }
 
+/// Seconds since DB2 was last current with DB1, as an SQL expression over `pgm.apply_progress`: now minus the newer
+/// of the applied source commit time and the last heartbeat applied. `status` shows it; cutover refuses above a bound.
+pub const LAG_SECONDS_SQL: &str =
+    "extract(epoch FROM clock_timestamp() - greatest(applied_commit_time, heartbeat_at))::float8";
+
 /// Moves the applied position to `to` and forgets the offsets, so the next run reads every topic from its start
 /// and skips what is at or below `to`.
 pub async fn reset(client: &Client, pipeline: &str, to: Position) -> Result<(), ApplyError> {

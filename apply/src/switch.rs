@@ -25,12 +25,6 @@ use tokio_postgres::Client;
 
 use crate::progress;
 
-async fn connect(pg: &pgm_common::config::PgConfig, what: &str) -> anyhow::Result<Client> {
-    pg.connect("pgm-switch")
-        .await
-        .map_err(|e| anyhow::anyhow!("switch: cannot connect to {what} {}: {e}", pg.describe()))
-}
-
 async fn lsn(client: &Client, sql: &str) -> anyhow::Result<Option<Lsn>> {
     let text: Option<String> = client.query_one(sql, &[]).await?.get(0);
     Ok(match text {
@@ -50,8 +44,8 @@ pub struct Switched {
 
 pub async fn run(config: &PipelineConfig, replay_timeout: Duration) -> anyhow::Result<Switched> {
     let started = Instant::now();
-    let db1 = connect(&config.source, "DB1").await?;
-    let db2 = connect(&config.target, "DB2").await?;
+    let db1 = crate::connect_plain(&config.source, "switch", "DB1").await?;
+    let db2 = crate::connect_plain(&config.target, "switch", "DB2").await?;
     let slot = &config.capture.slot;
 
     // Preflight: DB2 must be a standby of this very DB1, streaming; the slot must not exist yet.

@@ -281,7 +281,10 @@ impl Writer {
         let touches_existing = !matches!(batch.kind, Kind::Insert | Kind::Upsert);
         if touches_existing && (changed as usize) < batch.rows {
             let missing = batch.rows - changed as usize;
-            self.metrics.missing_rows.get_or_create(&crate::metrics::table_label(&batch.table)).inc_by(missing as u64);
+            self.metrics
+                .missing_rows
+                .get_or_create(&crate::metrics::TableLabel::new(&batch.table))
+                .inc_by(missing as u64);
             let at = if batch.first == batch.last {
                 batch.first.to_string()
             } else {
@@ -304,7 +307,7 @@ impl Writer {
         }
         self.metrics.statement_seconds.observe(started.elapsed().as_secs_f64());
         self.metrics.batch_rows.observe(batch.rows as f64);
-        self.metrics.rows.get_or_create(&crate::metrics::table_label(&batch.table)).inc_by(batch.rows as u64);
+        self.metrics.rows.get_or_create(&crate::metrics::TableLabel::new(&batch.table)).inc_by(batch.rows as u64);
         Ok(())
     }
 

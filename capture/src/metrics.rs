@@ -3,7 +3,6 @@
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
-use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -18,16 +17,7 @@ pub const TRANSACTIONS: &str = "pgm_capture_transactions";
 pub const DELIVERY_ERRORS: &str = "pgm_capture_delivery_errors";
 pub const LAST_FEEDBACK: &str = "pgm_capture_last_feedback_timestamp_seconds";
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct TableLabel {
-    pub table: String,
-}
-
-impl TableLabel {
-    pub fn new(table: &pgm_common::change::TableRef) -> Self {
-        TableLabel { table: pgm_common::telemetry::table_label(table) }
-    }
-}
+pub use pgm_common::telemetry::TableLabel;
 
 #[cfg(test)]
 mod tests {

@@ -54,10 +54,17 @@ pub fn shutdown_on_signals(shutdown: CancellationToken) {
     });
 }
 
-/// A table as a metric label value: `schema.table`, escaped for the Prometheus text format (prometheus-client
-/// writes label values as they are).
-pub fn table_label(table: &crate::change::TableRef) -> String {
-    label_value(&format!("{}.{}", table.schema, table.table))
+/// The `table` label every service puts on its per-table metrics: `schema.table`, escaped for the Prometheus text
+/// format (prometheus-client writes label values as they are).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct TableLabel {
+    pub table: String,
+}
+
+impl TableLabel {
+    pub fn new(table: &crate::change::TableRef) -> Self {
+        TableLabel { table: label_value(&format!("{}.{}", table.schema, table.table)) }
+    }
 }
 
 /// Any text as a metric label value, escaped for the Prometheus text format.

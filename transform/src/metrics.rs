@@ -14,10 +14,7 @@ pub const OPS: &str = "pgm_transform_target_ops";
 pub const ERRORS: &str = "pgm_transform_errors";
 pub const POSITION: &str = "pgm_transform_committed_offset";
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct TableLabel {
-    pub table: String,
-}
+pub use pgm_common::telemetry::TableLabel;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RuleLabel {
@@ -49,10 +46,6 @@ impl TransformMetrics {
         registry.register(POSITION, "Acknowledged position per input partition", self.position.clone());
         Arc::new(Mutex::new(registry))
     }
-}
-
-pub fn table_label(table: &pgm_common::change::TableRef) -> TableLabel {
-    TableLabel { table: pgm_common::telemetry::table_label(table) }
 }
 
 pub fn rule_label(rule: &str) -> RuleLabel {

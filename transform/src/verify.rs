@@ -247,10 +247,10 @@ pub async fn run(config: &PipelineConfig, program: &Program) -> Result<Vec<Table
 
 impl Verifier<'_> {
     /// The compared columns of `target`: those the rules write (from the first transformed row), else all of DB2's.
-    fn shape(&mut self, target: &TableRef, written: Option<(&[String], &[String])>) -> Result<Shape, VerifyError> {
+    fn shape(&mut self, target: &TableRef, written: Option<(&[String], &[String])>) -> Result<(), VerifyError> {
         if let Some(shape) = self.shapes.get(target) {
             if written.is_none() || shape.from_rows {
-                return Ok(shape.clone());
+                return Ok(());
             }
         }
         let info = self.target_catalog.tables.get(target).ok_or_else(|| {
@@ -288,11 +288,10 @@ impl Verifier<'_> {
             // A keyless table: the whole row is its key.
             key = (0..columns.len()).collect();
         }
-        let shape = Shape { columns, key, from_rows: written.is_some() };
-        self.shapes.insert(target.clone(), shape.clone());
+        self.shapes.insert(target.clone(), Shape { columns, key, from_rows: written.is_some() });
         self.db1_side.entry(target.clone()).or_default();
         self.db2_side.entry(target.clone()).or_default();
-        Ok(shape)
+        Ok(())
     }
 
     async fn read_db1(&mut self, source: &TableRef) -> Result<(), VerifyError> {
@@ -332,9 +331,12 @@ impl Verifier<'_> {
             })?;
             for op in out.ops {
                 if self.narrowing.is_empty() || self.narrowing.contains_key(&op.target) {
-                    let names: Vec<String> = op.new.columns().iter().map(|c| c.name.clone()).collect();
-                    let shape = self.shape(&op.target, Some((&names, &op.key)))?;
-                    let values = shape
+                    // The shape is learned from the target's first row; later rows only read it.
+                    if !self.shapes.get(&op.target).is_some_and(|shape| shape.from_rows) {
+                        let names: Vec<String> = op.new.columns().iter().map(|c| c.name.clone()).collect();
+                        self.shape(&op.target, Some((&names, &op.key)))?;
+                    }
+                    let values = self.shapes[&op.target]
                         .columns
                         .iter()
                         .map(|(name, _)| match op.new.get(name) {
@@ -342,7 +344,10 @@ impl Verifier<'_> {
                             Cell::Null | Cell::Absent => None,
                         })
                         .collect();
-                    let batch = self.pending.entry(op.target.clone()).or_default();
+                    let batch = match self.pending.get_mut(&op.target) {
+                        Some(batch) => batch,
+                        None => self.pending.entry(op.target.clone()).or_default(),
+                    };
                     batch.push(values);
                     if batch.len() >= BATCH {
                         self.flush(&op.target).await?;

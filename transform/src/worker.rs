@@ -31,7 +31,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::ClientContext;
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::{rule_label, table_label, PartitionLabel, TransformMetrics};
+use crate::metrics::{rule_label, PartitionLabel, TableLabel, TransformMetrics};
 use crate::rewrite::Program;
 
 /// Outputs in flight before the worker stops reading.
@@ -196,7 +196,7 @@ impl Worker {
                     let raw = RawRecord::decode(message.payload().unwrap_or_default(), origin)?;
                     let key = message.key().unwrap_or_default().to_vec();
                     drop(message);
-                    let label = table_label(&raw.source);
+                    let label = TableLabel::new(&raw.source);
                     let out = match self.program.rewrite(&raw) {
                         Ok(out) => out,
                         Err(error) => {
