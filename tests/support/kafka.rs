@@ -2,7 +2,6 @@
 
 use std::time::Duration;
 
-use anyhow::Context;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -80,22 +79,28 @@ fn read(
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "false")
         .create()?;
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic)
-        .with_context(|| format!("topic {topic} not found"))?
-        .partitions()
-        .iter()
-        .map(|p| p.id())
-        .collect();
+    // The topic may not exist yet (its producer is still starting): wait for its partitions within the deadline,
+    // rather than assigning none and reading nothing.
+    let deadline = std::time::Instant::now() + timeout;
+    let partitions: Vec<i32> = loop {
+        let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+        let found: Vec<i32> = metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic)
+            .map(|t| t.partitions().iter().map(|p| p.id()).collect())
+            .unwrap_or_default();
+        if !found.is_empty() {
+            break found;
+        }
+        anyhow::ensure!(std::time::Instant::now() < deadline, "topic {topic} has no partitions after {timeout:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
     let mut tpl = TopicPartitionList::new();
     for partition in &partitions {
         tpl.add_partition_offset(topic, *partition, Offset::Beginning)?;
     }
     consumer.assign(&tpl)?;
-    let deadline = std::time::Instant::now() + timeout;
     loop {
         anyhow::ensure!(std::time::Instant::now() < deadline, "reading {topic} did not finish in {timeout:?}");
         let record = match consumer.poll(Duration::from_millis(100)) {
