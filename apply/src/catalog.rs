@@ -1,6 +1,12 @@
 //! DB2's catalog as apply needs it: every target column's type, so each bound text value is converted by
 //! PostgreSQL's own input function for exactly that type (numeric keeps all digits, timestamptz its zone, arrays and
 //! bytea their text forms). Loaded per table on first use and dropped whenever DB2 may have changed (resume, error).
+//!
+//! The cast names the type without a length, as `format_type(atttypid, -1)` spells it: `bpchar`, `"bit"`,
+//! `character varying`, `numeric`, `bpchar[]`. The column's own modifier is then applied by the assignment, exactly
+//! as for a literal in an INSERT: `char(5)` pads, and a value too long for DB2's column is an error. Two other spellings
+//! would change values: the bare SQL name (`character`, `bit` — which SQL reads as `char(1)` and `bit(1)`, so
+//! `'abcde'::character` is `'a'`), and the full type (`character varying(3)`, whose explicit cast truncates silently).
 
 use std::collections::HashMap;
 
@@ -11,8 +17,9 @@ use crate::ApplyError;
 
 #[derive(Debug)]
 pub struct TargetTable {
-    /// Column name → type as PostgreSQL names it (`numeric`, `timestamp with time zone`, `integer[]`,
-    /// `"My Schema"."My Type"`), without the modifier: the column's own modifier applies on assignment.
+    /// Column name → type as `format_type(atttypid, -1)` names it (`numeric`, `bpchar`, `"bit"`,
+    /// `timestamp with time zone`, `integer[]`, `"My Schema"."My Type"`): no modifier, and no spelling that SQL
+    /// reads with an implied one. The column's own modifier applies on assignment.
     types: HashMap<String, String>,
     /// Generated columns cannot be written.
     generated: Vec<String>,
@@ -56,7 +63,7 @@ impl TargetCatalog {
 async fn load(client: &Client, table: &TableRef) -> Result<TargetTable, ApplyError> {
     let rows = client
         .query(
-            "SELECT a.attname::text, a.atttypid::regtype::text, a.attgenerated <> '' \
+            "SELECT a.attname::text, format_type(a.atttypid, -1), a.attgenerated <> '' \
              FROM pg_catalog.pg_attribute a \
              JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
              JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \

@@ -79,9 +79,13 @@ pub async fn run(config: &PipelineConfig, replay_timeout: Duration) -> anyhow::R
         );
     }
 
-    // 1. The slot. Creating it waits for the transactions running now to end.
+    // 1. The slot (pgoutput's publication before it). Creating it waits for the transactions running now to end.
+    pgm_common::pgoutput::ensure_publication(&db1, config).await?;
     let row = db1
-        .query_one("SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'wal2json')", &[slot])
+        .query_one(
+            "SELECT lsn::text FROM pg_create_logical_replication_slot($1, $2)",
+            &[slot, &config.capture.decoder.plugin()],
+        )
         .await
         .map_err(|e| anyhow::anyhow!("creating slot {slot} on DB1: {e}"))?;
     let cp: Lsn = row.get::<_, String>(0).parse()?;

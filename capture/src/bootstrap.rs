@@ -121,12 +121,14 @@ pub async fn run(config: &PipelineConfig, restart: bool) -> Result<Summary, Capt
         }
         described.push(found);
     }
+    crate::identity::refuse_tables_without_identity(&client, config).await?;
+    crate::slot::ensure_publication(&client, config).await?;
     let publisher = Publisher::new(config, CaptureMetrics::default()).await?;
 
     // The slot and its snapshot: the replication connection stays open and idle until every worker has imported it.
     let application = application_name(slot);
     let mut replication = Walsender::connect(&config.source, &application).await?;
-    let created = replication.create_slot(slot, true).await?;
+    let created = replication.create_slot(slot, config.capture.decoder.plugin(), true).await?;
     let snapshot = created.snapshot_name.clone().ok_or_else(|| {
         CaptureError::Stream("CREATE_REPLICATION_SLOT … EXPORT_SNAPSHOT returned no snapshot name".into())
     })?;

@@ -1,6 +1,6 @@
 //! `pgm-capture check`: is DB1 ready for capture? Each finding carries the SQL or setting that fixes it.
 
-use pgm_common::config::PipelineConfig;
+use pgm_common::config::{Decoder, PipelineConfig};
 pub use pgm_common::findings::{Finding, Level};
 
 use crate::slot;
@@ -84,18 +84,20 @@ pub async fn run(config: &PipelineConfig) -> Result<Vec<Finding>, CaptureError> 
     });
 
     // The plugin loads: a temporary slot is the only test that cannot lie (needs a free slot and wal_level).
+    let decoder = config.capture.decoder;
+    let plugin = decoder.plugin();
     if wal_level == "logical" && slots < max_slots && may_replicate {
         let probe = client
             .query_one(
-                "SELECT slot_name::text FROM pg_create_logical_replication_slot('pgm_check_' || pg_backend_pid(), 'wal2json', true)",
-                &[],
+                "SELECT slot_name::text FROM pg_create_logical_replication_slot('pgm_check_' || pg_backend_pid(), $1, true)",
+                &[&plugin],
             )
             .await;
         findings.push(match probe {
-            Ok(_) => finding(Level::Ok, "wal2json", "output plugin loads", None),
+            Ok(_) => finding(Level::Ok, plugin, "output plugin loads", None),
             Err(e) => finding(
                 Level::Fail,
-                "wal2json",
+                plugin,
                 format!("cannot be loaded: {}", e.as_db_error().map_or(e.to_string(), |d| d.message().to_owned())),
                 Some("install the wal2json package of this PostgreSQL version (Debian: postgresql-15-wal2json)".into()),
             ),
@@ -117,12 +119,13 @@ pub async fn run(config: &PipelineConfig) -> Result<Vec<Finding>, CaptureError> 
             let plugin: Option<String> = row.get(0);
             let database: Option<String> = row.get(1);
             let wal_status: Option<String> = row.get(3);
-            if plugin.as_deref() != Some("wal2json") || database.as_deref() != Some(config.source.dbname.as_str()) {
+            if plugin.as_deref() != Some(decoder.plugin()) || database.as_deref() != Some(config.source.dbname.as_str())
+            {
                 finding(
                     Level::Fail,
                     format!("slot {}", config.capture.slot),
-                    format!("exists with plugin {plugin:?} on database {database:?}"),
-                    Some("pgm-capture slot drop, or set capture.slot to a new name".into()),
+                    format!("exists with plugin {plugin:?} on database {database:?} (capture.decoder is {})", decoder.plugin()),
+                    Some("set capture.decoder to the slot's plugin, or pgm-capture slot drop, or set capture.slot to a new name".into()),
                 )
             } else if wal_status.as_deref() == Some("lost") {
                 finding(
@@ -134,7 +137,7 @@ pub async fn run(config: &PipelineConfig) -> Result<Vec<Finding>, CaptureError> 
             } else {
                 let active =
                     row.get::<_, Option<i32>>(2).map_or("inactive".to_owned(), |p| format!("active (pid {p})"));
-                finding(Level::Ok, format!("slot {}", config.capture.slot), format!("wal2json, {active}"), None)
+                finding(Level::Ok, format!("slot {}", config.capture.slot), format!("{}, {active}", decoder.plugin()), None)
             }
         }
     });
@@ -172,24 +175,80 @@ pub async fn run(config: &PipelineConfig) -> Result<Vec<Finding>, CaptureError> 
             ("n", _) => finding(
                 Level::Fail,
                 item.clone(),
-                "REPLICA IDENTITY NOTHING: updates and deletes cannot be captured",
+                "REPLICA IDENTITY NOTHING: updates and deletes cannot be captured (capture refuses to start)",
                 Some(format!("ALTER TABLE {table} REPLICA IDENTITY FULL; (or DEFAULT with a primary key)")),
             ),
             _ => finding(
                 Level::Fail,
                 item.clone(),
-                "no primary key: wal2json silently skips its updates and deletes",
+                "no primary key and REPLICA IDENTITY DEFAULT: its updates and deletes cannot be decoded (capture refuses to start)",
                 Some(format!("ALTER TABLE {table} ADD PRIMARY KEY (…); or ALTER TABLE {table} REPLICA IDENTITY FULL;")),
             ),
         });
-        if !float_columns.is_empty() {
-            findings.push(finding(
-                Level::Warn,
-                item,
-                format!("columns {float_columns:?}: wal2json sends NaN/Infinity as null"),
-                Some("make sure these columns hold no NaN or Infinity, or accept NULL for them on DB2".into()),
-            ));
+        if !float_columns.is_empty() && decoder == Decoder::Wal2json {
+            findings.push(special_floats(&client, &table, &float_columns).await?);
         }
     }
+    if decoder == Decoder::Pgoutput {
+        findings.push(publication(&client, config).await?);
+    }
     Ok(findings)
+}
+
+/// wal2json sends NaN, Infinity and -Infinity of numeric, real and double precision columns as JSON null, which
+/// DB2 would store as NULL. Fails when such a value is in the table now (reads the whole table once); warns otherwise,
+/// since one may be written later.
+async fn special_floats(
+    client: &tokio_postgres::Client,
+    table: &pgm_common::change::TableRef,
+    columns: &[String],
+) -> Result<Finding, CaptureError> {
+    let tests: Vec<String> = columns
+        .iter()
+        .map(|c| {
+            let c = pgm_common::change::quote_ident(c);
+            format!("coalesce(bool_or({c} IN ('NaN', 'Infinity', '-Infinity')), false)")
+        })
+        .collect();
+    let sql = format!("SELECT ARRAY[{}] FROM ONLY {table}", tests.join(", "));
+    let row = client.query_one(&sql, &[]).await.map_err(sql_err("look for NaN and Infinity values"))?;
+    let found: Vec<bool> = row.get(0);
+    let holding: Vec<&String> = columns.iter().zip(&found).filter(|(_, &f)| f).map(|(c, _)| c).collect();
+    let fix = "set capture.decoder = \"pgoutput\" (carries every value exactly), or remove these values from DB1";
+    Ok(if holding.is_empty() {
+        finding(
+            Level::Warn,
+            format!("table {table}"),
+            format!("columns {columns:?} hold no NaN/Infinity now, but wal2json would send one written later as null"),
+            Some(fix.into()),
+        )
+    } else {
+        finding(
+            Level::Fail,
+            format!("table {table}"),
+            format!("columns {holding:?} hold NaN or Infinity: wal2json sends them as null, DB2 would store NULL"),
+            Some(fix.into()),
+        )
+    })
+}
+
+/// pgoutput's publication: exists and covers the tables, or will be created by run/bootstrap.
+async fn publication(client: &tokio_postgres::Client, config: &PipelineConfig) -> Result<Finding, CaptureError> {
+    let name = config.publication();
+    let item = format!("publication {}", pgm_common::change::quote_ident(&name));
+    let exists = client
+        .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&name])
+        .await
+        .map_err(sql_err("read pg_publication"))?
+        .is_some();
+    if !exists {
+        return Ok(finding(Level::Ok, item, "does not exist yet (run, bootstrap and slot create create it)", None));
+    }
+    Ok(match slot::ensure_publication(client, config).await {
+        Ok(()) => finding(Level::Ok, item, "publishes every operation of the configured tables", None),
+        Err(CaptureError::Publication(problem) | CaptureError::NoIdentity(problem)) => {
+            finding(Level::Fail, item, problem, None)
+        }
+        Err(other) => return Err(other),
+    })
 }

@@ -11,6 +11,7 @@
 
 pub mod bootstrap;
 pub mod check;
+pub mod identity;
 pub mod metrics;
 pub mod publisher;
 pub mod slot;
@@ -33,7 +34,8 @@ pub struct Cli {
 pub enum Command {
     /// Stream changes from the slot into the raw and txn topics until stopped.
     Run,
-    /// Check that DB1 is ready: wal_level, wal2json, free slots and senders, privileges, replica identity.
+    /// Check that DB1 is ready: wal_level, the decoder's plugin, free slots and senders, privileges, replica
+    /// identity, values the decoder cannot carry.
     Check,
     /// Create the slot with an exported snapshot and copy every configured table in that snapshot into the raw
     /// topics (before the stream), so DB2 can start empty. Then run `pgm-capture run`.
@@ -51,7 +53,7 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum SlotAction {
-    /// Create the slot (wal2json).
+    /// Create the slot (with capture.decoder's plugin; for pgoutput the publication first).
     Create,
     /// Drop the slot: DB1 stops retaining WAL for it.
     Drop,
@@ -85,6 +87,16 @@ pub enum CaptureError {
         #[source]
         source: pgm_common::wal2json::DecodeError,
     },
+    #[error("cannot decode the pgoutput message at WAL {wal_start}: {source}")]
+    Pgoutput {
+        wal_start: pgm_common::Lsn,
+        #[source]
+        source: pgm_common::pgoutput::DecodeError,
+    },
+    #[error("{0}")]
+    NoIdentity(String),
+    #[error("{0}")]
+    Publication(String),
     #[error("replication stream out of order: {0}")]
     Stream(String),
     #[error("pgm-capture bootstrap is copying for slot {slot} (DB1 pid {pid}): streaming starts once it has finished")]
@@ -97,7 +109,12 @@ impl CaptureError {
             CaptureError::Walsender(e) => e.is_transient(),
             CaptureError::Kafka(_) | CaptureError::Delivery { .. } | CaptureError::BootstrapRunning { .. } => true,
             CaptureError::Source { source, .. } => source.as_db_error().is_none(),
-            CaptureError::Config(_) | CaptureError::Decode { .. } | CaptureError::Stream(_) => false,
+            CaptureError::Config(_)
+            | CaptureError::Decode { .. }
+            | CaptureError::Pgoutput { .. }
+            | CaptureError::NoIdentity(_)
+            | CaptureError::Publication(_)
+            | CaptureError::Stream(_) => false,
         }
     }
 }
@@ -154,6 +171,15 @@ async fn run_stream(config: pgm_common::config::PipelineConfig) -> anyhow::Resul
         librdkafka = ?pgm_common::kafka::describe_passthrough(&config.kafka),
         "pgm-capture starting"
     );
+    // Refuse before any topic is made when a table's updates and deletes would be lost (each attempt checks again).
+    if let Ok(client) = slot::connect(&config).await {
+        if let Err(error @ CaptureError::NoIdentity(_)) =
+            identity::refuse_tables_without_identity(&client, &config).await
+        {
+            tracing::error!(%error, "capture refused to start");
+            return Err(error.into());
+        }
+    }
     // Transient failures (DB1 restarting, the slot still held by a killed predecessor, the broker away too long)
     // restart the stream from the slot's confirmed position after a backoff; definite ones stop capture.
     const FIRST_BACKOFF: std::time::Duration = std::time::Duration::from_millis(500);

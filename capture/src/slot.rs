@@ -1,6 +1,7 @@
 //! The logical replication slot on DB1: create, drop, inspect.
 
 use pgm_common::config::PipelineConfig;
+use pgm_common::pgoutput;
 use tokio_postgres::NoTls;
 
 use crate::walsender::Walsender;
@@ -11,19 +12,22 @@ fn literal(slot: &str) -> String {
     format!("'{}'", slot.replace('\'', "''"))
 }
 
-/// Creates the slot (wal2json) unless it exists; checks the plugin of an existing one.
-pub async fn ensure_exists(conn: &mut Walsender, slot: &str) -> Result<(), CaptureError> {
+/// Creates the slot (with the configured decoder's plugin) unless it exists; checks the plugin of an existing one.
+pub async fn ensure_exists(conn: &mut Walsender, config: &PipelineConfig) -> Result<(), CaptureError> {
+    let slot = config.capture.slot.as_str();
+    let plugin = config.capture.decoder.plugin();
     let rows = conn
         .simple_query(&format!("SELECT plugin, database FROM pg_replication_slots WHERE slot_name = {}", literal(slot)))
         .await?;
     match rows.first() {
         None => {
-            let created = conn.create_slot(slot, false).await?;
+            let created = conn.create_slot(slot, plugin, false).await?;
             tracing::info!(slot, consistent_point = %created.consistent_point, "replication slot created");
             Ok(())
         }
-        Some(row) if row.first().cloned().flatten().as_deref() != Some("wal2json") => Err(CaptureError::Config(format!(
-            "slot {slot} exists with plugin {:?}, not wal2json: drop it (pgm-capture slot drop) or set capture.slot to another name",
+        Some(row) if row.first().cloned().flatten().as_deref() != Some(plugin) => Err(CaptureError::Config(format!(
+            "slot {slot} exists with plugin {:?}, but capture.decoder is {plugin}: set capture.decoder to the slot's \
+             plugin, or drop the slot (pgm-capture slot drop) and bootstrap DB2 again, or set capture.slot to another name",
             row.first().cloned().flatten()
         ))),
         Some(_) => Ok(()),
@@ -60,9 +64,25 @@ pub async fn connect(config: &PipelineConfig) -> Result<tokio_postgres::Client, 
 }
 
 pub async fn create(config: &PipelineConfig) -> Result<String, CaptureError> {
+    let client = connect(config).await?;
+    crate::identity::refuse_tables_without_identity(&client, config).await?;
+    ensure_publication(&client, config).await?;
     let mut conn = Walsender::connect(&config.source, "pgm-capture").await?;
-    let created = conn.create_slot(&config.capture.slot, false).await?;
-    Ok(format!("slot {} created at {}", config.capture.slot, created.consistent_point))
+    let created = conn.create_slot(&config.capture.slot, config.capture.decoder.plugin(), false).await?;
+    Ok(format!(
+        "slot {} ({}) created at {}",
+        config.capture.slot,
+        config.capture.decoder.plugin(),
+        created.consistent_point
+    ))
+}
+
+/// With pgoutput: the publication exists and covers the configured tables (see [`pgoutput::ensure_publication`]).
+pub async fn ensure_publication(client: &tokio_postgres::Client, config: &PipelineConfig) -> Result<(), CaptureError> {
+    pgoutput::ensure_publication(client, config).await.map_err(|e| match e {
+        pgoutput::PublicationError::Db { what, source } => CaptureError::Source { what, source },
+        pgoutput::PublicationError::Mismatch(problem) => CaptureError::Publication(problem),
+    })
 }
 
 pub async fn drop(config: &PipelineConfig) -> Result<String, CaptureError> {

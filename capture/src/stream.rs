@@ -14,8 +14,8 @@
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use pgm_common::change::Change;
-use pgm_common::config::PipelineConfig;
-use pgm_common::{wal2json, Lsn};
+use pgm_common::config::{Decoder, PipelineConfig};
+use pgm_common::{pgoutput, wal2json, Lsn};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::CaptureMetrics;
@@ -23,8 +23,12 @@ use crate::publisher::Publisher;
 use crate::walsender::{ReplicationMessage, ReplicationStream, Walsender};
 use crate::CaptureError;
 
-/// wal2json options for this pipeline: the decoder's required options plus table and message filters.
+/// The output plugin's options for this pipeline: the decoder's required options plus table and message filters
+/// (with pgoutput the publication selects the tables and capture filters the message prefixes).
 pub fn plugin_options(config: &PipelineConfig) -> Vec<(String, String)> {
+    if config.capture.decoder == Decoder::Pgoutput {
+        return pgoutput::plugin_options(&config.publication());
+    }
     let mut options: Vec<(String, String)> =
         wal2json::PLUGIN_OPTIONS.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
     let tables = config.tables();
@@ -72,7 +76,11 @@ pub async fn run(
     let timeout_ms = conn.wal_sender_timeout_ms().await?;
     let feedback_every = Duration::from_millis(if timeout_ms == 0 { 1000 } else { (timeout_ms / 2).clamp(100, 1000) });
     crate::slot::wait_for_no_bootstrap(&mut conn, &config.capture.slot).await?;
-    crate::slot::ensure_exists(&mut conn, &config.capture.slot).await?;
+    let catalog = crate::slot::connect(config).await?;
+    crate::identity::refuse_tables_without_identity(&catalog, config).await?;
+    crate::slot::ensure_publication(&catalog, config).await?;
+    crate::slot::ensure_exists(&mut conn, config).await?;
+    let mut decoder = StreamDecoder::new(config, catalog);
     let mut stream = conn.start_logical(&config.capture.slot, Lsn::ZERO, &plugin_options(config)).await?;
     tracing::info!(
         slot = %config.capture.slot,
@@ -129,8 +137,9 @@ pub async fn run(
                         progress.received = progress.received.max(wal_start);
                         progress.server_end = progress.server_end.max(wal_end);
                         metrics.received_lsn.set(progress.received.0 as i64);
-                        let change = wal2json::decode(&data).map_err(|source| CaptureError::Decode { wal_start, source })?;
-                        publish(&mut publisher, change).await?;
+                        for change in decoder.decode(&data, wal_start).await? {
+                            publish(&mut publisher, change).await?;
+                        }
                     }
                     ReplicationMessage::Keepalive { wal_end, reply_requested } => {
                         progress.server_end = progress.server_end.max(wal_end);
@@ -146,6 +155,52 @@ pub async fn run(
                     }
                 }
             }
+        }
+    }
+}
+
+/// The configured decoder, with what pgoutput needs besides the bytes: DB1's catalog for relation messages, and
+/// the message prefixes to carry (wal2json filters them itself).
+struct StreamDecoder {
+    kind: Decoder,
+    pgoutput: pgoutput::Decoder,
+    catalog: tokio_postgres::Client,
+    prefixes: Vec<String>,
+}
+
+impl StreamDecoder {
+    fn new(config: &PipelineConfig, catalog: tokio_postgres::Client) -> Self {
+        StreamDecoder {
+            kind: config.capture.decoder,
+            pgoutput: pgoutput::Decoder::new(),
+            catalog,
+            prefixes: config.capture.message_prefixes.clone(),
+        }
+    }
+
+    async fn decode(&mut self, data: &[u8], wal_start: Lsn) -> Result<Vec<Change>, CaptureError> {
+        if self.kind == Decoder::Wal2json {
+            return Ok(vec![wal2json::decode(data).map_err(|source| CaptureError::Decode { wal_start, source })?]);
+        }
+        match self.pgoutput.decode(data, wal_start).map_err(|source| CaptureError::Pgoutput { wal_start, source })? {
+            pgoutput::Decoded::Changes(mut changes) => {
+                changes.retain(|c| match c {
+                    Change::Message(m) => self.prefixes.contains(&m.prefix),
+                    _ => true,
+                });
+                Ok(changes)
+            }
+            pgoutput::Decoded::Relation(relation) => {
+                let info =
+                    pgoutput::relation_info(&self.catalog, &relation).await.map_err(|source| CaptureError::Source {
+                        what: format!("describe {} (relation {}) in DB1's catalog", relation.table, relation.oid),
+                        source,
+                    })?;
+                tracing::debug!(table = %relation.table, oid = relation.oid, "relation described");
+                self.pgoutput.add_relation(relation, info);
+                Ok(Vec::new())
+            }
+            pgoutput::Decoded::Nothing => Ok(Vec::new()),
         }
     }
 }

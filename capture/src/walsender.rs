@@ -46,6 +46,13 @@ pub enum WalsenderError {
     Auth(String),
     #[error("protocol: {0}")]
     Protocol(String),
+    #[error(
+        "the decoding plugin dropped a change (server warning: {0}); the table has no replica identity, so its \
+             UPDATE/DELETE was not logged with the row's key and cannot be replayed. Nothing after it was confirmed to \
+             the slot. Fix: ALTER TABLE … REPLICA IDENTITY FULL (or add a primary key) on DB1, then bootstrap that \
+             table again (pgm-capture bootstrap --restart), since the dropped change is lost from the WAL"
+    )]
+    SkippedChange(String),
     #[error("{0}")]
     Unsupported(String),
 }
@@ -92,12 +99,24 @@ fn parse(frame: &Frame) -> Result<Message> {
 }
 
 fn server_error(frame: &Frame) -> WalsenderError {
-    use fallible_iterator::FallibleIterator;
     let Ok(Message::ErrorResponse(body)) = parse(frame) else {
         return WalsenderError::Protocol("unreadable error response".into());
     };
+    let (code, message, hint) = notice_fields(body.fields());
+    WalsenderError::Server { code, message, hint }
+}
+
+/// A WARNING the decoding plugin raised in the stream because it dropped a change: wal2json's `no tuple identifier
+/// for UPDATE in table "s"."t"` (a table without replica identity). Other notices are not errors.
+fn skipped_change(frame: &Frame) -> Option<WalsenderError> {
+    let Ok(Message::NoticeResponse(body)) = parse(frame) else { return None };
+    let (_, message, _) = notice_fields(body.fields());
+    message.starts_with("no tuple identifier for").then_some(WalsenderError::SkippedChange(message))
+}
+
+fn notice_fields(mut fields: postgres_protocol::message::backend::ErrorFields<'_>) -> (String, String, Option<String>) {
+    use fallible_iterator::FallibleIterator;
     let (mut code, mut message, mut hint) = (String::new(), String::new(), None);
-    let mut fields = body.fields();
     while let Ok(Some(field)) = fields.next() {
         let value = String::from_utf8_lossy(field.value_bytes()).into_owned();
         match field.type_() {
@@ -107,7 +126,7 @@ fn server_error(frame: &Frame) -> WalsenderError {
             _ => {}
         }
     }
-    WalsenderError::Server { code, message, hint }
+    (code, message, hint)
 }
 
 /// A replication connection before streaming: commands answer with rows of text.
@@ -268,11 +287,11 @@ impl Walsender {
         Ok(parse_duration_ms(&text).unwrap_or(60_000))
     }
 
-    /// `CREATE_REPLICATION_SLOT name LOGICAL wal2json [EXPORT_SNAPSHOT | NOEXPORT_SNAPSHOT]`.
-    pub async fn create_slot(&mut self, name: &str, export_snapshot: bool) -> Result<SlotCreated> {
+    /// `CREATE_REPLICATION_SLOT name LOGICAL plugin [EXPORT_SNAPSHOT | NOEXPORT_SNAPSHOT]`.
+    pub async fn create_slot(&mut self, name: &str, plugin: &str, export_snapshot: bool) -> Result<SlotCreated> {
         let export = if export_snapshot { "EXPORT_SNAPSHOT" } else { "NOEXPORT_SNAPSHOT" };
         let rows = self
-            .simple_query(&format!("CREATE_REPLICATION_SLOT {} LOGICAL wal2json {export}", quote_slot(name)))
+            .simple_query(&format!("CREATE_REPLICATION_SLOT {} LOGICAL {plugin} {export}", quote_slot(name)))
             .await?;
         let row =
             rows.first().ok_or_else(|| WalsenderError::Protocol("CREATE_REPLICATION_SLOT returned no row".into()))?;
@@ -396,7 +415,11 @@ async fn read_stream(mut reader: BufReader<OwnedReadHalf>, tx: mpsc::Sender<Resu
             Ok(Frame { tag: b'd', body }) => decode_copy_data(body),
             Ok(frame @ Frame { tag: b'E', .. }) => Err(server_error(&frame)),
             Ok(Frame { tag: b'c', .. }) => Err(WalsenderError::Protocol("server ended the replication stream".into())),
-            Ok(Frame { tag: b'N' | b'S', .. }) => continue,
+            Ok(frame @ Frame { tag: b'N', .. }) => match skipped_change(&frame) {
+                Some(error) => Err(error),
+                None => continue,
+            },
+            Ok(Frame { tag: b'S', .. }) => continue,
             Ok(Frame { tag, .. }) => {
                 Err(WalsenderError::Protocol(format!("unexpected message {:?} in stream", char::from(tag))))
             }

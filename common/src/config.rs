@@ -200,6 +200,34 @@ pub struct CaptureConfig {
     pub heartbeat_interval_ms: u64,
     #[serde(default = "default_capture_metrics")]
     pub metrics_addr: String,
+    /// The logical decoding plugin: `wal2json` (the default) or `pgoutput` (built in; carries NaN and ±Infinity).
+    #[serde(default)]
+    pub decoder: Decoder,
+    /// With `pgoutput`: the publication that selects the tables (capture creates it when missing). Default: the
+    /// slot's name.
+    #[serde(default)]
+    pub publication: Option<String>,
+}
+
+/// Which output plugin decodes DB1's WAL. Both give the same change model, keys and records.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Decoder {
+    /// wal2json format-version 2 (the extension must be installed). Sends NaN and ±Infinity as null.
+    #[default]
+    Wal2json,
+    /// PostgreSQL's built-in logical replication plugin, protocol version 1, text values: every value exact.
+    Pgoutput,
+}
+
+impl Decoder {
+    /// The plugin name for `CREATE_REPLICATION_SLOT` and `pg_create_logical_replication_slot`.
+    pub fn plugin(self) -> &'static str {
+        match self {
+            Decoder::Wal2json => "wal2json",
+            Decoder::Pgoutput => "pgoutput",
+        }
+    }
 }
 
 fn default_slot() -> String {
@@ -222,6 +250,8 @@ impl Default for CaptureConfig {
             message_prefixes: default_message_prefixes(),
             heartbeat_interval_ms: default_heartbeat_ms(),
             metrics_addr: default_capture_metrics(),
+            decoder: Decoder::default(),
+            publication: None,
         }
     }
 }
@@ -531,6 +561,11 @@ impl PipelineConfig {
 
     pub fn tables(&self) -> Vec<TableRef> {
         self.tables.tables().expect("validated at load")
+    }
+
+    /// pgoutput's publication name.
+    pub fn publication(&self) -> String {
+        self.capture.publication.clone().unwrap_or_else(|| self.capture.slot.clone())
     }
 
     /// The replication origin apply tags its DB2 transactions with.

@@ -3,6 +3,7 @@
 
 mod apply;
 mod capture;
+mod fidelity;
 mod lifecycle;
 mod smoke;
 mod transform;

@@ -197,6 +197,18 @@ metrics_addr = "127.0.0.1:0"
         Ok(stack)
     }
 
+    /// Adds `lines` to a section of the pipeline configuration (`configure("capture", "decoder = \"pgoutput\"")`),
+    /// for services started after this call.
+    pub fn configure(&self, section: &str, lines: &str) -> crate::Result<()> {
+        let text = std::fs::read_to_string(&self.config)?;
+        let header = format!("[{section}]\n");
+        let at = text.find(&header).with_context(|| format!("no [{section}] in the pipeline configuration"))?;
+        let mut out = text;
+        out.insert_str(at + header.len(), &format!("{lines}\n"));
+        std::fs::write(&self.config, out)?;
+        Ok(())
+    }
+
     pub fn create_slot(&self) -> crate::Result<()> {
         let out = self.command(Service::Capture, &["slot", "create"]).output()?;
         anyhow::ensure!(out.status.success(), "slot create: {}", String::from_utf8_lossy(&out.stderr));

@@ -1,0 +1,362 @@
+//! Every value arrives exactly as it left: one table with a column of every built-in type (quoted, mixed-case,
+//! non-ASCII and reserved-word names, a char(3) primary key) through the snapshot bootstrap, then inserts, updates
+//! (of the key, and one leaving a TOAST column untouched) and deletes through capture → transform → apply, then
+//! `pgm-transform verify`, with each decoder. Plus the char(n)/bit(n) reproduction, and tables without a replica
+//! identity refused before anything is written.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use anyhow::{ensure, Context};
+use pgm_test_support::broker::shared_brokers;
+use pgm_test_support::stack::{Binaries, Options, Running, Service, Stack};
+use tokio_postgres::Client;
+
+const BINS: Binaries = Binaries {
+    capture: env!("CARGO_BIN_EXE_pgm-test-capture"),
+    transform: env!("CARGO_BIN_EXE_pgm-test-transform"),
+    apply: env!("CARGO_BIN_EXE_pgm-test-apply"),
+};
+
+/// The same DDL on DB1 and DB2 (identity migration).
+const SCHEMA: &str = r#"
+CREATE SCHEMA "Ünï ""Sch""";
+CREATE TYPE "Ünï ""Sch"""."Mood" AS ENUM ('sad', 'ok', 'happy ☺');
+CREATE DOMAIN "Ünï ""Sch""".posint AS integer CHECK (VALUE > 0);
+CREATE DOMAIN "Ünï ""Sch""".code5 AS char(5);
+CREATE DOMAIN "Ünï ""Sch""".money_num AS numeric;
+CREATE TYPE "Ünï ""Sch""".pair AS (a int, b text, c numeric);
+CREATE TABLE "Ünï ""Sch"""."Order ""Items"" Ä" (
+  "Key" char(3) PRIMARY KEY,
+  "select" smallint, "Int" integer, "BIG" bigint,
+  num numeric, num_ps numeric(12,4), mny money, dnum "Ünï ""Sch""".money_num,
+  r4 real, r8 double precision,
+  "tëxt" text, ch char(5), vc varchar(10), "user" varchar,
+  bin bytea, flag boolean,
+  d date, t time, t3 time(3), ttz timetz, ts timestamp, ts0 timestamp(0), tstz timestamptz, tstz2 timestamptz(2),
+  iv interval, iv_ym interval year to month, iv_s interval second(2),
+  u uuid, j json, jb jsonb, x xml,
+  arr_i int[], arr_t text[], arr_c char(2)[], arr_n numeric(5,2)[], arr_b bit(2)[],
+  r_i int4range, r_n numrange, r_ts tstzrange, r_d daterange, r_8 int8range, r_tsl tsrange,
+  mr int4multirange, mr_d datemultirange,
+  ip inet, net cidr, mac macaddr, mac8 macaddr8,
+  pt point, ln line, ls lseg, bx box, pth path, pg polygon, ci circle,
+  b4 bit(4), vb varbit(10),
+  tv tsvector, tq tsquery,
+  mood "Ünï ""Sch"""."Mood", pos "Ünï ""Sch""".posint, c5 "Ünï ""Sch""".code5, pr "Ünï ""Sch""".pair,
+  lsn pg_lsn, o oid,
+  doc text
+);
+ALTER TABLE "Ünï ""Sch"""."Order ""Items"" Ä" ALTER COLUMN doc SET STORAGE EXTERNAL;
+CREATE TABLE public.c (id int PRIMARY KEY, ch char(5), bt bit(4));
+CREATE TABLE public.ck (code char(3) PRIMARY KEY, v int);
+"#;
+
+const TABLE: &str = r#""Ünï ""Sch"""."Order ""Items"" Ä""#;
+const TABLE_INCLUDE: &str = "Ünï \"Sch\".Order \"Items\" Ä";
+const INCLUDE: [&str; 3] = [TABLE_INCLUDE, "public.c", "public.ck"];
+
+/// Columns wal2json sends as bare JSON numbers: their NaN and ±Infinity arrive as null.
+const BARE_FLOAT_COLUMNS: [&str; 4] = ["num", "num_ps", "r4", "r8"];
+
+/// One row of every type. `special` puts NaN/±Infinity/-0 where the types allow them; otherwise ordinary values.
+fn insert(key: &str, special: bool) -> String {
+    let (num, num_ps, r4, r8) = if special {
+        ("'NaN'", "'NaN'", "'Infinity'", "'-Infinity'")
+    } else {
+        (
+            "(repeat('9', 600) || '.' || repeat('1', 400))::numeric",
+            "'-12345678.1234'",
+            "'-0'",
+            "'1.7976931348623157e308'",
+        )
+    };
+    format!(
+        r#"INSERT INTO {TABLE} VALUES (
+  '{key}', -32768, 2147483647, -9223372036854775808,
+  {num}, {num_ps}, '-92233720368547758.08', {dnum}, {r4}, {r8},
+  E'tab\there ü 🎉 "quote" \\ back ''single'' \u200b zero-width\nnew line', 'ab', 'ünï', 'x',
+  '\x00ff10'::bytea, true,
+  '0044-03-15 BC', '24:00:00', '12:34:56.789', '23:59:59.999999-15:59', 'infinity', '2026-01-01 12:00:00',
+  '2026-03-01 12:00:00.123456+05:30', '-infinity',
+  '1 year 2 mons -3 days 04:05:06.789', '-5 years 3 months', '12.34 seconds',
+  'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '{{"b": 1,  "a": [1, 2.50, "x"], "a": 2}}', '{{"z": 1.500, "a": null, "u": "ü\n"}}',
+  '<r a="1">ü &amp; <b/></r>',
+  '{{{{1,NULL}},{{3,4}}}}', '{{"a,b","c\"d",NULL,"NULL",""}}', '{{ab,c}}', '{{1.5,NaN}}', '{{10,01}}',
+  '[1,10)', '(1.5,2.25]', '[2026-01-01 00:00+00,infinity)', 'empty', '(,5]', '[2026-01-01,2026-02-01)',
+  '{{[1,3),[5,7)}}', '{{}}',
+  '2001:db8::1/64', '10.0.0.0/8', '08:00:2b:01:02:03', '08:00:2b:01:02:03:04:05',
+  '(1.5,-2)', '{{1,-1,0}}', '[(0,0),(1,1)]', '(1,1),(0,0)', '[(0,0),(1,1),(2,0)]', '((0,0),(1,1),(1,0))', '<(0,0),1.5>',
+  B'1010', B'101',
+  'a fat cat:1A sat', 'fat & (rat | cat)',
+  'happy ☺', 42, 'ab', '(1,"x, y",NaN)',
+  '16/B374D848', 4294967295,
+  repeat('ü', 60000))"#,
+        dnum = if special { "'NaN'" } else { "'0.10'" },
+    )
+}
+
+async fn fidelity_stack(decoder: &str, bootstrap_rows: bool) -> anyhow::Result<Stack> {
+    let options = Options {
+        source_schema: SCHEMA,
+        target_schema: SCHEMA,
+        tables: &INCLUDE,
+        rules: None,
+        partitions: 2,
+        apply: "group_ms = 50",
+        librdkafka: "",
+        create_slot: false,
+    };
+    let stack = Stack::new(BINS, shared_brokers()?, options).await?;
+    stack.configure("capture", &format!("decoder = \"{decoder}\""))?;
+    if bootstrap_rows {
+        let db1 = stack.source().await?;
+        db1.batch_execute(&format!("{}; {};", insert("b01", true), insert("b02", false))).await?;
+        db1.batch_execute("INSERT INTO public.c VALUES (0, 'vwxyz', B'0110'); INSERT INTO public.ck VALUES ('zz', 0);")
+            .await?;
+    }
+    Ok(stack)
+}
+
+/// `(key, column) → value as text` of every cell of the table.
+async fn cells(client: &Client) -> anyhow::Result<Vec<(String, String, Option<String>)>> {
+    let columns: Vec<String> = client
+        .query(
+            "SELECT attname::text FROM pg_attribute WHERE attrelid = $1::text::regclass AND attnum > 0 \
+             AND NOT attisdropped ORDER BY attnum",
+            &[&TABLE],
+        )
+        .await?
+        .into_iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut out = Vec::new();
+    for column in &columns {
+        let quoted = pgm_common::change::quote_ident(column);
+        let rows = client.query(&format!("SELECT \"Key\"::text, {quoted}::text FROM {TABLE} ORDER BY 1"), &[]).await?;
+        for row in rows {
+            out.push((row.get(0), column.clone(), row.get(1)));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// The streamed changes: inserts of both kinds of row, an update of the key, an update leaving the TOAST column
+/// untouched, an update to NaN, a delete; and the char/bit reproduction.
+async fn stream_changes(db1: &Client) -> anyhow::Result<()> {
+    db1.batch_execute(&format!("{}; {}; {};", insert("abc", true), insert("abd", false), insert("x", false))).await?;
+    db1.batch_execute(&format!(
+        "UPDATE {TABLE} SET \"Key\" = 'abe' WHERE \"Key\" = 'abd';
+         UPDATE {TABLE} SET \"tëxt\" = 'changed, doc untouched' WHERE \"Key\" = 'abc';
+         UPDATE {TABLE} SET r8 = 'NaN', num = '-Infinity', r4 = '-0' WHERE \"Key\" = 'abe';
+         DELETE FROM {TABLE} WHERE \"Key\" = 'x';
+         UPDATE {TABLE} SET \"tëxt\" = 'bootstrapped row changed' WHERE \"Key\" = 'b02';
+         INSERT INTO public.c VALUES (1, 'abcde', B'1010');
+         UPDATE public.c SET ch = 'hello', bt = B'0101' WHERE id = 1;
+         INSERT INTO public.c VALUES (2, 'ab', B'1111');
+         INSERT INTO public.ck VALUES ('abc', 1), ('abd', 2);
+         UPDATE public.ck SET v = 3 WHERE code = 'abc';
+         UPDATE public.ck SET code = 'abz' WHERE code = 'abd';"
+    ))
+    .await?;
+    Ok(())
+}
+
+/// Runs the whole path for one decoder; returns the cells that differ between DB1 and DB2.
+async fn run_pipeline(stack: &Stack) -> anyhow::Result<Vec<(String, String, Option<String>, Option<String>)>> {
+    let out = stack.run(Service::Capture, &["bootstrap"])?;
+    ensure!(out.status.success(), "bootstrap: {}", String::from_utf8_lossy(&out.stderr));
+    let _capture = stack.spawn(Service::Capture, &["run"])?;
+    let _transform = stack.spawn(Service::Transform, &["run"])?;
+    let _apply = stack.spawn(Service::Apply, &["run"])?;
+    let db1 = stack.source().await?;
+    stream_changes(&db1).await?;
+    stack.marker("fidelity").await?;
+    stack.wait_marker("fidelity", Duration::from_secs(90)).await?;
+    stack.assert_same(&["public.c", "public.ck"]).await.context("char/bit reproduction")?;
+    let db2 = stack.target().await?;
+    let c: Vec<String> = Stack::rows(&db2, "public.c").await?;
+    ensure!(c == ["(0,vwxyz,0110)", "(1,hello,0101)", "(2,\"ab   \",1111)"], "char(5)/bit(4) on DB2: {c:?}");
+    let ck: Vec<String> = Stack::rows(&db2, "public.ck").await?;
+    ensure!(ck == ["(abc,3)", "(abz,2)", "(\"zz \",0)"], "char(3) keys on DB2: {ck:?}");
+
+    let (a, b) = (cells(&db1).await?, cells(&db2).await?);
+    let keys = |cells: &[(String, String, Option<String>)]| -> BTreeSet<String> {
+        cells.iter().map(|(k, _, _)| k.clone()).collect()
+    };
+    ensure!(keys(&a) == keys(&b), "rows: DB1 {:?}, DB2 {:?}", keys(&a), keys(&b));
+    ensure!(keys(&a) == ["abc", "abe", "b01", "b02"].into_iter().map(String::from).collect(), "{:?}", keys(&a));
+    ensure!(a.len() == b.len(), "cells: DB1 {}, DB2 {}", a.len(), b.len());
+    Ok(a.into_iter().zip(b).filter(|(x, y)| x.2 != y.2).map(|(x, y)| (x.0, x.1, x.2, y.2)).collect())
+}
+
+/// Waits for a service to exit by itself.
+async fn wait_exit(running: &mut Running, what: &str, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + timeout;
+    while running.child.try_wait()?.is_none() {
+        ensure!(std::time::Instant::now() < deadline, "{what}: still running after {timeout:?}:\n{}", running.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+fn verify(stack: &Stack) -> anyhow::Result<(bool, String)> {
+    let out = stack.run(Service::Transform, &["verify"])?;
+    Ok((
+        out.status.success(),
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pgoutput_carries_every_value_of_every_type_exactly() -> anyhow::Result<()> {
+    let stack = fidelity_stack("pgoutput", true).await?;
+    let differing = run_pipeline(&stack).await?;
+    ensure!(differing.is_empty(), "cells that differ with pgoutput (key, column, DB1, DB2): {differing:?}");
+    let db1_rows = Stack::rows(&stack.source().await?, TABLE).await?;
+    let db2_rows = Stack::rows(&stack.target().await?, TABLE).await?;
+    ensure!(db1_rows == db2_rows, "row::text differs");
+    let (ok, report) = verify(&stack)?;
+    ensure!(ok && report.contains("3 of 3 tables equal"), "verify: {report}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wal2json_is_exact_but_for_nan_and_infinity_which_check_and_verify_report() -> anyhow::Result<()> {
+    let stack = fidelity_stack("wal2json", true).await?;
+    let differing = run_pipeline(&stack).await?;
+    // Exactly the streamed NaN/±Infinity cells of bare numeric/float columns arrive as NULL; the bootstrapped rows
+    // (read as text) and every other column are exact.
+    let expected: Vec<(String, String)> =
+        [("abc", "num"), ("abc", "num_ps"), ("abc", "r4"), ("abc", "r8"), ("abe", "num"), ("abe", "r8")]
+            .into_iter()
+            .map(|(k, c)| (k.to_owned(), c.to_owned()))
+            .collect();
+    let got: Vec<(String, String)> = differing.iter().map(|(k, c, _, _)| (k.clone(), c.clone())).collect();
+    ensure!(got == expected, "differing cells with wal2json: {differing:?}");
+    for (key, column, db1, db2) in &differing {
+        ensure!(BARE_FLOAT_COLUMNS.contains(&column.as_str()), "{key}.{column}");
+        ensure!(
+            matches!(db1.as_deref(), Some("NaN" | "Infinity" | "-Infinity")) && db2.is_none(),
+            "{key}.{column}: DB1 {db1:?}, DB2 {db2:?}"
+        );
+    }
+    // verify sees the changed values and names the rows.
+    let (ok, report) = verify(&stack)?;
+    ensure!(
+        !ok && report.contains("DIFFERENT") && report.contains("abc") && report.contains("abe"),
+        "verify: {report}"
+    );
+    // check fails on the table holding NaN/Infinity now and names the fix.
+    let out = stack.run(Service::Capture, &["check"])?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    ensure!(!out.status.success(), "check must fail:\n{text}");
+    ensure!(
+        text.contains("FAIL") && text.contains("capture.decoder = \\\"pgoutput\\\"")
+            || text.contains("capture.decoder = \"pgoutput\""),
+        "check output:\n{text}"
+    );
+    ensure!(text.contains("hold NaN or Infinity") && text.contains("r8"), "check output:\n{text}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_narrower_target_column_is_an_error_not_a_truncation() -> anyhow::Result<()> {
+    let options = Options {
+        source_schema: "CREATE TABLE public.n (id int PRIMARY KEY, v varchar(10), c char(6));",
+        target_schema: "CREATE TABLE public.n (id int PRIMARY KEY, v varchar(3), c char(3));",
+        tables: &["public.n"],
+        rules: None,
+        partitions: 1,
+        apply: "group_ms = 50",
+        librdkafka: "",
+        create_slot: true,
+    };
+    let stack = Stack::new(BINS, shared_brokers()?, options).await?;
+    let _capture = stack.spawn(Service::Capture, &["run"])?;
+    let _transform = stack.spawn(Service::Transform, &["run"])?;
+    let mut apply = stack.spawn(Service::Apply, &["run"])?;
+    stack.source().await?.batch_execute("INSERT INTO public.n VALUES (1, 'abcdefg', 'abc')").await?;
+    wait_exit(&mut apply, "apply stops on the value too long", Duration::from_secs(60)).await?;
+    let log = apply.log();
+    ensure!(log.contains("22001") && log.contains("\"public\".\"n\""), "apply log:\n{log}");
+    let rows = Stack::rows(&stack.target().await?, "public.n").await?;
+    ensure!(rows.is_empty(), "nothing truncated into DB2: {rows:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn capture_refuses_a_table_without_replica_identity_and_stops_when_one_loses_it() -> anyhow::Result<()> {
+    let options = Options {
+        source_schema: "CREATE TABLE public.keyed (id int PRIMARY KEY, v text);
+                        CREATE TABLE public.\"Keyless\" (a int, b text);",
+        target_schema: "CREATE TABLE public.keyed (id int PRIMARY KEY, v text);
+                        CREATE TABLE public.\"Keyless\" (a int, b text);",
+        tables: &["public.keyed", "public.Keyless"],
+        rules: None,
+        partitions: 1,
+        apply: "",
+        librdkafka: "",
+        create_slot: false,
+    };
+    let stack = Stack::new(BINS, shared_brokers()?, options).await?;
+    let db1 = stack.source().await?;
+    db1.batch_execute("INSERT INTO public.\"Keyless\" VALUES (1, 'one'); INSERT INTO public.keyed VALUES (1, 'a')")
+        .await?;
+    for decoder in ["wal2json", "pgoutput"] {
+        let mut capture_run = stack.command(Service::Capture, &["run"]);
+        capture_run.env("PGM__CAPTURE__DECODER", decoder);
+        let out = capture_run.output()?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        ensure!(!out.status.success(), "{decoder}: capture run must refuse");
+        ensure!(
+            err.contains("\"public\".\"Keyless\"") && err.contains("REPLICA IDENTITY FULL"),
+            "{decoder}: the refusal names the table and the fix:\n{err}"
+        );
+        let slots: i64 = db1.query_one("SELECT count(*) FROM pg_replication_slots", &[]).await?.get(0);
+        let publications: i64 = db1.query_one("SELECT count(*) FROM pg_publication", &[]).await?.get(0);
+        ensure!(
+            slots == 0 && publications == 0,
+            "{decoder}: nothing created (slots {slots}, publications {publications})"
+        );
+        // DB1 still takes the application's updates (a publication would make it refuse them).
+        db1.batch_execute("UPDATE public.\"Keyless\" SET b = 'uno'").await?;
+    }
+    let bootstrap = stack.run(Service::Capture, &["bootstrap"])?;
+    ensure!(
+        !bootstrap.status.success() && String::from_utf8_lossy(&bootstrap.stderr).contains("\"public\".\"Keyless\""),
+        "bootstrap must refuse too: {}",
+        String::from_utf8_lossy(&bootstrap.stderr)
+    );
+    let topics = pgm_test_support::kafka::list_topics(&stack.brokers, &format!("{}.", stack.prefix))?;
+    ensure!(topics.is_empty(), "nothing written to Kafka: {topics:?}");
+
+    // With an identity, capture runs; a table that loses it while capture runs stops capture (wal2json drops
+    // such changes with only a warning) before the transaction is confirmed.
+    db1.batch_execute("ALTER TABLE public.\"Keyless\" REPLICA IDENTITY FULL").await?;
+    stack.create_slot()?;
+    let mut capture = stack.spawn(Service::Capture, &["run"])?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    ensure!(capture.child.try_wait()?.is_none(), "capture runs: {}", capture.log());
+    db1.batch_execute("ALTER TABLE public.\"Keyless\" REPLICA IDENTITY NOTHING").await?;
+    db1.batch_execute("UPDATE public.\"Keyless\" SET b = 'lost?'").await?;
+    wait_exit(&mut capture, "capture stops on the dropped change", Duration::from_secs(30)).await?;
+    let log = capture.log();
+    ensure!(
+        log.contains("no tuple identifier for UPDATE")
+            && log.contains("Keyless")
+            && log.contains("REPLICA IDENTITY FULL"),
+        "capture log:\n{log}"
+    );
+    let confirmed: Option<String> =
+        db1.query_one("SELECT confirmed_flush_lsn::text FROM pg_replication_slots", &[]).await?.get(0);
+    let update_lsn: String = db1.query_one("SELECT pg_current_wal_lsn()::text", &[]).await?.get(0);
+    let (confirmed, update_lsn): (pgm_common::Lsn, pgm_common::Lsn) =
+        (confirmed.context("confirmed")?.parse()?, update_lsn.parse()?);
+    ensure!(
+        confirmed < update_lsn,
+        "the transaction with the dropped change is not confirmed ({confirmed} < {update_lsn})"
+    );
+    Ok(())
+}
