@@ -11,7 +11,10 @@
 //! - bytea is hex *without* the `\x` prefix: the prefix is restored so the value is PostgreSQL text again;
 //! - numeric and float `NaN`/`Infinity` arrive as JSON `null`, indistinguishable from SQL NULL — a wal2json limit
 //!   that `pgm-capture check` must report for such columns; this decoder cannot recover them;
-//! - unchanged TOAST columns are missing from an update's `columns`: they stay absent.
+//! - unchanged TOAST columns are missing from an update's `columns`: they stay absent;
+//! - a type name that `format_type` prints with quotes is written **without JSON escaping** (`"type":"Sales
+//!   Dept".kind,…`, invalid JSON, for any type in a schema or with a name that needs quoting): [`decode`] re-encodes
+//!   such `type` tokens and parses again, never touching a value.
 //!
 //! Errors never quote the message: it holds row values.
 
@@ -110,7 +113,49 @@ struct WireKey<'a> {
 
 /// Decodes one wal2json format-version 2 message.
 pub fn decode(json: &[u8]) -> Result<Change, DecodeError> {
-    let msg: WireMessage<'_> = serde_json::from_slice(json)?;
+    match serde_json::from_slice::<WireMessage<'_>>(json) {
+        Ok(msg) => decode_message(msg),
+        Err(err) if err.classify() == serde_json::error::Category::Syntax => match escape_type_names(json) {
+            Some(repaired) => decode_message(serde_json::from_slice(&repaired)?),
+            None => Err(err.into()),
+        },
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// wal2json 2.5 writes a type name that `format_type` printed with quotes (`"Mood"`, `"Sales Dept".kind`) as is,
+/// without JSON escaping: `"type":"Sales Dept".kind,"typeoid":…` is not JSON. Every `type` field is followed by
+/// `,"typeoid":` (capture always sets include-type-oids), so the raw token in between is re-encoded as a JSON
+/// string when it is not one already. Values are never touched: a `"type":` with unescaped quotes cannot occur
+/// inside a JSON string, and a type name that itself held `,"typeoid":` would leave the message invalid (an error,
+/// never a shifted value). Returns `None` when nothing needed repair.
+fn escape_type_names(json: &[u8]) -> Option<Vec<u8>> {
+    const FIELD: &[u8] = b"\"type\":";
+    const NEXT: &[u8] = b",\"typeoid\":";
+    let find = |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).position(|w| w == needle);
+    let mut out = Vec::with_capacity(json.len() + 16);
+    let mut rest = json;
+    let mut changed = false;
+    while let Some(at) = find(rest, FIELD) {
+        let start = at + FIELD.len();
+        out.extend_from_slice(&rest[..start]);
+        let tail = &rest[start..];
+        let end = find(tail, NEXT)?;
+        let token = &tail[..end];
+        if serde_json::from_slice::<&RawValue>(token).is_ok_and(|v| v.get().starts_with('"')) {
+            out.extend_from_slice(token);
+        } else {
+            let text = std::str::from_utf8(token).ok()?;
+            out.extend_from_slice(serde_json::to_string(text).ok()?.as_bytes());
+            changed = true;
+        }
+        rest = &tail[end..];
+    }
+    out.extend_from_slice(rest);
+    changed.then_some(out)
+}
+
+fn decode_message(msg: WireMessage<'_>) -> Result<Change, DecodeError> {
     let action = msg.action.as_ref();
     let missing = |field: &'static str| DecodeError::MissingField { action: action.to_owned(), field };
     let lsn_of = |field: &'static str, value: &Option<Cow<'_, str>>| -> Result<Lsn, DecodeError> {
@@ -231,6 +276,23 @@ mod tests {
             .unwrap_err();
         assert_eq!(err, DecodeError::BadValue { table: TableRef::new("s", "t"), column: "c".into() });
         assert!(!err.to_string().contains("secret"), "{err}");
+    }
+
+    #[test]
+    fn type_names_wal2json_leaves_unescaped_are_repaired() {
+        // As wal2json 2.5 prints a column and the key of an enum in schema `Sales "Dept"` (seen on PostgreSQL 15).
+        let raw = br#"{"action":"I","xid":1,"lsn":"0/1","schema":"s","table":"t","columns":[{"name":"m","type":"Sales ""Dept""".mood,"typeoid":16400,"value":"ok"},{"name":"n","type":"text","typeoid":25,"value":"x\",\"type\":1"},{"name":"o","type":"Mood","typeoid":16401,"value":"a"}],"pk":[{"name":"m","type":"Sales ""Dept""".mood,"typeoid":16400}]}"#;
+        let Change::Row(row) = decode(raw).unwrap() else { panic!("row") };
+        assert_eq!(row.new.0[0].type_name, r#""Sales ""Dept""".mood"#);
+        let values: Vec<&Datum> = row.new.0.iter().map(|c| &c.value).collect();
+        let expected = [Datum::Text("ok".into()), Datum::Text(r#"x","type":1"#.into()), Datum::Text("a".into())];
+        assert_eq!(values, expected.iter().collect::<Vec<_>>());
+        assert_eq!(row.key_columns, vec!["m".to_owned()]);
+        // A type name that would hide the next field is an error, not a shifted value.
+        let hiding = br#"{"action":"I","xid":1,"lsn":"0/1","schema":"s","table":"t","columns":[{"name":"m","type":"a ,"typeoid":1 b".t,"typeoid":16400,"value":"ok"}],"pk":[]}"#;
+        assert!(decode(hiding).is_err());
+        // Valid JSON is never touched.
+        assert!(escape_type_names(br#"{"columns":[{"name":"a","type":"text","typeoid":25}]}"#).is_none());
     }
 
     #[test]

@@ -275,6 +275,15 @@ async fn verify_names_a_changed_row_and_cutover_under_load_loses_no_acknowledged
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshot_bootstrap_under_load_survives_a_crash_and_drains_to_the_transformed_source() -> anyhow::Result<()> {
+    snapshot_bootstrap_under_load("wal2json").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgoutput_snapshot_bootstrap_under_load_survives_a_crash_and_drains() -> anyhow::Result<()> {
+    snapshot_bootstrap_under_load("pgoutput").await
+}
+
+async fn snapshot_bootstrap_under_load(decoder: &str) -> anyhow::Result<()> {
     // DB1 starts with the shop's sample rows (1,000 orders) plus 3,000 more, and no slot.
     // And a keyless table (REPLICA IDENTITY FULL) holding duplicate rows.
     const AUDIT: &str = "CREATE TABLE audit (at int, note text); ALTER TABLE audit REPLICA IDENTITY FULL;";
@@ -293,6 +302,7 @@ async fn snapshot_bootstrap_under_load_survives_a_crash_and_drains_to_the_transf
         create_slot: false,
     };
     let stack = Stack::new(BINS, shared_brokers()?, options).await?;
+    stack.configure("capture", &format!("decoder = \"{decoder}\""))?;
     let shop = Shop::start(stack.db1.pg_config(&stack.db1_name));
     shop.wait_acked(20).await?;
     let small_chunks = |command: &mut std::process::Command| {
@@ -367,6 +377,15 @@ async fn snapshot_bootstrap_under_load_survives_a_crash_and_drains_to_the_transf
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn standby_switch_under_load_loses_and_doubles_nothing_at_the_switch_point() -> anyhow::Result<()> {
+    standby_switch_under_load("wal2json").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgoutput_standby_switch_under_load_loses_and_doubles_nothing() -> anyhow::Result<()> {
+    standby_switch_under_load("pgoutput").await
+}
+
+async fn standby_switch_under_load(decoder: &str) -> anyhow::Result<()> {
     let options = Options {
         source_schema: SHOP,
         target_schema: "",
@@ -378,6 +397,7 @@ async fn standby_switch_under_load_loses_and_doubles_nothing_at_the_switch_point
         create_slot: false,
     };
     let stack = Stack::with_standby(BINS, shared_brokers()?, options).await?;
+    stack.configure("capture", &format!("decoder = \"{decoder}\""))?;
     let shop = Shop::start_paced(stack.db1.pg_config(&stack.db1_name), Duration::ZERO);
     shop.wait_acked(50).await?;
     // DB2 lags behind for a while (replay paused, WAL still received): many transactions then commit between the
