@@ -136,15 +136,26 @@ pub async fn run(config: &PipelineConfig, replay_timeout: Duration) -> anyhow::R
     }
 
     // Transactions the slot will stream that DB2 already holds (for the report; peeking consumes nothing).
-    let skipped: i64 = db1
-        .query_one(
-            "SELECT count(*) FROM pg_logical_slot_peek_changes($1, $2::text::pg_lsn, NULL, 'format-version', '2')
-             WHERE data LIKE '{\"action\":\"B\"%'",
-            &[slot, &s.to_string()],
-        )
-        .await
-        .map(|r| r.get(0))
-        .unwrap_or(-1);
+    let peek = match config.capture.decoder {
+        pgm_common::config::Decoder::Wal2json => {
+            db1.query_one(
+                "SELECT count(*) FROM pg_logical_slot_peek_changes($1, $2::text::pg_lsn, NULL, 'format-version', '2')
+                 WHERE data LIKE '{\"action\":\"B\"%'",
+                &[slot, &s.to_string()],
+            )
+            .await
+        }
+        pgm_common::config::Decoder::Pgoutput => {
+            let publication = pgm_common::change::quote_ident(&config.publication());
+            db1.query_one(
+                "SELECT count(*) FROM pg_logical_slot_peek_binary_changes($1, $2::text::pg_lsn, NULL,
+                   'proto_version', '1', 'publication_names', $3) WHERE get_byte(data, 0) = ascii('B')",
+                &[slot, &s.to_string(), &publication],
+            )
+            .await
+        }
+    };
+    let skipped: i64 = peek.map(|r| r.get(0)).unwrap_or(-1);
 
     // 4. Where apply starts: every transaction whose commit starts before S is in DB2.
     let target = crate::connect_target(config).await?;

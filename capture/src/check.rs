@@ -211,8 +211,20 @@ async fn special_floats(
         })
         .collect();
     let sql = format!("SELECT ARRAY[{}] FROM ONLY {table}", tests.join(", "));
-    let row = client.query_one(&sql, &[]).await.map_err(sql_err("look for NaN and Infinity values"))?;
-    let found: Vec<bool> = row.get(0);
+    let found: Vec<bool> = match client.query_one(&sql, &[]).await {
+        Ok(row) => row.get(0),
+        Err(e) => {
+            return Ok(finding(
+                Level::Warn,
+                format!("table {table}"),
+                format!(
+                    "columns {columns:?} may hold NaN/Infinity, which wal2json sends as null; cannot look: {}",
+                    e.as_db_error().map_or(e.to_string(), |d| d.message().to_owned())
+                ),
+                Some(format!("GRANT SELECT ON {table} TO the capture user, or set capture.decoder = \"pgoutput\"")),
+            ))
+        }
+    };
     let holding: Vec<&String> = columns.iter().zip(&found).filter(|(_, &f)| f).map(|(c, _)| c).collect();
     let fix = "set capture.decoder = \"pgoutput\" (carries every value exactly), or remove these values from DB1";
     Ok(if holding.is_empty() {
