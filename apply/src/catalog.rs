@@ -21,11 +21,23 @@ pub struct TargetTable {
     /// `timestamp with time zone`, `integer[]`, `"My Schema"."My Type"`): no modifier, and no spelling that SQL
     /// reads with an implied one. The column's own modifier applies on assignment.
     types: HashMap<String, String>,
+    /// Column name → the full type with its modifier (`character(5)`, `numeric(12,4)`): what a keyless table's old
+    /// row is compared in (see [`TargetTable::full_type_of`]).
+    full_types: HashMap<String, String>,
     /// Generated columns cannot be written.
     generated: Vec<String>,
 }
 
 impl TargetTable {
+    /// The full type of a column, modifier included. A keyless table's rows are matched by comparing
+    /// `column::text` with `(old value::full type)::text`: the text output is defined for every type (json, xml,
+    /// point and polygon have no `=`), tells apart what `=` does not (`box` compares areas, `-0 = 0`), and the
+    /// modifier canonicalises the old value as the stored one was (`1.50` in `numeric(12,4)` prints `1.5000`).
+    pub fn full_type_of(&self, table: &TableRef, column: &str) -> Result<&str, ApplyError> {
+        self.type_of(table, column)?;
+        Ok(self.full_types.get(column).map(String::as_str).expect("loaded with the types"))
+    }
+
     pub fn type_of(&self, table: &TableRef, column: &str) -> Result<&str, ApplyError> {
         if self.generated.iter().any(|g| g == column) {
             return Err(ApplyError::Target(format!(
@@ -63,7 +75,8 @@ impl TargetCatalog {
 async fn load(client: &Client, table: &TableRef) -> Result<TargetTable, ApplyError> {
     let rows = client
         .query(
-            "SELECT a.attname::text, format_type(a.atttypid, -1), a.attgenerated <> '' \
+            "SELECT a.attname::text, format_type(a.atttypid, -1), a.attgenerated <> '', \
+             format_type(a.atttypid, a.atttypmod) \
              FROM pg_catalog.pg_attribute a \
              JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
              JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
@@ -80,12 +93,14 @@ async fn load(client: &Client, table: &TableRef) -> Result<TargetTable, ApplyErr
     }
     let mut types = HashMap::new();
     let mut generated = Vec::new();
+    let mut full_types = HashMap::new();
     for row in rows {
         let name: String = row.get(0);
         if row.get::<_, bool>(2) {
             generated.push(name.clone());
         }
+        full_types.insert(name.clone(), row.get(3));
         types.insert(name, row.get(1));
     }
-    Ok(TargetTable { types, generated })
+    Ok(TargetTable { types, full_types, generated })
 }

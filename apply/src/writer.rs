@@ -364,11 +364,12 @@ impl Writer {
                     .iter()
                     .enumerate()
                     .map(|(i, k)| {
-                        let value = cast(&format!("k{i}"), k)?;
                         Ok(if by_key {
-                            format!("pgm_t.{} = {value}", quote_ident(k))
+                            format!("pgm_t.{} = {}", quote_ident(k), cast(&format!("k{i}"), k)?)
                         } else {
-                            format!("s.{} IS NOT DISTINCT FROM {value}", quote_ident(k))
+                            // A keyless table: compared as text, in the column's full type (catalog.rs says why).
+                            let full = target.full_type_of(table, k)?;
+                            format!("s.{}::text IS NOT DISTINCT FROM (v.k{i}::{full})::text", quote_ident(k))
                         })
                     })
                     .collect::<Result<Vec<_>, ApplyError>>()?
