@@ -99,7 +99,12 @@ pub async fn run(config: &PipelineConfig) -> Result<Vec<Finding>, CaptureError> 
                 Level::Fail,
                 plugin,
                 format!("cannot be loaded: {}", e.as_db_error().map_or(e.to_string(), |d| d.message().to_owned())),
-                Some("install the wal2json package of this PostgreSQL version (Debian: postgresql-15-wal2json)".into()),
+                Some(match decoder {
+                    Decoder::Wal2json => "install the wal2json package of this PostgreSQL version (Debian: \
+                                          postgresql-15-wal2json), or set capture.decoder = \"pgoutput\" (built in)"
+                        .into(),
+                    Decoder::Pgoutput => "pgoutput is built into PostgreSQL 10 and later; see the server log".into(),
+                }),
             ),
         });
     }
