@@ -28,6 +28,7 @@ pub mod identity;
 pub mod kafka;
 pub mod lsn;
 pub mod pgoutput;
+pub mod pgtime;
 pub mod snapshot;
 pub mod telemetry;
 pub mod topics;

@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use crate::change::{Begin, Change, Column, Commit, Datum, Message, Row, RowChange, RowOp, TableRef, Truncate};
 use crate::lsn::Lsn;
 
-/// Microseconds between the Unix epoch and PostgreSQL's epoch (2000-01-01).
+/// Seconds between the Unix epoch and PostgreSQL's epoch (2000-01-01).
 const PG_EPOCH_UNIX_SECONDS: i64 = 946_684_800;
 
 /// Options for `START_REPLICATION … LOGICAL … (…)`; `publication_names` is added by [`plugin_options`].
@@ -374,40 +374,10 @@ fn row_change(known: &Known, op: RowOp, old: Option<(u8, Tuple)>, new: Option<Tu
     }
 }
 
-/// PostgreSQL's text output of a timestamptz in UTC (`2026-11-25 21:24:32.251444+00`, trailing zeros of the
-/// fraction dropped), from microseconds since 2000-01-01 — what wal2json prints for the same commit.
+/// PostgreSQL's text output of a timestamptz in UTC (`2026-11-25 21:24:32.251444+00`), from microseconds since
+/// 2000-01-01 — what wal2json prints for the same commit.
 pub fn format_timestamp(pg_micros: i64) -> String {
-    let micros = pg_micros.rem_euclid(1_000_000);
-    let seconds = pg_micros.div_euclid(1_000_000) + PG_EPOCH_UNIX_SECONDS;
-    let (days, secs_of_day) = (seconds.div_euclid(86_400), seconds.rem_euclid(86_400));
-    let (year, month, day) = civil_from_days(days);
-    let mut out = format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
-        secs_of_day / 3600,
-        secs_of_day / 60 % 60,
-        secs_of_day % 60
-    );
-    if micros != 0 {
-        let fraction = format!("{micros:06}");
-        out.push('.');
-        out.push_str(fraction.trim_end_matches('0'));
-    }
-    out.push_str("+00");
-    out
-}
-
-/// Days since 1970-01-01 → (year, month, day) in the proleptic Gregorian calendar (H. Hinnant's algorithm).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
+    crate::pgtime::utc_timestamptz(pg_micros.saturating_add(PG_EPOCH_UNIX_SECONDS * 1_000_000)).1
 }
 
 /// The catalog query that completes a relation message: type names for the (oid, typmod) pairs and the primary key

@@ -77,35 +77,11 @@ fn epoch_to_timestamptz(value: &str) -> Result<String, ConvertError> {
     if negative {
         total = -total;
     }
-    let days = total.div_euclid(86_400_000_000);
-    let rest = total.rem_euclid(86_400_000_000);
-    let (year, month, day) = civil_from_days(days);
+    let (year, text) = pgm_common::pgtime::utc_timestamptz(total);
     if !(1..=9999).contains(&year) {
         return Err(ConvertError::EpochRange);
     }
-    let (h, m, s, us) = (rest / 3_600_000_000, rest / 60_000_000 % 60, rest / 1_000_000 % 60, rest % 1_000_000);
-    let mut out = format!("{year:04}-{month:02}-{day:02} {h:02}:{m:02}:{s:02}");
-    if us != 0 {
-        let fraction = format!("{us:06}");
-        out.push('.');
-        out.push_str(fraction.trim_end_matches('0'));
-    }
-    out.push_str("+00");
-    Ok(out)
-}
-
-/// Days since 1970-01-01 → (year, month, day), proleptic Gregorian (Howard Hinnant's algorithm).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
+    Ok(text)
 }
 
 fn json_field(value: &str, path: &str) -> Result<Option<String>, ConvertError> {
