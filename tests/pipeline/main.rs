@@ -3,6 +3,7 @@
 
 mod apply;
 mod capture;
+mod faults;
 mod fidelity;
 mod lifecycle;
 mod smoke;

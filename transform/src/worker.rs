@@ -51,6 +51,29 @@ pub enum WorkerError {
     Delivery { topic: String, partition: i32, offset: i64, error: KafkaError },
     #[error("configuration: {0}")]
     Config(String),
+    #[error("kafka: cannot create topic {topic}: {code}")]
+    CreateTopic { topic: String, code: RDKafkaErrorCode },
+}
+
+impl WorkerError {
+    /// A fault the worker rides out by starting over from the group's committed offsets (the broker away or
+    /// restarting, a delivery timeout); the rest (bad records, rule errors, configuration) stop it.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            WorkerError::Kafka(error) => !matches!(error, KafkaError::ClientCreation(_) | KafkaError::Subscription(_)),
+            WorkerError::Delivery { .. } => true,
+            WorkerError::CreateTopic { code, .. } => !matches!(
+                code,
+                RDKafkaErrorCode::InvalidTopic
+                    | RDKafkaErrorCode::InvalidPartitions
+                    | RDKafkaErrorCode::InvalidReplicationFactor
+                    | RDKafkaErrorCode::TopicAuthorizationFailed
+                    | RDKafkaErrorCode::ClusterAuthorizationFailed
+                    | RDKafkaErrorCode::PolicyViolation
+            ),
+            WorkerError::Envelope(_) | WorkerError::Rewrite(_) | WorkerError::Config(_) => false,
+        }
+    }
 }
 
 /// Commits what is stored before partitions are taken away, so the next owner starts where this one stopped.
@@ -129,7 +152,7 @@ impl Worker {
         for result in admin.create_topics(&[new], &AdminOptions::new()).await? {
             match result {
                 Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((topic, code)) => return Err(WorkerError::Config(format!("cannot create topic {topic}: {code}"))),
+                Err((topic, code)) => return Err(WorkerError::CreateTopic { topic, code }),
             }
         }
         let metadata = self.producer.client().fetch_metadata(Some(&topic), Duration::from_secs(30))?;
