@@ -228,7 +228,8 @@ async fn run_service(config: PipelineConfig, until: Option<Lsn>) -> anyhow::Resu
     let metrics = metrics::ApplyMetrics::default();
     let health = pgm_common::telemetry::Health::default();
     let (bound, _server) = pgm_common::telemetry::serve_metrics(
-        config.apply.metrics_addr.parse()?,
+        &config.apply.metrics_addr,
+        "apply.metrics_addr",
         metrics.register(),
         health.clone(),
         shutdown.clone(),

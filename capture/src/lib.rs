@@ -160,9 +160,14 @@ async fn run_stream(config: pgm_common::config::PipelineConfig) -> anyhow::Resul
     pgm_common::telemetry::shutdown_on_signals(shutdown.clone());
     let metrics = metrics::CaptureMetrics::default();
     let health = pgm_common::telemetry::Health::default();
-    let addr = config.capture.metrics_addr.parse()?;
-    let (bound, _server) =
-        pgm_common::telemetry::serve_metrics(addr, metrics.register(), health.clone(), shutdown.clone()).await?;
+    let (bound, _server) = pgm_common::telemetry::serve_metrics(
+        &config.capture.metrics_addr,
+        "capture.metrics_addr",
+        metrics.register(),
+        health.clone(),
+        shutdown.clone(),
+    )
+    .await?;
     tracing::info!(
         metrics = %bound,
         source = %config.source.describe(),

@@ -99,14 +99,23 @@ struct Endpoint {
 }
 
 /// Binds `addr` and serves `/metrics` and `/healthz` until `shutdown`. Returns the bound address (port 0 picks one).
+///
+/// `addr` is the configured text and `setting` its key (`transform.metrics_addr`): errors name both and the fix.
 pub async fn serve_metrics(
-    addr: SocketAddr,
+    addr: &str,
+    setting: &str,
     registry: Arc<Mutex<Registry>>,
     health: Health,
     shutdown: CancellationToken,
-) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    let listener = TcpListener::bind(addr).await?;
-    let bound = listener.local_addr()?;
+) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), MetricsAddrError> {
+    let problem = |problem: String| MetricsAddrError { setting: setting.to_owned(), addr: addr.to_owned(), problem };
+    let parsed: SocketAddr = addr.parse().map_err(|e| problem(format!("{e}; write it as ip:port")))?;
+    let listener = TcpListener::bind(parsed).await.map_err(|e| {
+        problem(format!(
+            "cannot listen there: {e}; set it to a free port (127.0.0.1:0 picks one), or stop what holds it"
+        ))
+    })?;
+    let bound = listener.local_addr().map_err(|e| problem(e.to_string()))?;
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
@@ -118,6 +127,15 @@ pub async fn serve_metrics(
         }
     });
     Ok((bound, task))
+}
+
+/// The metrics endpoint cannot start: names the setting, the address and the fix.
+#[derive(Debug, thiserror::Error)]
+#[error("{setting} = {addr:?}: {problem}")]
+pub struct MetricsAddrError {
+    pub setting: String,
+    pub addr: String,
+    pub problem: String,
 }
 
 async fn metrics(State(endpoint): State<Endpoint>) -> impl IntoResponse {
@@ -170,7 +188,8 @@ mod tests {
         let health = Health::default();
         let shutdown = CancellationToken::new();
         let (addr, task) = serve_metrics(
-            "127.0.0.1:0".parse().unwrap(),
+            "127.0.0.1:0",
+            "test.metrics_addr",
             Arc::new(Mutex::new(registry)),
             health.clone(),
             shutdown.clone(),
@@ -183,6 +202,20 @@ mod tests {
         assert!(get(addr, "/healthz").await.starts_with("HTTP/1.1 200"));
         health.set_alive(false);
         assert!(get(addr, "/healthz").await.starts_with("HTTP/1.1 503"));
+
+        // A taken port or a malformed address names the setting and the fix.
+        let taken = addr.to_string();
+        let err = serve_metrics(&taken, "transform.metrics_addr", Arc::default(), Health::default(), shutdown.clone())
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with(&format!("transform.metrics_addr = \"{taken}\": cannot listen there")), "{err}");
+        assert!(err.contains("127.0.0.1:0"), "{err}");
+        let err = serve_metrics("localhost", "apply.metrics_addr", Arc::default(), Health::default(), shutdown.clone())
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("apply.metrics_addr = \"localhost\": ") && err.contains("ip:port"), "{err}");
         shutdown.cancel();
         task.await.unwrap();
     }

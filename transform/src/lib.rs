@@ -149,7 +149,8 @@ async fn run_worker(config: PipelineConfig) -> anyhow::Result<()> {
     let metrics = metrics::TransformMetrics::default();
     let health = pgm_common::telemetry::Health::default();
     let (bound, _server) = pgm_common::telemetry::serve_metrics(
-        config.transform.metrics_addr.parse()?,
+        &config.transform.metrics_addr,
+        "transform.metrics_addr",
         metrics.register(),
         health.clone(),
         shutdown.clone(),
