@@ -192,7 +192,12 @@ async fn run_stream(config: pgm_common::config::PipelineConfig) -> anyhow::Resul
     let result = loop {
         let started = std::time::Instant::now();
         let attempt = async {
-            let publisher = publisher::Publisher::new(&config, metrics.clone()).await?;
+            // Making the topics waits for the broker: a shutdown meanwhile ends the attempt (nothing is in flight).
+            let publisher = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return Ok(()),
+                publisher = publisher::Publisher::new(&config, metrics.clone()) => publisher?,
+            };
             stream::run(&config, publisher, metrics.clone(), shutdown.clone()).await
         };
         match attempt.await {
@@ -200,7 +205,13 @@ async fn run_stream(config: pgm_common::config::PipelineConfig) -> anyhow::Resul
                 if started.elapsed() > std::time::Duration::from_secs(60) {
                     backoff = FIRST_BACKOFF; // it streamed for a while: this is a new incident, not the same one
                 }
-                tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "capture interrupted; resuming from the slot");
+                tracing::warn!(
+                    %error,
+                    brokers = %config.kafka.brokers,
+                    source = %config.source.describe(),
+                    retry_in_ms = backoff.as_millis() as u64,
+                    "capture interrupted; resuming from the slot"
+                );
                 tokio::select! {
                     _ = shutdown.cancelled() => break Ok(()),
                     _ = tokio::time::sleep(backoff) => {}

@@ -137,11 +137,26 @@ impl Publisher {
         for result in results {
             match result {
                 Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                // The broker is away or slow: transient, the run loop tries again.
+                Err((
+                    _,
+                    code @ (RDKafkaErrorCode::OperationTimedOut
+                    | RDKafkaErrorCode::RequestTimedOut
+                    | RDKafkaErrorCode::BrokerNotAvailable
+                    | RDKafkaErrorCode::NotController
+                    | RDKafkaErrorCode::BrokerTransportFailure
+                    | RDKafkaErrorCode::AllBrokersDown),
+                )) => return Err(CaptureError::Kafka(rdkafka::error::KafkaError::AdminOp(code))),
                 Err((topic, code)) => return Err(CaptureError::Config(format!("cannot create topic {topic}: {code}"))),
             }
         }
+        // fetch_metadata blocks: off the runtime, so a shutdown does not wait for its timeout.
+        let (producer, name) = (self.producer.clone(), topic.to_owned());
         let metadata =
-            self.producer.client().fetch_metadata(Some(topic), Duration::from_secs(30)).map_err(CaptureError::Kafka)?;
+            tokio::task::spawn_blocking(move || producer.client().fetch_metadata(Some(&name), Duration::from_secs(30)))
+                .await
+                .map_err(|e| CaptureError::Stream(format!("metadata lookup task: {e}")))?
+                .map_err(CaptureError::Kafka)?;
         let found = metadata.topics().iter().find(|t| t.name() == topic).map_or(0, |t| t.partitions().len());
         if found != partitions as usize {
             return Err(CaptureError::Config(format!(

@@ -61,6 +61,9 @@ struct Progress {
     reported_at: Instant,
 }
 
+/// How long a shutdown waits for Kafka's acknowledgements before it confirms what it has and leaves.
+const SHUTDOWN_DRAIN: Duration = Duration::from_millis(1500);
+
 /// After an acknowledgement, report at most this often (besides the timer): a restart then repeats less.
 const EAGER_FEEDBACK: Duration = Duration::from_millis(100);
 
@@ -105,8 +108,17 @@ pub async fn run(
             // 1. Shutdown: drain, confirm what is durable, leave.
             _ = shutdown.cancelled() => {
                 tracing::info!(in_flight = publisher.in_flight(), "shutting down: waiting for Kafka acknowledgements");
-                if let Some(lsn) = publisher.drain().await? {
-                    progress.flushed = progress.flushed.max(lsn);
+                // Bounded: with the broker away, what is unacknowledged is simply streamed again after a restart.
+                match tokio::time::timeout(SHUTDOWN_DRAIN, publisher.drain()).await {
+                    Ok(drained) => {
+                        if let Some(lsn) = drained? {
+                            progress.flushed = progress.flushed.max(lsn);
+                        }
+                    }
+                    Err(_) => tracing::warn!(
+                        in_flight = publisher.in_flight(),
+                        "Kafka did not acknowledge in time; stopping without confirming those records (they are sent again on restart)"
+                    ),
                 }
                 send_feedback(&mut stream, &mut progress, &metrics).await?;
                 tracing::info!(flushed = %progress.flushed, "confirmed to the slot; stopped");

@@ -68,3 +68,61 @@ async fn services_ride_out_a_late_broker_and_a_broker_restart() -> anyhow::Resul
     eprintln!("faults test: transform started over {interrupted} time(s); every service stayed up");
     Ok(())
 }
+
+/// Sends SIGTERM and returns how long the service took to exit.
+async fn terminate(running: &mut pgm_test_support::stack::Running) -> anyhow::Result<Duration> {
+    let pid = i32::try_from(running.child.id())?;
+    let sent = std::time::Instant::now();
+    ensure!(send_signal(pid, "TERM") == 0, "kill failed");
+    let deadline = sent + Duration::from_secs(30);
+    while running.child.try_wait()?.is_none() {
+        ensure!(std::time::Instant::now() < deadline, "still running 30 s after SIGTERM:\n{}", running.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(sent.elapsed())
+}
+
+/// kill(1): the workspace denies unsafe code, so no libc::kill here.
+fn send_signal(pid: i32, signal: &str) -> i32 {
+    std::process::Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status().map_or(-1, |s| {
+        if s.success() {
+            0
+        } else {
+            -1
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_waiting_for_an_unreachable_dependency_stop_on_sigterm() -> anyhow::Result<()> {
+    let options = Options {
+        source_schema: SCHEMA,
+        target_schema: SCHEMA,
+        tables: &["public.items"],
+        rules: None,
+        partitions: 1,
+        apply: "",
+        librdkafka: "",
+        create_slot: true,
+    };
+    let mut stack = Stack::new(BINS, pgm_test_support::broker::shared_brokers()?, options).await?;
+    // The broker list points at a closed port: capture and transform wait for it.
+    let dead = format!("127.0.0.1:{}", pgm_test_support::free_port()?);
+    let mut waiting = Vec::new();
+    for service in [Service::Capture, Service::Transform] {
+        waiting.push((service, stack.spawn_with_env(service, &["run"], &[("PGM__KAFKA__BROKERS", dead.as_str())])?));
+    }
+    // DB2 is down: apply waits for it.
+    stack.db2.stop()?;
+    waiting.push((Service::Apply, stack.spawn(Service::Apply, &["run"])?));
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    for (service, running) in &mut waiting {
+        ensure!(running.child.try_wait()?.is_none(), "{service:?} gave up instead of waiting:\n{}", running.log());
+    }
+    for (service, running) in &mut waiting {
+        let took = terminate(running).await?;
+        eprintln!("SIGTERM: {service:?} stopped in {} ms while waiting", took.as_millis());
+        ensure!(took < Duration::from_secs(5), "{service:?} took {took:?} to stop:\n{}", running.log());
+    }
+    Ok(())
+}

@@ -232,10 +232,16 @@ metrics_addr = "127.0.0.1:0"
 
     /// Starts a service in the background, its log in the stack's directory.
     pub fn spawn(&self, service: Service, args: &[&str]) -> crate::Result<Running> {
+        self.spawn_with_env(service, args, &[])
+    }
+
+    /// [`Self::spawn`] with environment overrides (`PGM__KAFKA__BROKERS`, …).
+    pub fn spawn_with_env(&self, service: Service, args: &[&str], env: &[(&str, &str)]) -> crate::Result<Running> {
         let n = self.launches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let log = self.dir.path().join(format!("{service:?}-{n}.log").to_lowercase());
         let child = self
             .command(service, args)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log)?)
             .spawn()
