@@ -203,17 +203,11 @@ async fn connect_plain(
 
 /// A connection to DB2 with the pipeline's `pgm` schema and progress row in place.
 pub async fn connect_target(config: &PipelineConfig) -> Result<tokio_postgres::Client, ApplyError> {
-    let (client, connection) = config
+    let client = config
         .target
-        .to_tokio_postgres("pgm-apply")
-        .connect(tokio_postgres::NoTls)
+        .connect("pgm-apply")
         .await
         .map_err(|e| ApplyError::Connect(format!("DB2 {}: {e}", config.target.describe())))?;
-    tokio::spawn(async move {
-        if let Err(error) = connection.await {
-            tracing::warn!(%error, "DB2 connection closed");
-        }
-    });
     progress::prepare(&client, &config.topics.prefix).await?;
     Ok(client)
 }
@@ -292,10 +286,10 @@ async fn status(config: &PipelineConfig) -> anyhow::Result<()> {
 }
 
 async fn source_lsn(config: &PipelineConfig) -> Result<Lsn, String> {
-    let mut pg = config.source.to_tokio_postgres("pgm-apply-status");
-    pg.connect_timeout(std::time::Duration::from_secs(5));
-    let (client, connection) = pg.connect(tokio_postgres::NoTls).await.map_err(|e| e.to_string())?;
-    tokio::spawn(connection);
+    let client = tokio::time::timeout(std::time::Duration::from_secs(5), config.source.connect("pgm-apply-status"))
+        .await
+        .map_err(|_| "no answer within 5 s".to_owned())?
+        .map_err(|e| e.to_string())?;
     let row = client.query_one("SELECT pg_current_wal_lsn()::text", &[]).await.map_err(|e| e.to_string())?;
     row.get::<_, String>(0).parse::<Lsn>().map_err(|e| e.to_string())
 }

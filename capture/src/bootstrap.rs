@@ -215,7 +215,7 @@ async fn copy_worker(
     imported: mpsc::Sender<Result<(), CaptureError>>,
 ) -> Result<(), CaptureError> {
     let import = async {
-        let client = pg.connect(&application).await.map_err(source_err(format!("connect to {}", pg.describe())))?;
+        let client = pg.connect(&application).await.map_err(crate::connect_error(&pg))?;
         client
             .batch_execute(&format!(
                 "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{}'",

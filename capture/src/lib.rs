@@ -119,6 +119,17 @@ impl CaptureError {
     }
 }
 
+/// A failed ordinary connection to DB1: the server or network (transient) or its TLS settings (definite).
+pub fn connect_error(
+    pg: &pgm_common::config::PgConfig,
+) -> impl FnOnce(pgm_common::config::ConnectError) -> CaptureError {
+    let what = format!("connect to {}", pg.describe());
+    move |error| match error {
+        pgm_common::config::ConnectError::Pg(source) => CaptureError::Source { what, source },
+        tls @ pgm_common::config::ConnectError::Tls { .. } => CaptureError::Config(tls.to_string()),
+    }
+}
+
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let config = cli.global.start()?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;

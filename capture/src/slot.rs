@@ -2,7 +2,6 @@
 
 use pgm_common::config::PipelineConfig;
 use pgm_common::pgoutput;
-use tokio_postgres::NoTls;
 
 use crate::walsender::Walsender;
 use crate::CaptureError;
@@ -50,17 +49,7 @@ pub async fn wait_for_no_bootstrap(conn: &mut Walsender, slot: &str) -> Result<(
 }
 
 pub async fn connect(config: &PipelineConfig) -> Result<tokio_postgres::Client, CaptureError> {
-    let (client, connection) =
-        config.source.to_tokio_postgres("pgm-capture").connect(NoTls).await.map_err(|e| CaptureError::Source {
-            what: format!("connect to {}", config.source.describe()),
-            source: e,
-        })?;
-    tokio::spawn(async move {
-        if let Err(error) = connection.await {
-            tracing::warn!(%error, "source connection ended");
-        }
-    });
-    Ok(client)
+    config.source.connect("pgm-capture").await.map_err(crate::connect_error(&config.source))
 }
 
 pub async fn create(config: &PipelineConfig) -> Result<String, CaptureError> {

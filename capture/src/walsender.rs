@@ -22,9 +22,12 @@ use pgm_common::Lsn;
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
 use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
+
+/// The connection's two halves, plain TCP or TLS.
+type ReadHalf = BufReader<Box<dyn AsyncRead + Send + Unpin>>;
+type WriteHalf = Box<dyn AsyncWrite + Send + Unpin>;
 use tokio::sync::mpsc;
 
 /// Microseconds between the Unix epoch and PostgreSQL's epoch (2000-01-01).
@@ -44,6 +47,8 @@ pub enum WalsenderError {
     Server { code: String, message: String, hint: Option<String> },
     #[error("authentication: {0}")]
     Auth(String),
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error("protocol: {0}")]
     Protocol(String),
     #[error(
@@ -78,7 +83,7 @@ struct Frame {
     body: Bytes,
 }
 
-async fn read_frame(reader: &mut BufReader<OwnedReadHalf>) -> Result<Frame> {
+async fn read_frame(reader: &mut ReadHalf) -> Result<Frame> {
     let tag = reader.read_u8().await?;
     let len = reader.read_i32().await?;
     if !(4..=1 << 30).contains(&len) {
@@ -131,8 +136,8 @@ fn notice_fields(mut fields: postgres_protocol::message::backend::ErrorFields<'_
 
 /// A replication connection before streaming: commands answer with rows of text.
 pub struct Walsender {
-    reader: BufReader<OwnedReadHalf>,
-    writer: OwnedWriteHalf,
+    reader: ReadHalf,
+    writer: WriteHalf,
 }
 
 /// The answer of `CREATE_REPLICATION_SLOT … LOGICAL`.
@@ -145,15 +150,10 @@ pub struct SlotCreated {
 
 impl Walsender {
     pub async fn connect(pg: &PgConfig, application_name: &str) -> Result<Self> {
-        if pg.sslmode == SslMode::Require {
-            return Err(WalsenderError::Unsupported(
-                "sslmode=require is not supported on the replication connection yet; use a TLS-terminating proxy or sslmode=disable/prefer on a trusted network".into(),
-            ));
-        }
         let target = format!("{}:{}", pg.host, pg.port);
         let stream = TcpStream::connect(&target).await.map_err(|source| WalsenderError::Connect { target, source })?;
         stream.set_nodelay(true)?;
-        let (read, writer) = stream.into_split();
+        let (read, writer) = negotiate_tls(pg, stream).await?;
         let mut conn = Walsender { reader: BufReader::with_capacity(1 << 16, read), writer };
         let mut buf = BytesMut::new();
         frontend::startup_message(
@@ -335,6 +335,46 @@ impl Walsender {
     }
 }
 
+/// TLS as `sslmode` says, the same way as every ordinary connection ([`PgConfig::tls`]): an SSLRequest, then the
+/// handshake with certificate checks (verify-ca: the chain; verify-full: the chain and the host name). `prefer`
+/// continues in plain text when the server declines; the other modes refuse.
+async fn negotiate_tls(pg: &PgConfig, mut stream: TcpStream) -> Result<(Box<dyn AsyncRead + Send + Unpin>, WriteHalf)> {
+    let plain = |stream: TcpStream| -> (Box<dyn AsyncRead + Send + Unpin>, WriteHalf) {
+        let (read, write) = stream.into_split();
+        (Box::new(read), Box::new(write))
+    };
+    let connector = match pg.tls() {
+        Ok(None) => return Ok(plain(stream)),
+        Ok(Some(connector)) => connector,
+        Err(error) => return Err(WalsenderError::Tls(error.to_string())),
+    };
+    let mut buf = BytesMut::new();
+    frontend::ssl_request(&mut buf);
+    stream.write_all(&buf).await?;
+    match stream.read_u8().await? {
+        b'S' => {}
+        b'N' if pg.sslmode == SslMode::Prefer => return Ok(plain(stream)),
+        b'N' => {
+            return Err(WalsenderError::Tls(format!(
+                "{} does not accept TLS, but sslmode is {}: enable ssl on the server or lower sslmode",
+                pg.describe(),
+                pg.sslmode.as_str()
+            )))
+        }
+        other => return Err(WalsenderError::Protocol(format!("unexpected answer {other} to SSLRequest"))),
+    }
+    let tls_error = |e: &dyn std::fmt::Display| WalsenderError::Tls(format!("{}: {e}", pg.describe()));
+    let mut config = connector.configure().map_err(|e| tls_error(&e))?;
+    if pg.sslmode != SslMode::VerifyFull {
+        config.set_verify_hostname(false);
+    }
+    let ssl = config.into_ssl(&pg.host).map_err(|e| tls_error(&e))?;
+    let mut tls = tokio_openssl::SslStream::new(ssl, stream).map_err(|e| tls_error(&e))?;
+    std::pin::Pin::new(&mut tls).connect().await.map_err(|e| tls_error(&e))?;
+    let (read, write) = tokio::io::split(tls);
+    Ok((Box::new(read), Box::new(write)))
+}
+
 /// Column `index` of a command's answer row, as an LSN.
 fn lsn_column(row: &[Option<String>], index: usize, what: &str) -> Result<Lsn> {
     row.get(index)
@@ -409,7 +449,7 @@ pub fn encode_status_update(write: Lsn, flush: Lsn, apply: Lsn, reply_requested:
     buf
 }
 
-async fn read_stream(mut reader: BufReader<OwnedReadHalf>, tx: mpsc::Sender<Result<ReplicationMessage>>) {
+async fn read_stream(mut reader: ReadHalf, tx: mpsc::Sender<Result<ReplicationMessage>>) {
     loop {
         let message = match read_frame(&mut reader).await {
             Ok(Frame { tag: b'd', body }) => decode_copy_data(body),
@@ -435,7 +475,7 @@ async fn read_stream(mut reader: BufReader<OwnedReadHalf>, tx: mpsc::Sender<Resu
 /// The streaming half: receive messages, send status updates.
 pub struct ReplicationStream {
     rx: mpsc::Receiver<Result<ReplicationMessage>>,
-    writer: OwnedWriteHalf,
+    writer: WriteHalf,
     reader: tokio::task::JoinHandle<()>,
 }
 

@@ -58,6 +58,9 @@ impl Serialize for Secret {
     }
 }
 
+/// As libpq's `sslmode`: `disable`, `prefer` (TLS when the server offers it, no verification), `require` (TLS, no
+/// verification), `verify-ca` (TLS, the server's certificate chains to `sslrootcert`), `verify-full` (and names the
+/// host it was reached at).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum SslMode {
@@ -65,6 +68,45 @@ pub enum SslMode {
     Disable,
     Prefer,
     Require,
+    VerifyCa,
+    VerifyFull,
+}
+
+impl SslMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SslMode::Disable => "disable",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        }
+    }
+}
+
+/// A connection to PostgreSQL could not be made: its TLS setup (a setting to fix) or the server or network.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("TLS to {target}: {problem}")]
+    Tls { target: String, problem: String },
+    #[error("{}", describe_pg_error(.0))]
+    Pg(#[from] tokio_postgres::Error),
+}
+
+/// A tokio-postgres error with what its Display leaves out (`db error` alone): the server's code and message, or
+/// the I/O or TLS cause. Never the DETAIL line (it can quote row values).
+pub fn describe_pg_error(error: &tokio_postgres::Error) -> String {
+    if let Some(db) = error.as_db_error() {
+        return format!("{} {}: {}", db.severity(), db.code().code(), db.message());
+    }
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// Where a PostgreSQL database is and how to log in.
@@ -80,6 +122,14 @@ pub struct PgConfig {
     pub dbname: String,
     #[serde(default)]
     pub sslmode: SslMode,
+    /// CA certificate(s) (PEM) the server's certificate must chain to; needed by verify-ca and verify-full.
+    #[serde(default)]
+    pub sslrootcert: Option<PathBuf>,
+    /// Client certificate (PEM) and its key, when the server asks for one (`clientcert=verify-full` in pg_hba).
+    #[serde(default)]
+    pub sslcert: Option<PathBuf>,
+    #[serde(default)]
+    pub sslkey: Option<PathBuf>,
 }
 
 fn default_pg_port() -> u16 {
@@ -99,7 +149,8 @@ impl PgConfig {
             .ssl_mode(match self.sslmode {
                 SslMode::Disable => tokio_postgres::config::SslMode::Disable,
                 SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
-                SslMode::Require => tokio_postgres::config::SslMode::Require,
+                // Verification is the connector's part (see `tls`).
+                SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => tokio_postgres::config::SslMode::Require,
             });
         if !self.password.is_empty() {
             config.password(self.password.expose());
@@ -107,11 +158,68 @@ impl PgConfig {
         config
     }
 
-    /// An ordinary connection, its connection task spawned on the current runtime (it ends with the client).
-    pub async fn connect(&self, application_name: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-        let (client, connection) = self.to_tokio_postgres(application_name).connect(tokio_postgres::NoTls).await?;
-        tokio::spawn(connection);
-        Ok(client)
+    /// The TLS client for this database, `None` with `sslmode = disable`: certificate checks as `sslmode` says, a
+    /// client certificate when one is configured. Every connection (ordinary and replication) is made with it.
+    pub fn tls(&self) -> Result<Option<openssl::ssl::SslConnector>, ConnectError> {
+        use openssl::ssl::{SslConnector, SslFiletype, SslMethod, SslVerifyMode};
+        if self.sslmode == SslMode::Disable {
+            return Ok(None);
+        }
+        let problem = |problem: String| ConnectError::Tls { target: self.describe(), problem };
+        let mut builder = SslConnector::builder(SslMethod::tls_client()).map_err(|e| problem(e.to_string()))?;
+        match (self.sslmode, &self.sslrootcert) {
+            (SslMode::VerifyCa | SslMode::VerifyFull, None) => {
+                return Err(problem(format!(
+                    "sslmode = {} needs sslrootcert (the CA certificate that signed the server's)",
+                    self.sslmode.as_str()
+                )))
+            }
+            (SslMode::VerifyCa | SslMode::VerifyFull, Some(ca)) => {
+                builder.set_ca_file(ca).map_err(|e| problem(format!("sslrootcert {}: {e}", ca.display())))?;
+                builder.set_verify(SslVerifyMode::PEER);
+            }
+            // prefer and require encrypt without checking who answers, as libpq does.
+            _ => builder.set_verify(SslVerifyMode::NONE),
+        }
+        match (&self.sslcert, &self.sslkey) {
+            (Some(cert), Some(key)) => {
+                builder
+                    .set_certificate_chain_file(cert)
+                    .map_err(|e| problem(format!("sslcert {}: {e}", cert.display())))?;
+                builder
+                    .set_private_key_file(key, SslFiletype::PEM)
+                    .map_err(|e| problem(format!("sslkey {}: {e}", key.display())))?;
+                builder.check_private_key().map_err(|e| problem(format!("sslkey does not match sslcert: {e}")))?;
+            }
+            (None, None) => {}
+            _ => return Err(problem("sslcert and sslkey go together: set both or neither".into())),
+        }
+        Ok(Some(builder.build()))
+    }
+
+    /// An ordinary connection, its connection task spawned on the current runtime (it ends with the client). The one
+    /// connect path for ordinary connections: TLS as configured.
+    pub async fn connect(&self, application_name: &str) -> Result<tokio_postgres::Client, ConnectError> {
+        let config = self.to_tokio_postgres(application_name);
+        match self.tls()? {
+            None => {
+                let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+                tokio::spawn(connection);
+                Ok(client)
+            }
+            Some(connector) => {
+                let mut tls = postgres_openssl::MakeTlsConnector::new(connector);
+                if self.sslmode != SslMode::VerifyFull {
+                    tls.set_callback(|connect, _| {
+                        connect.set_verify_hostname(false);
+                        Ok(())
+                    });
+                }
+                let (client, connection) = config.connect(tls).await?;
+                tokio::spawn(connection);
+                Ok(client)
+            }
+        }
     }
 
     /// `host:port/dbname as user`, for logs and errors (never the password).
@@ -499,6 +607,15 @@ impl PipelineConfig {
             problem,
         };
         Topics::new(&self.topics.prefix).map_err(|e: TopicError| invalid("topics.prefix", e.to_string()))?;
+        // TLS files are read now, so a wrong path fails at start and not at the first reconnect.
+        for (section, pg) in [("source", &self.source), ("target", &self.target)] {
+            if let Err(ConnectError::Tls { problem, .. }) = pg.tls() {
+                return Err(invalid(
+                    &format!("{section}.sslmode / {section}.sslrootcert / {section}.sslcert"),
+                    problem,
+                ));
+            }
+        }
         if !(1..=10_000).contains(&self.topics.partitions) {
             return Err(invalid("topics.partitions", format!("{} is not between 1 and 10000", self.topics.partitions)));
         }

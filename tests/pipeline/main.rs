@@ -7,4 +7,5 @@ mod faults;
 mod fidelity;
 mod lifecycle;
 mod smoke;
+mod tls;
 mod transform;

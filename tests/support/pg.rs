@@ -74,6 +74,13 @@ fn hand_over(path: &Path) -> crate::Result<()> {
     Ok(())
 }
 
+/// What a client needs for a cluster made by [`PgCluster::require_tls`].
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
 /// A running (or stopped) throwaway cluster. Dropping it stops the server and removes its files.
 pub struct PgCluster {
     dir: TempDir,
@@ -148,7 +155,7 @@ impl PgCluster {
         Ok(standby)
     }
 
-    fn data_dir(&self) -> PathBuf {
+    pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }
 
@@ -215,6 +222,91 @@ impl PgCluster {
         self.port
     }
 
+    /// Turns this cluster into one that accepts only TLS connections with a password (and a client certificate
+    /// signed by the test CA), with a server certificate for 127.0.0.1 (not `localhost`) made by `openssl` here.
+    /// Returns the CA certificate and a client certificate and key, for `sslrootcert`, `sslcert` and `sslkey`.
+    pub async fn require_tls(&mut self, password: &str) -> crate::Result<TlsFiles> {
+        self.connect("postgres")
+            .await?
+            .batch_execute(&format!("ALTER ROLE postgres PASSWORD '{}'", password.replace('\'', "''")))
+            .await?;
+        let data = self.data_dir();
+        let certs = self.dir.path().join("certs");
+        std::fs::create_dir_all(&certs)?;
+        let openssl = |args: &[&str]| -> crate::Result<()> {
+            let mut command = Command::new("openssl");
+            command.args(args).current_dir(&certs);
+            run(command, "openssl").map(|_| ())
+        };
+        std::fs::write(certs.join("san.ext"), "subjectAltName = IP:127.0.0.1\n")?;
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=pgm test CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+        ])?;
+        for (name, cn) in [("server", "127.0.0.1"), ("client", "postgres")] {
+            openssl(&[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                &format!("/CN={cn}"),
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.csr"),
+            ])?;
+            let (csr, crt) = (format!("{name}.csr"), format!("{name}.crt"));
+            let mut sign = vec![
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-out",
+                &crt,
+            ];
+            if name == "server" {
+                sign.extend(["-extfile", "san.ext"]);
+            }
+            openssl(&sign)?;
+        }
+        for file in ["server.crt", "server.key", "ca.crt"] {
+            let to = data.join(file);
+            std::fs::copy(certs.join(file), &to)?;
+            std::fs::set_permissions(&to, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+            hand_over(&to)?;
+        }
+        std::fs::write(
+            data.join("pg_hba.conf"),
+            "hostssl all         all 127.0.0.1/32 scram-sha-256 clientcert=verify-full\n\
+             hostssl replication all 127.0.0.1/32 scram-sha-256 clientcert=verify-full\n",
+        )?;
+        self.write_settings(
+            [("ssl", "on"), ("ssl_cert_file", "server.crt"), ("ssl_key_file", "server.key"), ("ssl_ca_file", "ca.crt")]
+                .iter(),
+        )?;
+        self.restart()?;
+        Ok(TlsFiles { ca: certs.join("ca.crt"), cert: certs.join("client.crt"), key: certs.join("client.key") })
+    }
+
     /// Connection settings in the pipeline's own configuration type.
     pub fn pg_config(&self, dbname: &str) -> PgConfig {
         PgConfig {
@@ -224,6 +316,9 @@ impl PgCluster {
             password: Secret::default(),
             dbname: dbname.into(),
             sslmode: SslMode::Disable,
+            sslrootcert: None,
+            sslcert: None,
+            sslkey: None,
         }
     }
 

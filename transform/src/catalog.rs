@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 
 use pgm_common::change::TableRef;
 use pgm_common::config::PgConfig;
-use tokio_postgres::NoTls;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ColumnInfo {
@@ -54,12 +53,10 @@ ORDER BY 1, 2, a.attnum";
 
 impl Catalog {
     /// Reads every user table of the database.
-    pub async fn load(pg: &PgConfig) -> Result<Self, tokio_postgres::Error> {
-        let (client, connection) = pg.to_tokio_postgres("pgm-transform").connect(NoTls).await?;
-        let connection = tokio::spawn(connection);
+    pub async fn load(pg: &PgConfig) -> Result<Self, pgm_common::config::ConnectError> {
+        let client = pg.connect("pgm-transform").await?;
         let rows = client.query(QUERY, &[]).await?;
         drop(client);
-        let _ = connection.await;
         let mut catalog = Catalog::default();
         let mut keys: BTreeMap<TableRef, Vec<(i32, String)>> = BTreeMap::new();
         for row in rows {

@@ -62,7 +62,7 @@ pub enum TransformError {
     Catalog {
         db: String,
         #[source]
-        source: tokio_postgres::Error,
+        source: pgm_common::config::ConnectError,
     },
     #[error(transparent)]
     Worker(#[from] worker::WorkerError),

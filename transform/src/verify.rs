@@ -40,15 +40,15 @@ pub enum VerifyError {
     Db {
         what: String,
         #[source]
-        source: tokio_postgres::Error,
+        source: pgm_common::config::ConnectError,
     },
     #[error("verify: {0}")]
     Refused(String),
 }
 
-fn db(what: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> VerifyError {
+fn db<E: Into<pgm_common::config::ConnectError>>(what: impl Into<String>) -> impl FnOnce(E) -> VerifyError {
     let what = what.into();
-    move |source| VerifyError::Db { what, source }
+    move |source| VerifyError::Db { what, source: source.into() }
 }
 
 /// The columns compared for one target table, with DB2's types.
