@@ -196,13 +196,11 @@ async fn run_stream(config: pgm_common::config::PipelineConfig) -> anyhow::Resul
             return Err(error.into());
         }
     }
-    // Transient failures (DB1 restarting, the slot still held by a killed predecessor, the broker away too long)
-    // restart the stream from the slot's confirmed position after a backoff; definite ones stop capture.
-    const FIRST_BACKOFF: std::time::Duration = std::time::Duration::from_millis(500);
-    let mut backoff = FIRST_BACKOFF;
-    let result = loop {
-        let started = std::time::Instant::now();
-        let attempt = async {
+    // Transient failures (DB1 restarting, the slot still held by a killed predecessor, the broker away) restart the
+    // stream from the slot's confirmed position after a backoff; definite ones stop capture.
+    let result = pgm_common::retry::until_definite(
+        &shutdown,
+        || async {
             // Making the topics waits for the broker: a shutdown meanwhile ends the attempt (nothing is in flight).
             let publisher = tokio::select! {
                 biased;
@@ -210,28 +208,19 @@ async fn run_stream(config: pgm_common::config::PipelineConfig) -> anyhow::Resul
                 publisher = publisher::Publisher::new(&config, metrics.clone()) => publisher?,
             };
             stream::run(&config, publisher, metrics.clone(), shutdown.clone()).await
-        };
-        match attempt.await {
-            Err(error) if error.is_transient() && !shutdown.is_cancelled() => {
-                if started.elapsed() > std::time::Duration::from_secs(60) {
-                    backoff = FIRST_BACKOFF; // it streamed for a while: this is a new incident, not the same one
-                }
-                tracing::warn!(
-                    %error,
-                    brokers = %config.kafka.brokers,
-                    source = %config.source.describe(),
-                    retry_in_ms = backoff.as_millis() as u64,
-                    "capture interrupted; resuming from the slot"
-                );
-                tokio::select! {
-                    _ = shutdown.cancelled() => break Ok(()),
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(std::time::Duration::from_secs(30));
-            }
-            other => break other,
-        }
-    };
+        },
+        CaptureError::is_transient,
+        |error, wait| {
+            tracing::warn!(
+                %error,
+                brokers = %config.kafka.brokers,
+                source = %config.source.describe(),
+                retry_in_ms = wait.as_millis() as u64,
+                "capture interrupted; resuming from the slot"
+            )
+        },
+    )
+    .await;
     health.set_alive(false);
     shutdown.cancel();
     if let Err(error) = &result {

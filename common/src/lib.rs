@@ -29,6 +29,7 @@ pub mod kafka;
 pub mod lsn;
 pub mod pgoutput;
 pub mod pgtime;
+pub mod retry;
 pub mod snapshot;
 pub mod telemetry;
 pub mod topics;

@@ -159,32 +159,20 @@ async fn run_worker(config: PipelineConfig) -> anyhow::Result<()> {
     tracing::info!(metrics = %bound, group = %config.transform.group_id, "pgm-transform starting");
     // Transient faults (the broker away or restarting, a delivery that timed out) start the worker again from the
     // group's committed offsets after a backoff (what it reprocesses carries the same keys); definite ones stop it.
-    const FIRST_BACKOFF: std::time::Duration = std::time::Duration::from_millis(500);
-    let mut backoff = FIRST_BACKOFF;
-    let result = loop {
-        let started = std::time::Instant::now();
-        let attempt =
-            async { worker::Worker::new(&config, program.clone(), metrics.clone())?.run(shutdown.clone()).await };
-        match attempt.await {
-            Err(error) if error.is_transient() && !shutdown.is_cancelled() => {
-                if started.elapsed() > std::time::Duration::from_secs(60) {
-                    backoff = FIRST_BACKOFF; // it ran for a while: a new incident
-                }
-                tracing::warn!(
-                    %error,
-                    brokers = %config.kafka.brokers,
-                    retry_in_ms = backoff.as_millis() as u64,
-                    "transform interrupted; starting again from the group's committed offsets"
-                );
-                tokio::select! {
-                    _ = shutdown.cancelled() => break Ok(()),
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(std::time::Duration::from_secs(30));
-            }
-            other => break other,
-        }
-    };
+    let result = pgm_common::retry::until_definite(
+        &shutdown,
+        || async { worker::Worker::new(&config, program.clone(), metrics.clone())?.run(shutdown.clone()).await },
+        worker::WorkerError::is_transient,
+        |error, wait| {
+            tracing::warn!(
+                %error,
+                brokers = %config.kafka.brokers,
+                retry_in_ms = wait.as_millis() as u64,
+                "transform interrupted; starting again from the group's committed offsets"
+            )
+        },
+    )
+    .await;
     health.set_alive(false);
     shutdown.cancel();
     if let Err(error) = &result {

@@ -1,0 +1,84 @@
+//! The services' fault policy in one place: an attempt that fails with a transient fault (the broker or a database
+//! away or restarting) is started again after a backoff — 0.5 s doubling to 30 s, back to 0.5 s after an attempt
+//! that ran a minute (a new incident) — and a definite fault ends the service. A shutdown ends any wait at once.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// An attempt that ran this long before failing is a new incident: the backoff starts over.
+const NEW_INCIDENT: Duration = Duration::from_secs(60);
+
+/// Runs `attempt` until it returns `Ok`, fails with an error `is_transient` rejects, or `shutdown` fires during a
+/// backoff (then `Ok`). `warn` is told each transient error and the wait before the next attempt.
+pub async fn until_definite<E, Fut>(
+    shutdown: &CancellationToken,
+    mut attempt: impl FnMut() -> Fut,
+    is_transient: impl Fn(&E) -> bool,
+    mut warn: impl FnMut(&E, Duration),
+) -> Result<(), E>
+where
+    Fut: Future<Output = Result<(), E>>,
+{
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        let started = Instant::now();
+        match attempt().await {
+            Err(error) if is_transient(&error) && !shutdown.is_cancelled() => {
+                if started.elapsed() > NEW_INCIDENT {
+                    backoff = FIRST_BACKOFF;
+                }
+                warn(&error, backoff);
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+            other => return other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_transient_faults_with_a_growing_backoff_and_stops_on_a_definite_one() {
+        let shutdown = CancellationToken::new();
+        let mut calls = 0;
+        let mut waits = Vec::new();
+        let result = until_definite(
+            &shutdown,
+            || {
+                calls += 1;
+                let n = calls;
+                async move { Err::<(), _>(if n < 4 { "transient" } else { "definite" }) }
+            },
+            |e: &&str| *e == "transient",
+            |_, wait| waits.push(wait),
+        )
+        .await;
+        assert_eq!(result, Err("definite"));
+        assert_eq!(waits, [Duration::from_millis(500), Duration::from_secs(1), Duration::from_secs(2)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_shutdown_ends_the_wait() {
+        let shutdown = CancellationToken::new();
+        let stopper = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            stopper.cancel();
+        });
+        let result = until_definite(&shutdown, || async { Err::<(), _>("transient") }, |_| true, |_, _| {}).await;
+        assert_eq!(result, Ok(()), "the backoff ends with the shutdown");
+        // Already shutting down: the transient error is returned, not retried.
+        let result = until_definite(&shutdown, || async { Err::<(), _>("transient") }, |_| true, |_, _| {}).await;
+        assert_eq!(result, Err("transient"));
+    }
+}
