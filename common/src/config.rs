@@ -106,6 +106,12 @@ pub fn describe_pg_error(error: &tokio_postgres::Error) -> String {
         text.push_str(&cause.to_string());
         source = cause.source();
     }
+    if text.contains("password missing") {
+        text.push_str(
+            "; the server asks for a password: set PGM__SOURCE__PASSWORD (DB1) or PGM__TARGET__PASSWORD (DB2), or \
+             source.password / target.password",
+        );
+    }
     text
 }
 

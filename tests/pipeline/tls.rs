@@ -66,6 +66,9 @@ async fn every_service_connects_over_verify_full_tls_to_a_tls_only_cluster() -> 
     let refused = by_name.connect("wrong-host").await.err().context("verify-full must check the host name")?;
     ensure!(refused.to_string().contains("certificate verify failed"), "{refused}");
     PgConfig { sslmode: SslMode::VerifyCa, ..by_name }.connect("ca-only").await.context("verify-ca by name")?;
+    let no_password = PgConfig { password: Secret::default(), ..source.clone() };
+    let refused = no_password.connect("no-password").await.err().context("the server asks for a password")?;
+    ensure!(refused.to_string().contains("PGM__SOURCE__PASSWORD"), "{refused}");
     let db1_client = source.connect("tls-test").await.context("verify-full with the test CA")?;
 
     let dir = tempfile::tempdir()?;
