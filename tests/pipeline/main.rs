@@ -3,6 +3,7 @@
 
 mod apply;
 mod capture;
+mod chaos;
 mod faults;
 mod fidelity;
 mod lifecycle;

@@ -183,6 +183,7 @@ impl Worker {
 
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), WorkerError> {
         let mut in_flight: FuturesOrdered<Ack> = FuturesOrdered::new();
+        let mut broker_away = false;
         let mut commit_timer = tokio::time::interval(Duration::from_secs(1));
         commit_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let result = loop {
@@ -212,8 +213,23 @@ impl Worker {
                             tracing::info!("a configured raw topic does not exist yet (capture creates it on first use)");
                             continue;
                         }
+                        // The broker is away: librdkafka reconnects by itself and rejoins with the same member, so
+                        // the group does not collect members that never leave (tansu 0.6.0 keeps them).
+                        Err(KafkaError::MessageConsumption(
+                            code @ (RDKafkaErrorCode::BrokerTransportFailure | RDKafkaErrorCode::AllBrokersDown),
+                        )) => {
+                            if !broker_away {
+                                tracing::warn!(%code, brokers = %self.config.kafka.brokers, "waiting for the broker");
+                                broker_away = true;
+                            }
+                            continue;
+                        }
                         Err(error) => return Err(error.into()),
                     };
+                    if broker_away {
+                        tracing::info!("the broker is back");
+                        broker_away = false;
+                    }
                     let (topic, partition, offset) = (message.topic().to_owned(), message.partition(), message.offset());
                     let origin = RecordOrigin { topic: &topic, partition, offset };
                     let raw = RawRecord::decode(message.payload().unwrap_or_default(), origin)?;

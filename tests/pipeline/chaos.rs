@@ -1,0 +1,164 @@
+//! Chaos: the whole pipeline as processes under a live workload while kill -9 hits a random component — capture,
+//! either of two transform workers, apply, the broker (restarted on its own data), DB1 or DB2 (crashed and
+//! restarted) — every few seconds, each restarted at once as a supervisor would. No step needs a person. After the
+//! faults the stream drains and DB2 must equal DB1 row by row.
+//!
+//! CI runs a short round; `PGM_CHAOS_FAULTS=60` (for example) runs a long one. Figures are printed.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use pgm_test_support::broker::{Broker, Storage};
+use pgm_test_support::stack::{Binaries, Options, Running, Service, Stack};
+use rand::{Rng, SeedableRng};
+
+const BINS: Binaries = Binaries {
+    capture: env!("CARGO_BIN_EXE_pgm-test-capture"),
+    transform: env!("CARGO_BIN_EXE_pgm-test-transform"),
+    apply: env!("CARGO_BIN_EXE_pgm-test-apply"),
+};
+
+const SCHEMA: &str = "
+CREATE TABLE accounts (id int PRIMARY KEY, balance bigint NOT NULL, note text);
+CREATE TABLE events (id bigserial PRIMARY KEY, acct int NOT NULL, delta bigint NOT NULL, at timestamptz NOT NULL);
+";
+const TABLES: [&str; 2] = ["public.accounts", "public.events"];
+
+/// A pgbench-like writer: transfers between accounts with an event row each, some inserts and deletes. It
+/// reconnects after DB1 crashes; DB1's final state is the truth the test compares against.
+fn workload(
+    db1: pgm_common::config::PgConfig,
+    stop: Arc<AtomicBool>,
+    done: Arc<AtomicU64>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        let mut client: Option<tokio_postgres::Client> = None;
+        while !stop.load(Ordering::Relaxed) {
+            if client.as_ref().is_none_or(|c| c.is_closed()) {
+                client = db1.connect("chaos-workload").await.ok();
+                if client.is_none() {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            }
+            let (a, b, amount) = (rng.random_range(1..=200), rng.random_range(1..=200), rng.random_range(1..100));
+            let sql = match rng.random_range(0..10) {
+                0 => format!("INSERT INTO accounts VALUES ({}, 0, 'new') ON CONFLICT (id) DO UPDATE SET note = 'again'", 1000 + a),
+                1 => format!("DELETE FROM accounts WHERE id = {}", 1000 + a),
+                _ => format!(
+                    "BEGIN; UPDATE accounts SET balance = balance - {amount} WHERE id = {a};
+                     UPDATE accounts SET balance = balance + {amount} WHERE id = {b};
+                     INSERT INTO events (acct, delta, at) VALUES ({a}, -{amount}, now()), ({b}, {amount}, now()); COMMIT;"
+                ),
+            };
+            match client.as_ref().expect("connected").batch_execute(&sql).await {
+                Ok(()) => {
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(_) => client = None,
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_every_component_killed_at_random_and_db2_still_equals_db1() -> anyhow::Result<()> {
+    let faults: usize = std::env::var("PGM_CHAOS_FAULTS").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
+    let mut broker = Broker::start(Storage::Sqlite)?;
+    let options = Options {
+        source_schema: SCHEMA,
+        target_schema: SCHEMA,
+        tables: &TABLES,
+        rules: None,
+        partitions: 2,
+        apply: "group_ms = 50",
+        librdkafka: "",
+        create_slot: true,
+    };
+    let mut stack = Stack::new(BINS, broker.brokers(), options).await?;
+    stack
+        .source()
+        .await?
+        .batch_execute("INSERT INTO accounts SELECT g, 1000, 'acct' FROM generate_series(1, 200) g")
+        .await?;
+    let mut capture = stack.spawn(Service::Capture, &["run"])?;
+    let mut transforms = [stack.spawn(Service::Transform, &["run"])?, stack.spawn(Service::Transform, &["run"])?];
+    let mut apply = stack.spawn(Service::Apply, &["run"])?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let writer = workload(stack.db1.pg_config(&stack.db1_name), stop.clone(), done.clone());
+
+    let mut rng = rand::rngs::StdRng::seed_from_u64(
+        std::env::var("PGM_CHAOS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(5),
+    );
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    let started = Instant::now();
+    for _ in 0..faults {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(1000..3000))).await;
+        let restart = |running: &mut Running, stack: &Stack, service: Service| -> anyhow::Result<()> {
+            running.kill9()?;
+            *running = stack.spawn(service, &["run"])?;
+            Ok(())
+        };
+        let victim = match rng.random_range(0..7) {
+            0 => {
+                restart(&mut capture, &stack, Service::Capture)?;
+                "capture"
+            }
+            1 | 2 => {
+                let i = rng.random_range(0..2);
+                restart(&mut transforms[i], &stack, Service::Transform)?;
+                "transform"
+            }
+            3 => {
+                restart(&mut apply, &stack, Service::Apply)?;
+                "apply"
+            }
+            4 => {
+                broker.kill()?;
+                broker.restart()?;
+                "broker"
+            }
+            5 => {
+                stack.db1.crash()?;
+                stack.db1.restart()?;
+                "db1"
+            }
+            _ => {
+                stack.db2.crash()?;
+                stack.db2.restart()?;
+                "db2"
+            }
+        };
+        *counts.entry(victim).or_default() += 1;
+    }
+    let fault_phase = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    writer.await?;
+    let written = done.load(Ordering::Relaxed);
+
+    // Nobody is restarted by hand from here: the services must recover by themselves.
+    let drain = Instant::now();
+    stack.marker("chaos over").await?;
+    stack.wait_marker("chaos over", Duration::from_secs(300)).await?;
+    let drain = drain.elapsed();
+    stack.assert_same(&["public.accounts", "public.events"]).await.with_context(|| stack.logs())?;
+    for (name, running) in [("capture", &mut capture), ("apply", &mut apply)] {
+        anyhow::ensure!(running.child.try_wait()?.is_none(), "{name} exited:\n{}", running.log());
+    }
+    for running in &mut transforms {
+        anyhow::ensure!(running.child.try_wait()?.is_none(), "a transform worker exited:\n{}", running.log());
+    }
+    eprintln!(
+        "chaos: {faults} faults in {:.0} s ({counts:?}), {written} transactions written ({:.0}/s), drained in {:.1} s after the last fault; DB2 equals DB1",
+        fault_phase.as_secs_f64(),
+        written as f64 / fault_phase.as_secs_f64(),
+        drain.as_secs_f64()
+    );
+    Ok(())
+}
