@@ -58,8 +58,6 @@ pub enum WalsenderError {
              table again (pgm-capture bootstrap --restart), since the dropped change is lost from the WAL"
     )]
     SkippedChange(String),
-    #[error("{0}")]
-    Unsupported(String),
 }
 
 impl WalsenderError {

@@ -7,22 +7,17 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::BINS;
 use anyhow::{ensure, Context};
 use pgm_common::envelope::{RecordOrigin, TxnRecord};
 use pgm_common::Lsn;
 use pgm_test_support::broker::shared_brokers;
 use pgm_test_support::kafka::read_until;
-use pgm_test_support::stack::{Binaries, Options, Running, Service, Stack};
+use pgm_test_support::stack::{Options, Running, Service, Stack};
 use pgm_test_support::wait;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio_postgres::Client;
-
-const BINS: Binaries = Binaries {
-    capture: env!("CARGO_BIN_EXE_pgm-test-capture"),
-    transform: env!("CARGO_BIN_EXE_pgm-test-transform"),
-    apply: env!("CARGO_BIN_EXE_pgm-test-apply"),
-};
 
 const SCHEMA: &str = "
 CREATE TABLE accounts (id bigint PRIMARY KEY, balance bigint NOT NULL, note text);

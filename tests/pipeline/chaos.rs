@@ -13,16 +13,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::BINS;
 use anyhow::Context;
 use pgm_test_support::broker::{Broker, Storage};
-use pgm_test_support::stack::{Binaries, Options, Running, Service, Stack};
+use pgm_test_support::stack::{Options, Running, Service, Stack};
 use rand::{Rng, SeedableRng};
-
-const BINS: Binaries = Binaries {
-    capture: env!("CARGO_BIN_EXE_pgm-test-capture"),
-    transform: env!("CARGO_BIN_EXE_pgm-test-transform"),
-    apply: env!("CARGO_BIN_EXE_pgm-test-apply"),
-};
 
 const SCHEMA: &str = "
 CREATE TABLE accounts (id int PRIMARY KEY, balance bigint NOT NULL, note text);

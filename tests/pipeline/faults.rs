@@ -3,15 +3,10 @@
 
 use std::time::Duration;
 
+use crate::BINS;
 use anyhow::{ensure, Context};
 use pgm_test_support::broker::{Broker, Storage};
-use pgm_test_support::stack::{Binaries, Options, Service, Stack};
-
-const BINS: Binaries = Binaries {
-    capture: env!("CARGO_BIN_EXE_pgm-test-capture"),
-    transform: env!("CARGO_BIN_EXE_pgm-test-transform"),
-    apply: env!("CARGO_BIN_EXE_pgm-test-apply"),
-};
+use pgm_test_support::stack::{Options, Service, Stack};
 
 const SCHEMA: &str = "CREATE TABLE items (id int PRIMARY KEY, v text NOT NULL);";
 

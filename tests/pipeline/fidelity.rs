@@ -7,16 +7,11 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use crate::BINS;
 use anyhow::{ensure, Context};
 use pgm_test_support::broker::shared_brokers;
-use pgm_test_support::stack::{Binaries, Options, Running, Service, Stack};
+use pgm_test_support::stack::{Options, Running, Service, Stack};
 use tokio_postgres::Client;
-
-const BINS: Binaries = Binaries {
-    capture: env!("CARGO_BIN_EXE_pgm-test-capture"),
-    transform: env!("CARGO_BIN_EXE_pgm-test-transform"),
-    apply: env!("CARGO_BIN_EXE_pgm-test-apply"),
-};
 
 /// The same DDL on DB1 and DB2 (identity migration).
 const SCHEMA: &str = r#"

@@ -6,16 +6,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::BINS;
 use anyhow::{ensure, Context};
 use pgm_test_support::broker::shared_brokers;
-use pgm_test_support::stack::{Binaries, Options, Service, Stack};
+use pgm_test_support::stack::{Options, Service, Stack};
 use pgm_test_support::wait;
-
-const BINS: Binaries = Binaries {
-    capture: env!("CARGO_BIN_EXE_pgm-test-capture"),
-    transform: env!("CARGO_BIN_EXE_pgm-test-transform"),
-    apply: env!("CARGO_BIN_EXE_pgm-test-apply"),
-};
 
 const SHOP: &str = include_str!("../../compose/shop.sql");
 const SHOP_V2: &str = include_str!("../../compose/shop-v2.sql");

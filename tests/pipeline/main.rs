@@ -10,3 +10,10 @@ mod lifecycle;
 mod smoke;
 mod tls;
 mod transform;
+
+/// The services' binaries, built for this test binary (only test targets know their paths).
+const BINS: pgm_test_support::stack::Binaries = pgm_test_support::stack::Binaries {
+    capture: env!("CARGO_BIN_EXE_pgm-test-capture"),
+    transform: env!("CARGO_BIN_EXE_pgm-test-transform"),
+    apply: env!("CARGO_BIN_EXE_pgm-test-apply"),
+};
