@@ -35,18 +35,11 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use crate::ApplyError;
 
-/// librdkafka settings apply needs, under the user's passthrough. Its prefetch is its only buffer: at most 4 MiB
-/// per partition, refilled as soon as it drops below that (librdkafka's default waits a second after a full queue,
-/// which stalled apply for a second every few thousand rows: measured in docs/apply.md). An offset that retention
-/// deleted must stop apply, never silently skip to the earliest record. A partition with nothing new answers a
-/// fetch after fetch.wait.max.ms: keep it short, as a transaction's records may sit in a partition that was idle.
-const APPLY_CONSUMER_DEFAULTS: &[(&str, &str)] = &[
-    ("queued.max.messages.kbytes", "4096"),
-    ("queued.min.messages", "100000"),
-    ("fetch.queue.backoff.ms", "20"),
-    ("auto.offset.reset", "error"),
-    ("fetch.wait.max.ms", "100"),
-];
+/// librdkafka settings apply needs over the consumer defaults (common/src/kafka.rs), under the user's passthrough.
+/// Its prefetch is its only buffer: at most 4 MiB per partition queue. An offset that retention deleted must stop
+/// apply, never silently skip to the earliest record.
+const APPLY_CONSUMER_DEFAULTS: &[(&str, &str)] =
+    &[("queued.max.messages.kbytes", "4096"), ("auto.offset.reset", "error")];
 
 /// How long to wait for a record before logging what apply is waiting for.
 const WAIT_WARNING: Duration = Duration::from_secs(30);

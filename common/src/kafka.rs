@@ -18,7 +18,7 @@ use crate::config::KafkaConfig;
 pub fn client_config(kafka: &KafkaConfig, client_id: &str, role_defaults: &[(&str, &str)]) -> ClientConfig {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", &kafka.brokers).set("client.id", client_id);
-    for (key, value) in role_defaults {
+    for (key, value) in CLIENT_DEFAULTS.iter().chain(role_defaults) {
         config.set(*key, *value);
     }
     for (key, value) in &kafka.librdkafka {
@@ -27,18 +27,41 @@ pub fn client_config(kafka: &KafkaConfig, client_id: &str, role_defaults: &[(&st
     config
 }
 
+/// Every client: Nagle off, so a small request (a commit record, an offset commit, a fetch) leaves at once instead of
+/// waiting for the previous one's ACK; batching is librdkafka's job (`linger.ms`), not the socket's.
+pub const CLIENT_DEFAULTS: &[(&str, &str)] = &[("socket.nagle.disable", "true")];
+
+/// Producers (capture, transform). Records are batched: the pipeline produces without waiting for each
+/// acknowledgement, and ordering plus exactly-once come from idempotence and the position keys, never from one
+/// record per request. The broker must serve a fetch from inside a batch exactly (Kafka does; on tansu use the
+/// sqlite engine, never `memory://`).
 pub const PRODUCER_DEFAULTS: &[(&str, &str)] = &[
+    // No duplicates or reordering on retry; a record counts as written only when every in-sync replica has it.
     ("enable.idempotence", "true"),
     ("acks", "all"),
     ("max.in.flight.requests.per.connection", "5"),
+    // Wait up to 5 ms to fill a batch: at 5,000 changes/s that is ~25 records per request, and 5 ms is a small
+    // part of the lag budget (two produce hops). librdkafka's batch.num.messages/batch.size caps stay.
     ("linger.ms", "5"),
 ];
 
+/// Consumers (transform, apply).
 pub const CONSUMER_DEFAULTS: &[(&str, &str)] = &[
+    // Offsets are committed by hand, only for what the next stage (or DB2) has made durable.
     ("enable.auto.commit", "false"),
     ("enable.auto.offset.store", "false"),
     ("auto.offset.reset", "earliest"),
     ("enable.partition.eof", "false"),
+    // How long the broker may hold a fetch that has less than fetch.min.bytes. Kafka answers at once when data is
+    // there, so this only bounds how soon an idle partition's first new record is seen (a transaction's records may
+    // sit in a partition that was idle). tansu 0.6.0 answers every non-empty fetch after about half of it (250 ms
+    // per hop with librdkafka's 500 ms default), so keep it short.
+    ("fetch.wait.max.ms", "20"),
+    // When the prefetch queue is full, librdkafka waits fetch.queue.backoff.ms (default 1 s) before fetching again:
+    // a consumer that drains fast stalled a second every few thousand records. Fetch again soon instead.
+    ("fetch.queue.backoff.ms", "20"),
+    // Bounded prefetch: 16 MiB for the whole consumer (librdkafka's default is 64 MiB), plenty for ~10 µs/change.
+    ("queued.max.messages.kbytes", "16384"),
 ];
 
 pub fn producer(kafka: &KafkaConfig, client_id: &str) -> Result<FutureProducer, KafkaError> {

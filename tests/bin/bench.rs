@@ -6,8 +6,7 @@
 //! Workloads on DB1: (a) pgbench's built-in tpcb-like script (history with REPLICA IDENTITY FULL), (b) many
 //! single-row transactions (pgbench with a one-INSERT script), (c) one transaction of many rows.
 //! Replicators: native publication/subscription; pg-migrator with identity rules; pg-migrator with a rename and a
-//! computed column; pg-migrator with identity rules and Kafka-style producer batching (what was tried: valid on
-//! Kafka, but on tansu 0.6.0 a consumer cannot resume inside a multi-record batch — see docs/apply.md).
+//! computed column. Each run has its own tansu broker (sqlite storage) and the pipeline's Kafka client defaults.
 //! Modes: backlog drain (replication stopped during the load, then the catch-up is timed) and live (replication
 //! running during a fixed-rate load; lag sampled every 100 ms from a ticker row DB1 updates every 100 ms).
 //! Every run has fresh clusters; the end of a run is a marker row written on DB1 after the load, seen on DB2.
@@ -20,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context};
-use pgm_test_support::broker::{shared_brokers, Broker, Storage};
+use pgm_test_support::broker::{shared_brokers, Broker};
 use pgm_test_support::pg::bin_dir;
 use pgm_test_support::process_usage;
 use pgm_test_support::stack::{Binaries, Options, Running, Service, Stack};
@@ -79,7 +78,6 @@ enum Replicator {
     Native,
     Identity,
     Rules,
-    IdentityBatched,
 }
 
 impl Replicator {
@@ -88,7 +86,6 @@ impl Replicator {
             Replicator::Native => "native",
             Replicator::Identity => "pgm identity",
             Replicator::Rules => "pgm rename+computed",
-            Replicator::IdentityBatched => "pgm identity, batched",
         }
     }
 }
@@ -167,7 +164,7 @@ struct Measured {
 
 struct Run<'a> {
     stack: Stack,
-    /// The run's own broker (a shared one accumulates every run's topics in memory and slows down).
+    /// The run's own broker (a shared one accumulates every run's topics and slows down).
     broker: Option<Broker>,
     replicator: Replicator,
     workload: Workload,
@@ -179,8 +176,6 @@ struct Run<'a> {
 impl<'a> Run<'a> {
     async fn new(replicator: Replicator, workload: Workload, sizes: &'a Sizes) -> anyhow::Result<Run<'a>> {
         let rules = (replicator == Replicator::Rules).then_some(RULES);
-        let librdkafka =
-            if replicator == Replicator::IdentityBatched { "\"batch.num.messages\" = \"10000\"" } else { "" };
         let options = Options {
             source_schema: BASE_SCHEMA,
             target_schema: BASE_SCHEMA,
@@ -188,12 +183,12 @@ impl<'a> Run<'a> {
             rules,
             partitions: 4,
             apply: "",
-            librdkafka,
+            librdkafka: "",
             create_slot: false,
         };
         let broker = match std::env::var("PGM_TEST_BROKERS") {
             Ok(_) => None,
-            Err(_) => Some(Broker::start(Storage::Memory)?),
+            Err(_) => Some(Broker::start()?),
         };
         let brokers = broker.as_ref().map_or_else(shared_brokers, |b| Ok(b.brokers()))?;
         let stack = Stack::new(bins()?, brokers, options).await?;
@@ -581,7 +576,7 @@ async fn main() -> anyhow::Result<()> {
     };
     // `--only pgbench:backlog` (or any part of `workload:mode`) runs a subset.
     let only = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)).map(|o| o.to_lowercase());
-    let replicators = [Replicator::Native, Replicator::Identity, Replicator::Rules, Replicator::IdentityBatched];
+    let replicators = [Replicator::Native, Replicator::Identity, Replicator::Rules];
     let mut plan: Vec<(Workload, Mode, Replicator)> = Vec::new();
     for workload in [Workload::Pgbench, Workload::Singles, Workload::Big] {
         for mode in [Mode::Backlog, Mode::Live] {
@@ -589,9 +584,6 @@ async fn main() -> anyhow::Result<()> {
                 continue; // one transaction: there is no rate to hold
             }
             for replicator in replicators {
-                if replicator == Replicator::IdentityBatched && mode == Mode::Live {
-                    continue;
-                }
                 let name = format!("{workload:?}:{mode:?}").to_lowercase();
                 if only.as_ref().is_none_or(|o| name.contains(o.as_str())) {
                     plan.push((workload, mode, replicator));
@@ -662,7 +654,7 @@ async fn main() -> anyhow::Result<()> {
         }));
     }
     let document = json!({
-        "quick": quick, "cpus": cpus, "postgresql": "15", "broker": "tansu 0.6.0 (memory)",
+        "quick": quick, "cpus": cpus, "postgresql": "15", "broker": "tansu 0.6.0 (sqlite)",
         "sizes": {"pgbench_scale": sizes.scale, "pgbench_transactions": sizes.pgbench_txns, "singles": sizes.singles,
                   "big_rows": sizes.big_rows, "live_changes_per_s": sizes.live_changes_per_s, "live_seconds": sizes.live_seconds},
         "runs": results,

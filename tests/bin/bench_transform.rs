@@ -131,7 +131,7 @@ async fn worker(records: u64) -> anyhow::Result<()> {
     let prefix = unique("bench");
     let config = PipelineConfig::from_toml_str(&format!(
         "[source]\nhost = \"127.0.0.1\"\nuser = \"x\"\ndbname = \"x\"\n[target]\nhost = \"127.0.0.1\"\nuser = \"x\"\ndbname = \"x\"\n\
-         [kafka]\nbrokers = \"{brokers}\"\n[kafka.librdkafka]\n\"batch.num.messages\" = \"1\"\n\
+         [kafka]\nbrokers = \"{brokers}\"\n\
          [topics]\nprefix = \"{prefix}\"\npartitions = 4\n[tables]\ninclude = [\"public.orders\"]\n\
          [transform]\ngroup_id = \"{}\"\nmetrics_addr = \"127.0.0.1:0\"\n",
         unique("g")

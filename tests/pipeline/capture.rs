@@ -12,7 +12,7 @@ use anyhow::{ensure, Context};
 use pgm_common::change::Change;
 use pgm_common::envelope::{RawRecord, RecordOrigin, TxnRecord};
 use pgm_common::{wal2json, Lsn, Position};
-use pgm_test_support::broker::{shared_brokers, Broker, Storage};
+use pgm_test_support::broker::{shared_brokers, Broker};
 use pgm_test_support::kafka::{list_topics, read_all, Record};
 use pgm_test_support::names::unique;
 use pgm_test_support::pg::PgCluster;
@@ -72,7 +72,6 @@ dbname = "{db}"
 brokers = "{brokers}"
 [kafka.librdkafka]
 "message.timeout.ms" = "600000"
-"batch.num.messages" = "1"
 [topics]
 prefix = "{prefix}"
 partitions = 3
@@ -412,7 +411,7 @@ async fn killed_five_times(setup: Setup) -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slot_does_not_advance_while_the_broker_is_down() -> anyhow::Result<()> {
-    let mut broker = Broker::start(Storage::Sqlite)?;
+    let mut broker = Broker::start()?;
     let setup = Setup::new(broker.brokers()).await?;
     let mut capture = setup.start_capture(0)?;
     run_workload(&setup.pg, &setup.db, 3, 100).await?;

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use crate::BINS;
 use anyhow::Context;
-use pgm_test_support::broker::{Broker, Storage};
+use pgm_test_support::broker::Broker;
 use pgm_test_support::stack::{Options, Running, Service, Stack};
 use rand::{Rng, SeedableRng};
 
@@ -69,7 +69,7 @@ fn workload(
             reproduction 2; seen with PGM_CHAOS_SEED=9 PGM_CHAOS_FAULTS=60). Run with --ignored"]
 async fn chaos_every_component_killed_at_random_and_db2_still_equals_db1() -> anyhow::Result<()> {
     let faults: usize = std::env::var("PGM_CHAOS_FAULTS").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
-    let mut broker = Broker::start(Storage::Sqlite)?;
+    let mut broker = Broker::start()?;
     let options = Options {
         source_schema: SCHEMA,
         target_schema: SCHEMA,

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::BINS;
 use anyhow::{ensure, Context};
-use pgm_test_support::broker::{Broker, Storage};
+use pgm_test_support::broker::Broker;
 use pgm_test_support::stack::{Options, Service, Stack};
 
 const SCHEMA: &str = "CREATE TABLE items (id int PRIMARY KEY, v text NOT NULL);";
@@ -21,7 +21,7 @@ async fn insert(stack: &Stack, from: i32, to: i32) -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn services_ride_out_a_late_broker_and_a_broker_restart() -> anyhow::Result<()> {
-    let mut broker = Broker::start(Storage::Sqlite)?;
+    let mut broker = Broker::start()?;
     let options = Options {
         source_schema: SCHEMA,
         target_schema: SCHEMA,

@@ -279,11 +279,11 @@ async fn pgoutput_snapshot_bootstrap_under_load_survives_a_crash_and_drains() ->
 }
 
 async fn snapshot_bootstrap_under_load(decoder: &str) -> anyhow::Result<()> {
-    // DB1 starts with the shop's sample rows (1,000 orders) plus 3,000 more, and no slot.
+    // DB1 starts with the shop's sample rows (1,000 orders) plus 30,000 more, and no slot.
     // And a keyless table (REPLICA IDENTITY FULL) holding duplicate rows.
     const AUDIT: &str = "CREATE TABLE audit (at int, note text); ALTER TABLE audit REPLICA IDENTITY FULL;";
     let seeded = format!(
-        "{SHOP}\nINSERT INTO orders (customer_id, amount_cents) SELECT 1 + (g % 200), g FROM generate_series(1, 3000) g;
+        "{SHOP}\nINSERT INTO orders (customer_id, amount_cents) SELECT 1 + (g % 200), g FROM generate_series(1, 30000) g;
          {AUDIT} INSERT INTO audit SELECT g % 20, 'same' FROM generate_series(1, 60) g;"
     );
     let options = Options {
@@ -309,12 +309,11 @@ async fn snapshot_bootstrap_under_load(decoder: &str) -> anyhow::Result<()> {
     small_chunks(&mut first);
     let mut first = first.stderr(std::process::Stdio::null()).stdout(std::process::Stdio::null()).spawn()?;
     let db1 = stack.source().await?;
-    wait::until("the first bootstrap creates its slot", Duration::from_secs(30), || async {
-        let n: i64 = db1.query_one("SELECT count(*) FROM pg_replication_slots", &[]).await?.get(0);
-        Ok((n > 0).then_some(()))
-    })
-    .await?;
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Killed once its first orders are in Kafka: mid-copy, whatever the speed of the machine.
+    let orders_topic = format!("{}.raw.public.orders", stack.prefix);
+    tokio::task::block_in_place(|| {
+        pgm_test_support::kafka::read_until(&stack.brokers, &orders_topic, Duration::from_secs(60), |r| !r.is_empty())
+    })?;
     let _ = first.kill();
     let status = first.wait()?;
     ensure!(!status.success(), "the first bootstrap finished before it could be killed: make DB1 larger");

@@ -87,7 +87,7 @@ async fn every_service_connects_over_verify_full_tls_to_a_tls_only_cluster() -> 
     std::fs::write(
         &config,
         format!(
-            "[source]\n{}[target]\n{}[kafka]\nbrokers = \"{}\"\n[kafka.librdkafka]\n\"batch.num.messages\" = \"1\"\n\
+            "[source]\n{}[target]\n{}[kafka]\nbrokers = \"{}\"\n\
              [topics]\nprefix = \"{prefix}\"\npartitions = 1\n[tables]\ninclude = [\"public.items\"]\n\
              [capture]\nslot = \"{}\"\nmessage_prefixes = [\"pgm\", \"pgm-test\"]\nmetrics_addr = \"127.0.0.1:0\"\n\
              [transform]\ngroup_id = \"{}\"\nmetrics_addr = \"127.0.0.1:0\"\n\

@@ -36,7 +36,7 @@ fn write_config(
         format!(
             "[source]\nhost = \"127.0.0.1\"\nport = {port}\nuser = \"postgres\"\ndbname = \"{db1}\"\n\
              [target]\nhost = \"127.0.0.1\"\nport = {port}\nuser = \"postgres\"\ndbname = \"{db2}\"\n\
-             [kafka]\nbrokers = \"{brokers}\"\n[kafka.librdkafka]\n\"batch.num.messages\" = \"1\"\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"\n\
+             [kafka]\nbrokers = \"{brokers}\"\n[kafka.librdkafka]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"\n\
              [topics]\nprefix = \"{prefix}\"\npartitions = 4\n[tables]\ninclude = {tables:?}\n\
              [transform]\n{rules}group_id = \"{group}\"\nmetrics_addr = \"127.0.0.1:0\"\n",
             port = pg.port(),
@@ -183,12 +183,9 @@ fn raw_record(i: u64) -> RawRecord {
     }
 }
 
-/// The 4-partition raw topic of `public.items` and a producer writing one record per batch (for tansu).
+/// The 4-partition raw topic of `public.items` and a producer with the pipeline's defaults.
 async fn items_raw_topic(brokers: &str, prefix: &str) -> anyhow::Result<(String, rdkafka::producer::FutureProducer)> {
-    let kafka_config = KafkaConfig {
-        brokers: brokers.to_owned(),
-        librdkafka: [("batch.num.messages".to_owned(), "1".to_owned())].into(),
-    };
+    let kafka_config = KafkaConfig { brokers: brokers.to_owned(), librdkafka: Default::default() };
     let raw_topic = format!("{prefix}.raw.public.items");
     let admin = kafka::admin(&kafka_config, "tests")?;
     for result in

@@ -150,7 +150,6 @@ dbname = "{db2_name}"
 brokers = "{brokers}"
 [kafka.librdkafka]
 "message.timeout.ms" = "600000"
-{batching}
 "session.timeout.ms" = "6000"
 "heartbeat.interval.ms" = "500"
 {librdkafka}
@@ -180,13 +179,6 @@ metrics_addr = "127.0.0.1:0"
                 group = unique("g"),
                 apply = options.apply,
                 librdkafka = options.librdkafka,
-                // tansu cannot fetch from an offset inside a multi-record batch (docs/apply.md): one record per batch
-                // unless the caller sets its own batching.
-                batching = if options.librdkafka.contains("batch.num.messages") {
-                    ""
-                } else {
-                    "\"batch.num.messages\" = \"1\""
-                },
             ),
         )?;
         let stack =
