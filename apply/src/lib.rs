@@ -77,22 +77,49 @@ pub enum Command {
 #[cfg(test)]
 const HELP_SUBCOMMANDS: &[&str] = &["run", "pause", "resume", "status", "reset", "switch", "cutover"];
 
-/// Why apply stopped. [`ApplyError::is_transient`] tells whether a new session can help.
+/// Why an apply session ended. [`ApplyError::is_transient`] tells whether a new session can help: transient faults
+/// (DB2 or the broker away or restarting, a serialization failure) are retried with the services' backoff
+/// (`pgm_common::retry`); every other kind stops apply with its message.
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
-    #[error("cannot connect: {0}")]
-    Connect(String),
-    /// `code` is the SQLSTATE when the server answered; none when the connection failed.
+    /// Transient unless DB2 refused the login or the database (`ConnectError::is_transient`).
+    #[error("cannot connect to DB2 {target}: {source}")]
+    Connect {
+        target: String,
+        #[source]
+        source: pgm_common::config::ConnectError,
+    },
+    /// DB2 answered with an error, or the connection broke. `code` is the SQLSTATE when the server answered; the
+    /// message only, as DETAIL lines may quote row values. Transient for the SQLSTATE classes a new session can get
+    /// past ([`is_transient_sql_state`]) and for a lost connection.
     #[error("DB2: {}{message}", code.as_deref().map(|c| format!("{c} ")).unwrap_or_default())]
     Db { code: Option<String>, message: String },
+    /// A broker call failed (unreachable, restarting, a rebalance). Transient.
+    #[error("Kafka: {what}: {source}")]
+    Kafka {
+        what: String,
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    /// The consumer is not in the state apply needs (a partition queue could not be opened, a record bypassed its
+    /// queue). Transient: a new session assigns everything again.
     #[error("Kafka: {0}")]
-    Kafka(String),
+    Consumer(String),
+    /// A record apply cannot read (not written by pg-migrator, or another version); it names its topic and offset.
+    /// Definite.
+    #[error(transparent)]
+    Decode(#[from] pgm_common::envelope::EnvelopeError),
+    /// The stream is not what it must be (records missing or gone from retention, a topic of another prefix).
+    /// Definite: apply must not guess.
     #[error("stream: {0}")]
     Stream(String),
+    /// DB2's schema does not fit the stream (a missing table or column). Definite.
     #[error("target: {0}")]
     Target(String),
+    /// A precondition apply will not work around (another apply running, missing privileges). Definite.
     #[error("{0}")]
     Refused(String),
+    /// DB2 refused a statement of the stream. Definite (after locating it exactly).
     #[error(transparent)]
     Statement(Box<StatementFailure>),
 }
@@ -126,10 +153,19 @@ impl ApplyError {
     /// Connection and broker trouble, and DB2 errors a retry can clear; not data or configuration errors.
     pub fn is_transient(&self) -> bool {
         match self {
-            ApplyError::Connect(_) | ApplyError::Kafka(_) => true,
+            ApplyError::Connect { source, .. } => source.is_transient(),
+            ApplyError::Kafka { .. } | ApplyError::Consumer(_) => true,
             ApplyError::Db { code, .. } => code.as_deref().is_none_or(is_transient_sql_state),
-            _ => false,
+            ApplyError::Decode(_)
+            | ApplyError::Stream(_)
+            | ApplyError::Target(_)
+            | ApplyError::Refused(_)
+            | ApplyError::Statement(_) => false,
         }
+    }
+
+    fn kafka(what: impl Into<String>, source: rdkafka::error::KafkaError) -> Self {
+        ApplyError::Kafka { what: what.into(), source }
     }
 }
 
@@ -207,7 +243,7 @@ pub async fn connect_target(config: &PipelineConfig) -> Result<tokio_postgres::C
         .target
         .connect("pgm-apply")
         .await
-        .map_err(|e| ApplyError::Connect(format!("DB2 {}: {e}", config.target.describe())))?;
+        .map_err(|source| ApplyError::Connect { target: config.target.describe(), source })?;
     progress::prepare(&client, &config.topics.prefix).await?;
     Ok(client)
 }
@@ -230,7 +266,7 @@ async fn run_service(config: PipelineConfig, until: Option<Lsn>) -> anyhow::Resu
     )
     .await?;
     tracing::info!(metrics = %bound, target_db = %config.target.describe(), pipeline = %config.topics.prefix, "pgm-apply starting");
-    let result = service::run(&config, until, metrics, shutdown.clone()).await;
+    let result = service::run(&config, until, metrics, &health, shutdown.clone()).await;
     health.set_alive(false);
     shutdown.cancel();
     if let Err(error) = &result {
@@ -344,6 +380,19 @@ mod tests {
         assert!(db(Some("57P01")).is_transient());
         assert!(db(None).is_transient());
         assert!(!db(Some("42703")).is_transient());
+        assert!(db(Some("40001")).is_transient(), "a serialization failure is retried");
+        assert!(!db(Some("23505")).is_transient(), "data DB2 refuses stops apply");
         assert!(!ApplyError::Target("table missing".into()).is_transient());
+        assert!(ApplyError::Consumer("no queue".into()).is_transient());
+        let broker = rdkafka::error::KafkaError::MetadataFetch(rdkafka::types::RDKafkaErrorCode::AllBrokersDown);
+        let kafka = ApplyError::kafka("metadata of pgm.txn", broker);
+        assert!(kafka.is_transient());
+        assert!(std::error::Error::source(&kafka).is_some(), "the broker's error is kept as the cause");
+        let tls = pgm_common::config::ConnectError::Tls { target: "db2".into(), problem: "no such file".into() };
+        assert!(
+            !ApplyError::Connect { target: "db2".into(), source: tls }.is_transient(),
+            "a TLS setup error is definite"
+        );
+        assert!(!ApplyError::Stream("records missing".into()).is_transient());
     }
 }

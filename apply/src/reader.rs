@@ -102,7 +102,7 @@ fn kafka_error(what: &str, error: KafkaError) -> ApplyError {
             "{what}: {error}; the records apply needs next are gone from Kafka (retention?): \
              rebuild DB2 from a new bootstrap, or restore the topics"
         )),
-        other => ApplyError::Kafka(format!("{what}: {other}")),
+        other => ApplyError::kafka(what, other),
     }
 }
 
@@ -121,7 +121,7 @@ impl Reader {
         }
         client.set("group.id", &config.apply.group_id);
         let consumer: Arc<StreamConsumer> =
-            Arc::new(client.create().map_err(|e| ApplyError::Kafka(format!("cannot create the consumer: {e}")))?);
+            Arc::new(client.create().map_err(|e| ApplyError::kafka("cannot create the consumer", e))?);
         let topics = config.topics();
         let txn_topic = topics.txn();
         wait_for_partition(&consumer, &txn_topic, 0).await?;
@@ -129,14 +129,14 @@ impl Reader {
         // partitions DB2's progress names, and those of the configured tables' out topics that exist already.
         let existing: HashMap<String, usize> =
             tokio::task::block_in_place(|| consumer.fetch_metadata(None, Duration::from_secs(10)))
-                .map_err(|e| ApplyError::Kafka(format!("listing topics: {e}")))?
+                .map_err(|e| ApplyError::kafka("listing topics", e))?
                 .topics()
                 .iter()
                 .map(|t| (t.name().to_owned(), t.partitions().len()))
                 .collect();
         let mut initial: BTreeMap<(String, i32), i64> = stored.clone().into_iter().collect();
         for table in config.tables() {
-            let out = topics.out(&table).map_err(|e| ApplyError::Stream(e.to_string()))?;
+            let out = topics.out(&table).map_err(|e| ApplyError::Target(format!("{table}: {e}")))?;
             for partition in 0..existing.get(&out).copied().unwrap_or(0) as i32 {
                 initial.entry((out.clone(), partition)).or_insert(0);
             }
@@ -183,8 +183,7 @@ impl Reader {
         };
         let offset = message.offset();
         let origin = RecordOrigin { topic: &self.txn_topic, partition: 0, offset };
-        let record = TxnRecord::decode(message.payload().unwrap_or_default(), origin)
-            .map_err(|e| ApplyError::Stream(e.to_string()))?;
+        let record = TxnRecord::decode(message.payload().unwrap_or_default(), origin)?;
         Ok(Some((record, offset)))
     }
 
@@ -217,7 +216,7 @@ impl Reader {
 
     fn check_stray(&self) -> Result<(), ApplyError> {
         if self.stray.load(Ordering::Relaxed) {
-            return Err(ApplyError::Kafka("a record bypassed its partition queue; starting a new session".into()));
+            return Err(ApplyError::Consumer("a record bypassed its partition queue; starting a new session".into()));
         }
         Ok(())
     }
@@ -294,13 +293,13 @@ fn assign(
     let mut list = TopicPartitionList::new();
     for ((topic, partition), from) in partitions {
         list.add_partition_offset(topic, *partition, Offset::Offset(*from))
-            .map_err(|e| ApplyError::Kafka(format!("{topic}[{partition}] offset {from}: {e}")))?;
+            .map_err(|e| ApplyError::kafka(format!("{topic}[{partition}] offset {from}"), e))?;
     }
-    consumer.incremental_assign(&list).map_err(|e| ApplyError::Kafka(format!("assigning partitions: {e}")))?;
+    consumer.incremental_assign(&list).map_err(|e| ApplyError::kafka("assigning partitions", e))?;
     let mut queues = HashMap::new();
     for ((topic, partition), from) in partitions {
         let queue = consumer.split_partition_queue(topic, *partition).ok_or_else(|| {
-            ApplyError::Kafka(format!("cannot open a queue for {topic}[{partition}] (does the topic exist?)"))
+            ApplyError::Consumer(format!("cannot open a queue for {topic}[{partition}] (does the topic exist?)"))
         })?;
         tracing::debug!(topic, partition, from, "partition opened");
         queues.insert((topic.clone(), *partition), queue);
@@ -315,7 +314,7 @@ async fn wait_for_partition(consumer: &Arc<StreamConsumer>, topic: &str, partiti
     let mut warned = started;
     loop {
         let metadata = tokio::task::block_in_place(|| consumer.fetch_metadata(Some(topic), Duration::from_secs(10)))
-            .map_err(|e| ApplyError::Kafka(format!("metadata of {topic}: {e}")))?;
+            .map_err(|e| ApplyError::kafka(format!("metadata of {topic}"), e))?;
         let found = metadata
             .topics()
             .iter()
@@ -365,8 +364,7 @@ async fn peek(
             };
             let offset = message.offset();
             let origin = RecordOrigin { topic, partition: *partition, offset };
-            let record = OutRecord::decode(message.payload().unwrap_or_default(), origin)
-                .map_err(|e| ApplyError::Stream(e.to_string()))?;
+            let record = OutRecord::decode(message.payload().unwrap_or_default(), origin)?;
             part.head = Some(Change { record, offset });
         }
         let head = part.head.as_ref().expect("filled above");

@@ -16,6 +16,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use pgm_common::config::PipelineConfig;
 use pgm_common::envelope::TxnRecord;
+use pgm_common::retry::Backoff;
+use pgm_common::telemetry::Health;
 use pgm_common::{Lsn, Position};
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
@@ -38,24 +40,26 @@ pub async fn run(
     config: &PipelineConfig,
     until: Option<Lsn>,
     metrics: ApplyMetrics,
+    health: &Health,
     shutdown: CancellationToken,
 ) -> Result<(), ApplyError> {
-    let mut backoff = Duration::from_millis(250);
+    let mut backoff = Backoff::default();
     let mut precise = 0usize;
     loop {
-        let mut session = Session::new(config, until, metrics.clone(), shutdown.clone(), precise);
+        let mut session = Session::new(config, until, metrics.clone(), health.clone(), shutdown.clone(), precise);
+        let started = Instant::now();
         let result = session.run().await;
         match result {
             Ok(()) => return Ok(()),
             Err(error) if error.is_transient() && !shutdown.is_cancelled() => {
-                tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "apply session ended; resuming from DB2's progress");
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = shutdown.cancelled() => return Ok(()),
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(15));
                 if session.committed_groups > 0 {
-                    backoff = Duration::from_millis(250);
+                    backoff.reset();
+                }
+                let wait = backoff.next_wait(started.elapsed());
+                health.set_waiting(error.to_string());
+                tracing::warn!(%error, retry_in_ms = wait.as_millis() as u64, "apply session ended; waiting, then resuming from DB2's progress");
+                if !Backoff::sleep(wait, &shutdown).await {
+                    return Ok(());
                 }
             }
             Err(ApplyError::Statement(ref failure)) if !failure.single && precise == 0 => {
@@ -81,6 +85,7 @@ struct Session<'a> {
     pipeline: String,
     until: Option<Lsn>,
     metrics: ApplyMetrics,
+    health: Health,
     shutdown: CancellationToken,
     /// Source transactions still to apply one change per statement (locating a failed batch).
     precise: usize,
@@ -110,6 +115,7 @@ impl<'a> Session<'a> {
         config: &'a PipelineConfig,
         until: Option<Lsn>,
         metrics: ApplyMetrics,
+        health: Health,
         shutdown: CancellationToken,
         precise: usize,
     ) -> Self {
@@ -118,6 +124,7 @@ impl<'a> Session<'a> {
             pipeline: config.topics.prefix.clone(),
             until,
             metrics,
+            health,
             shutdown,
             precise,
             precise_done: 0,
@@ -196,119 +203,150 @@ impl<'a> Session<'a> {
         }
         progress::set_state(self.client(), &self.pipeline, "running", None).await?;
         let mut reader = Reader::open(self.config, stored.txn_offset, stored.offsets).await?;
+        if self.health.waiting_for().is_some() {
+            tracing::info!("DB2 and the broker are reachable again; applying");
+            self.health.clear_waiting();
+        }
         let mut writer = Writer::new(self.batch_rows(), self.config.apply.on_missing_row, self.metrics.clone());
-        // Transactional messages of the transaction whose commit comes next.
-        let mut messages: Vec<(Position, String, String)> = Vec::new();
+        let mut messages = Vec::new();
         let mut idle_since = Instant::now();
         loop {
-            if self.group_started.is_some() && self.group_full(&writer) {
-                if let Next::Stop = self.commit_group(&mut reader, &mut writer).await? {
-                    return Ok(());
+            let next = if self.group_started.is_some() && self.group_full(&writer) {
+                self.commit_group(&mut reader, &mut writer).await?
+            } else if self.shutdown.is_cancelled() && self.group_started.is_none() {
+                Next::Stop
+            } else {
+                let wait = if self.group_started.is_some() { Duration::ZERO } else { Duration::from_secs(1) };
+                match reader.next_txn_record(wait).await? {
+                    Some((record, offset)) => {
+                        self.on_record(record, offset, &mut reader, &mut writer, &mut messages).await?
+                    }
+                    None if self.group_started.is_some() => self.commit_group(&mut reader, &mut writer).await?,
+                    None if idle_since.elapsed() >= Duration::from_secs(1) => {
+                        idle_since = Instant::now();
+                        self.on_idle(&mut writer).await?
+                    }
+                    None => Next::Continue,
                 }
-            }
-            if self.shutdown.is_cancelled() && self.group_started.is_none() {
+            };
+            if let Next::Stop = next {
                 return Ok(());
             }
-            let wait = if self.group_started.is_some() { Duration::ZERO } else { Duration::from_secs(1) };
-            let Some((record, offset)) = reader.next_txn_record(wait).await? else {
-                if self.group_started.is_some() {
-                    if let Next::Stop = self.commit_group(&mut reader, &mut writer).await? {
-                        return Ok(());
-                    }
-                } else if idle_since.elapsed() >= Duration::from_secs(1) {
-                    idle_since = Instant::now();
-                    self.metrics.lag_seconds.set((now_epoch() - self.current_at).max(0.0));
-                    if progress::is_paused(self.client(), &self.pipeline).await? {
-                        if !self.wait_while_paused().await? {
-                            return Ok(());
-                        }
-                        writer.forget_catalog();
-                    }
+        }
+    }
+
+    /// Nothing arrived for a second with no group open: report the lag, and honour a pause.
+    async fn on_idle(&mut self, writer: &mut Writer) -> Result<Next, ApplyError> {
+        self.metrics.lag_seconds.set((now_epoch() - self.current_at).max(0.0));
+        if progress::is_paused(self.client(), &self.pipeline).await? {
+            if !self.wait_while_paused().await? {
+                return Ok(Next::Stop);
+            }
+            writer.forget_catalog();
+        }
+        Ok(Next::Continue)
+    }
+
+    /// One record of the txn topic. `messages` holds the transactional messages of transactions whose commit
+    /// comes later.
+    async fn on_record(
+        &mut self,
+        record: TxnRecord,
+        offset: i64,
+        reader: &mut Reader,
+        writer: &mut Writer,
+        messages: &mut Vec<(Position, String, String)>,
+    ) -> Result<Next, ApplyError> {
+        match record {
+            TxnRecord::Begin { .. } => {}
+            TxnRecord::Message { pos, transactional: true, prefix, content, .. } => {
+                if pos > self.applied && !messages.iter().any(|(p, _, _)| *p == pos) {
+                    messages.push((pos, prefix, content));
                 }
-                continue;
-            };
-            let kind = match &record {
-                TxnRecord::Begin { .. } => "begin",
-                TxnRecord::Commit { .. } => "commit",
-                TxnRecord::Message { .. } => "message",
-                TxnRecord::Heartbeat { .. } => "heartbeat",
-            };
-            tracing::trace!(offset, kind, "txn record");
-            match record {
-                TxnRecord::Begin { .. } => {}
-                TxnRecord::Message { pos, transactional: true, prefix, content, .. } => {
-                    if pos > self.applied && !messages.iter().any(|(p, _, _)| *p == pos) {
-                        messages.push((pos, prefix, content));
-                    }
-                }
-                TxnRecord::Message { pos, transactional: false, prefix, content, .. } => {
-                    if pos > self.applied {
-                        self.begin_group().await?;
-                        progress::record_message(self.client(), &self.pipeline, pos, false, &prefix, &content).await?;
-                    }
-                    reader.txn_next = offset + 1;
-                }
-                TxnRecord::Heartbeat { wal_end, sent_at_ms, .. } => {
-                    self.seen_end = self.seen_end.max(wal_end);
-                    self.heartbeat = Some((wal_end, sent_at_ms));
-                    self.current_at = self.current_at.max(sent_at_ms as f64 / 1000.0);
-                    reader.txn_next = offset + 1;
+            }
+            TxnRecord::Message { pos, transactional: false, prefix, content, .. } => {
+                if pos > self.applied {
                     self.begin_group().await?;
-                    if self.until_reached(wal_end) {
-                        self.commit_group(&mut reader, &mut writer).await?;
-                        tracing::info!(until = %self.until.expect("set"), "--until reached (the source has moved past it)");
-                        return Ok(());
-                    }
+                    progress::record_message(self.client(), &self.pipeline, pos, false, &prefix, &content).await?;
                 }
-                TxnRecord::Commit { commit_lsn, end_lsn, commit_time, counts, .. } => {
-                    let pos = Position::new(commit_lsn, Position::COMMIT);
-                    self.seen_end = self.seen_end.max(end_lsn);
-                    if pos <= self.applied {
-                        messages.retain(|(p, _, _)| p.commit_lsn != commit_lsn);
-                        reader.txn_next = offset + 1;
-                        continue;
-                    }
-                    if self.until.is_some_and(|until| commit_lsn > until) {
-                        if self.group_started.is_some() {
-                            self.commit_group(&mut reader, &mut writer).await?;
-                        }
-                        tracing::info!(until = %self.until.expect("set"), applied = %self.applied, "--until reached");
-                        return Ok(());
-                    }
-                    self.begin_group().await?;
-                    let mut cursor = reader.cursor(pos, &counts).await?;
-                    let mut changes = 0u64;
-                    while let Some(change) = reader.next_change(&mut cursor, self.applied).await? {
-                        for op in change.record.ops {
-                            writer.push(self.client(), change.record.pos, op).await?;
-                        }
-                        changes += 1;
-                        if changes % 1024 == 0 && self.shutdown.is_cancelled() {
-                            tracing::info!(txn = %commit_lsn, "shutdown inside a transaction: its DB2 transaction is rolled back");
-                            return Ok(());
-                        }
-                    }
-                    for (pos, prefix, content) in messages.drain(..).filter(|(p, _, _)| p.commit_lsn == commit_lsn) {
-                        progress::record_message(self.client(), &self.pipeline, pos, true, &prefix, &content).await?;
-                    }
-                    messages.clear();
-                    self.applied = pos;
-                    self.applied_end = Some(end_lsn);
-                    self.applied_time = commit_time;
-                    self.group_txns += 1;
+                reader.txn_next = offset + 1;
+            }
+            TxnRecord::Heartbeat { wal_end, sent_at_ms, .. } => {
+                self.seen_end = self.seen_end.max(wal_end);
+                self.heartbeat = Some((wal_end, sent_at_ms));
+                self.current_at = self.current_at.max(sent_at_ms as f64 / 1000.0);
+                reader.txn_next = offset + 1;
+                self.begin_group().await?;
+                if self.until_reached(wal_end) {
+                    self.commit_group(reader, writer).await?;
+                    tracing::info!(until = %self.until.expect("set"), "--until reached (the source has moved past it)");
+                    return Ok(Next::Stop);
+                }
+            }
+            TxnRecord::Commit { commit_lsn, end_lsn, commit_time, counts, .. } => {
+                let pos = Position::new(commit_lsn, Position::COMMIT);
+                self.seen_end = self.seen_end.max(end_lsn);
+                if pos <= self.applied {
+                    messages.retain(|(p, _, _)| p.commit_lsn != commit_lsn);
                     reader.txn_next = offset + 1;
-                    if self.precise > 0 || self.until_reached(commit_lsn) {
-                        if let Next::Stop = self.commit_group(&mut reader, &mut writer).await? {
-                            return Ok(());
-                        }
-                        if self.until_reached(commit_lsn) {
-                            tracing::info!(until = %self.until.expect("set"), "--until reached");
-                            return Ok(());
-                        }
+                    return Ok(Next::Continue);
+                }
+                if self.until.is_some_and(|until| commit_lsn > until) {
+                    if self.group_started.is_some() {
+                        self.commit_group(reader, writer).await?;
                     }
+                    tracing::info!(until = %self.until.expect("set"), applied = %self.applied, "--until reached");
+                    return Ok(Next::Stop);
+                }
+                let transactional: Vec<_> = messages.drain(..).filter(|(p, _, _)| p.commit_lsn == commit_lsn).collect();
+                if let Next::Stop = self.apply_transaction(pos, &counts, transactional, reader, writer).await? {
+                    return Ok(Next::Stop);
+                }
+                self.applied = pos;
+                self.applied_end = Some(end_lsn);
+                self.applied_time = commit_time;
+                self.group_txns += 1;
+                reader.txn_next = offset + 1;
+                if self.precise > 0 || self.until_reached(commit_lsn) {
+                    let next = self.commit_group(reader, writer).await?;
+                    if self.until_reached(commit_lsn) {
+                        tracing::info!(until = %self.until.expect("set"), "--until reached");
+                        return Ok(Next::Stop);
+                    }
+                    return Ok(next);
                 }
             }
         }
+        Ok(Next::Continue)
+    }
+
+    /// Writes one source transaction's changes and transactional messages into the open group. `Stop` when a
+    /// shutdown came inside it: the DB2 transaction is rolled back with the connection.
+    async fn apply_transaction(
+        &mut self,
+        commit: Position,
+        counts: &[pgm_common::envelope::PartitionCount],
+        messages: Vec<(Position, String, String)>,
+        reader: &mut Reader,
+        writer: &mut Writer,
+    ) -> Result<Next, ApplyError> {
+        self.begin_group().await?;
+        let mut cursor = reader.cursor(commit, counts).await?;
+        let mut changes = 0u64;
+        while let Some(change) = reader.next_change(&mut cursor, self.applied).await? {
+            for op in change.record.ops {
+                writer.push(self.client(), change.record.pos, op).await?;
+            }
+            changes += 1;
+            if changes % 1024 == 0 && self.shutdown.is_cancelled() {
+                tracing::info!(txn = %commit.commit_lsn, "shutdown inside a transaction: its DB2 transaction is rolled back");
+                return Ok(Next::Stop);
+            }
+        }
+        for (pos, prefix, content) in messages {
+            progress::record_message(self.client(), &self.pipeline, pos, true, &prefix, &content).await?;
+        }
+        Ok(Next::Continue)
     }
 
     fn batch_rows(&self) -> usize {

@@ -207,10 +207,11 @@ async fn run_stream(config: pgm_common::config::PipelineConfig) -> anyhow::Resul
                 _ = shutdown.cancelled() => return Ok(()),
                 publisher = publisher::Publisher::new(&config, metrics.clone()) => publisher?,
             };
-            stream::run(&config, publisher, metrics.clone(), shutdown.clone()).await
+            stream::run(&config, publisher, metrics.clone(), &health, shutdown.clone()).await
         },
         CaptureError::is_transient,
         |error, wait| {
+            health.set_waiting(error.to_string());
             tracing::warn!(
                 %error,
                 brokers = %config.kafka.brokers,

@@ -72,6 +72,7 @@ pub async fn run(
     config: &PipelineConfig,
     mut publisher: Publisher,
     metrics: CaptureMetrics,
+    health: &pgm_common::telemetry::Health,
     shutdown: CancellationToken,
 ) -> Result<(), CaptureError> {
     let mut conn = Walsender::connect(&config.source, "pgm-capture").await?;
@@ -92,6 +93,7 @@ pub async fn run(
         feedback_ms = feedback_every.as_millis() as u64,
         "streaming started"
     );
+    health.clear_waiting();
 
     // server_end only ever comes from the stream: the walsender's sent position, which a heartbeat may vouch for.
     // IDENTIFY_SYSTEM's position is DB1's flush point, possibly ahead of a backlog not yet streamed.

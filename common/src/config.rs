@@ -93,6 +93,20 @@ pub enum ConnectError {
     Pg(#[from] tokio_postgres::Error),
 }
 
+impl ConnectError {
+    /// Whether trying again later can help: the server is down, starting, restarting or out of connections. Not a
+    /// TLS setup problem, a refused login (class 28), a missing database (3D000) or a missing password.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ConnectError::Tls { .. } => false,
+            ConnectError::Pg(error) => match error.as_db_error() {
+                Some(db) => !["28", "3D"].iter().any(|class| db.code().code().starts_with(class)),
+                None => !error.to_string().contains("password missing"),
+            },
+        }
+    }
+}
+
 /// A tokio-postgres error with what its Display leaves out (`db error` alone): the server's code and message, or
 /// the I/O or TLS cause. Never the DETAIL line (it can quote row values).
 pub fn describe_pg_error(error: &tokio_postgres::Error) -> String {

@@ -12,6 +12,44 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// An attempt that ran this long before failing is a new incident: the backoff starts over.
 const NEW_INCIDENT: Duration = Duration::from_secs(60);
 
+/// The backoff between attempts, for loops that cannot be written as [`until_definite`] (apply keeps state across
+/// sessions).
+#[derive(Debug)]
+pub struct Backoff {
+    next: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff { next: FIRST_BACKOFF }
+    }
+}
+
+impl Backoff {
+    /// The wait before the next attempt, given how long the failed one ran (a long run is a new incident).
+    pub fn next_wait(&mut self, attempt_ran: Duration) -> Duration {
+        if attempt_ran > NEW_INCIDENT {
+            self.next = FIRST_BACKOFF;
+        }
+        let wait = self.next;
+        self.next = (self.next * 2).min(MAX_BACKOFF);
+        wait
+    }
+
+    /// Starts over, after an attempt that made progress.
+    pub fn reset(&mut self) {
+        self.next = FIRST_BACKOFF;
+    }
+
+    /// Sleeps `wait`; false when `shutdown` fired first.
+    pub async fn sleep(wait: Duration, shutdown: &CancellationToken) -> bool {
+        tokio::select! {
+            _ = shutdown.cancelled() => false,
+            _ = tokio::time::sleep(wait) => true,
+        }
+    }
+}
+
 /// Runs `attempt` until it returns `Ok`, fails with an error `is_transient` rejects, or `shutdown` fires during a
 /// backoff (then `Ok`). `warn` is told each transient error and the wait before the next attempt.
 pub async fn until_definite<E, Fut>(
@@ -23,20 +61,16 @@ pub async fn until_definite<E, Fut>(
 where
     Fut: Future<Output = Result<(), E>>,
 {
-    let mut backoff = FIRST_BACKOFF;
+    let mut backoff = Backoff::default();
     loop {
         let started = Instant::now();
         match attempt().await {
             Err(error) if is_transient(&error) && !shutdown.is_cancelled() => {
-                if started.elapsed() > NEW_INCIDENT {
-                    backoff = FIRST_BACKOFF;
+                let wait = backoff.next_wait(started.elapsed());
+                warn(&error, wait);
+                if !Backoff::sleep(wait, shutdown).await {
+                    return Ok(());
                 }
-                warn(&error, backoff);
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Ok(()),
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
             }
             other => return other,
         }

@@ -13,6 +13,7 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -72,23 +73,46 @@ pub fn label_value(text: &str) -> String {
     text.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
-/// Liveness reported by `/healthz`.
+/// Liveness and the waiting state, reported by `/healthz` and the `pgm_waiting` gauge.
+///
+/// A service that waits out a transient fault (the broker or a database away) is alive: `/healthz` answers 200 with
+/// `waiting: <what>` so a supervisor does not restart it, while dashboards see `pgm_waiting 1`.
 #[derive(Clone, Debug)]
-pub struct Health(Arc<AtomicBool>);
+pub struct Health {
+    alive: Arc<AtomicBool>,
+    waiting_for: Arc<Mutex<Option<String>>>,
+    waiting: Gauge,
+}
 
 impl Default for Health {
     fn default() -> Self {
-        Health(Arc::new(AtomicBool::new(true)))
+        Health { alive: Arc::new(AtomicBool::new(true)), waiting_for: Default::default(), waiting: Gauge::default() }
     }
 }
 
 impl Health {
     pub fn set_alive(&self, alive: bool) {
-        self.0.store(alive, Ordering::Relaxed);
+        self.alive.store(alive, Ordering::Relaxed);
     }
 
     pub fn is_alive(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
+        self.alive.load(Ordering::Relaxed)
+    }
+
+    /// The service waits for `what` (an error text, never row values) before it can go on.
+    pub fn set_waiting(&self, what: impl Into<String>) {
+        *self.waiting_for.lock().unwrap_or_else(|e| e.into_inner()) = Some(what.into());
+        self.waiting.set(1);
+    }
+
+    /// It works again.
+    pub fn clear_waiting(&self) {
+        *self.waiting_for.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.waiting.set(0);
+    }
+
+    pub fn waiting_for(&self) -> Option<String> {
+        self.waiting_for.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 
@@ -116,6 +140,11 @@ pub async fn serve_metrics(
         ))
     })?;
     let bound = listener.local_addr().map_err(|e| problem(e.to_string()))?;
+    registry.lock().unwrap_or_else(|e| e.into_inner()).register(
+        "pgm_waiting",
+        "1 while the service waits for the broker or a database after a transient fault (see /healthz for what)",
+        health.waiting.clone(),
+    );
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
@@ -155,10 +184,10 @@ async fn metrics(State(endpoint): State<Endpoint>) -> impl IntoResponse {
 }
 
 async fn healthz(State(endpoint): State<Endpoint>) -> impl IntoResponse {
-    if endpoint.health.is_alive() {
-        (StatusCode::OK, "ok\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "stopped\n")
+    match (endpoint.health.is_alive(), endpoint.health.waiting_for()) {
+        (false, _) => (StatusCode::SERVICE_UNAVAILABLE, "stopped\n".to_owned()),
+        (true, None) => (StatusCode::OK, "ok\n".to_owned()),
+        (true, Some(what)) => (StatusCode::OK, format!("waiting: {}\n", what.replace('\n', " "))),
     }
 }
 
@@ -200,6 +229,14 @@ mod tests {
         assert!(body.starts_with("HTTP/1.1 200"), "{body}");
         assert!(body.contains("pgm_test_records_total 3"), "{body}");
         assert!(get(addr, "/healthz").await.starts_with("HTTP/1.1 200"));
+        assert!(body.contains("pgm_waiting 0"), "{body}");
+        // Waiting out a fault is alive, and says for what.
+        health.set_waiting("Kafka: metadata of pgm.txn: BrokerTransportFailure");
+        let waiting = get(addr, "/healthz").await;
+        assert!(waiting.starts_with("HTTP/1.1 200") && waiting.contains("waiting: Kafka: metadata"), "{waiting}");
+        assert!(get(addr, "/metrics").await.contains("pgm_waiting 1"));
+        health.clear_waiting();
+        assert!(get(addr, "/healthz").await.ends_with("ok\n"));
         health.set_alive(false);
         assert!(get(addr, "/healthz").await.starts_with("HTTP/1.1 503"));
 

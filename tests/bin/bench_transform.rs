@@ -174,7 +174,7 @@ async fn worker(records: u64) -> anyhow::Result<()> {
     let cpu_before = cpu_seconds();
     let started = Instant::now();
     let worker = pgm_transform::worker::Worker::new(&config, program, metrics.clone())?;
-    let task = tokio::spawn(worker.run(shutdown.clone()));
+    let task = tokio::spawn(worker.run(Default::default(), shutdown.clone()));
     let consumer = kafka::consumer(&config.kafka, "bench-reader", &unique("r"))?;
     consumer.subscribe(&[&out_topic])?;
     let mut seen = 0u64;

@@ -3,10 +3,10 @@
 //! restarted) — every few seconds, each restarted at once as a supervisor would. No step needs a person. After the
 //! faults the stream drains and DB2 must equal DB1 row by row.
 //!
-//! `cargo test -p pgm-tests --test pipeline chaos -- --ignored --nocapture` runs 10 faults; `PGM_CHAOS_FAULTS=60`
-//! (and `PGM_CHAOS_SEED`) a long round. Figures are printed. It is not in CI yet: with some seeds tansu 0.6.0 keeps a
-//! killed transform worker as a group member and gives it partitions for good, and the drain stalls (issue #14,
-//! reproduction 2). Seeds 5 (10 faults) and 7 (50 faults) pass.
+//! The suite runs 12 faults; `PGM_CHAOS_FAULTS=60` (and `PGM_CHAOS_SEED`) a long round:
+//! `PGM_CHAOS_FAULTS=60 cargo test -p pgm-tests --test pipeline chaos -- --nocapture`. Figures are printed: faults
+//! per component, the drain after the faults, and the drain rate of a backlog built without faults (apply started
+//! 8 s late) for comparison.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -64,11 +64,56 @@ fn workload(
     })
 }
 
+/// Rows of `events` on DB1 and on DB2 (every transfer writes two).
+async fn events(stack: &Stack) -> anyhow::Result<(i64, i64)> {
+    let count = "SELECT count(*) FROM events";
+    let db1: i64 = stack.source().await?.query_one(count, &[]).await?.get(0);
+    let db2: i64 = stack.target().await?.query_one(count, &[]).await?.get(0);
+    Ok((db1, db2))
+}
+
+/// A drain of DB2's backlog with the workload stopped: the rows behind, seconds until DB2 moved, seconds from then
+/// until it caught up.
+struct Drain {
+    rows: i64,
+    recovery: f64,
+    catch_up: f64,
+}
+
+impl Drain {
+    async fn measure(stack: &Stack, timeout: Duration) -> anyhow::Result<Drain> {
+        let started = Instant::now();
+        let (target, first) = events(stack).await?;
+        let mut moved: Option<Instant> = None;
+        loop {
+            let (_, now) = events(stack).await?;
+            if now > first && moved.is_none() {
+                moved = Some(Instant::now());
+            }
+            if now >= target {
+                let moved = moved.unwrap_or_else(Instant::now);
+                return Ok(Drain {
+                    rows: target - first,
+                    recovery: moved.duration_since(started).as_secs_f64(),
+                    catch_up: moved.elapsed().as_secs_f64(),
+                });
+            }
+            anyhow::ensure!(
+                started.elapsed() < timeout,
+                "DB2 did not catch up in {timeout:?} ({now} of {target} events)"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn rate(&self) -> f64 {
+        self.rows as f64 / self.catch_up.max(0.001)
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "not in CI yet: tansu 0.6.0 can keep a killed transform worker's partitions for good (issue #14, \
-            reproduction 2; seen with PGM_CHAOS_SEED=9 PGM_CHAOS_FAULTS=60). Run with --ignored"]
 async fn chaos_every_component_killed_at_random_and_db2_still_equals_db1() -> anyhow::Result<()> {
-    let faults: usize = std::env::var("PGM_CHAOS_FAULTS").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
+    let faults: usize = std::env::var("PGM_CHAOS_FAULTS").ok().and_then(|v| v.parse().ok()).unwrap_or(12);
     let mut broker = Broker::start()?;
     let options = Options {
         source_schema: SCHEMA,
@@ -88,7 +133,17 @@ async fn chaos_every_component_killed_at_random_and_db2_still_equals_db1() -> an
         .await?;
     let mut capture = stack.spawn(Service::Capture, &["run"])?;
     let mut transforms = [stack.spawn(Service::Transform, &["run"])?, stack.spawn(Service::Transform, &["run"])?];
+
+    // Baseline without faults: a backlog of 8 s of workload, then apply starts and drains it.
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let writer = workload(stack.db1.pg_config(&stack.db1_name), stop.clone(), done.clone());
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    stop.store(true, Ordering::Relaxed);
+    writer.await?;
     let mut apply = stack.spawn(Service::Apply, &["run"])?;
+    let baseline = Drain::measure(&stack, Duration::from_secs(120)).await.with_context(|| stack.logs())?;
+
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
     let writer = workload(stack.db1.pg_config(&stack.db1_name), stop.clone(), done.clone());
@@ -143,10 +198,11 @@ async fn chaos_every_component_killed_at_random_and_db2_still_equals_db1() -> an
     let written = done.load(Ordering::Relaxed);
 
     // Nobody is restarted by hand from here: the services must recover by themselves.
-    let drain = Instant::now();
+    let drain_started = Instant::now();
+    let after = Drain::measure(&stack, Duration::from_secs(300)).await.with_context(|| stack.logs())?;
     stack.marker("chaos over").await?;
     stack.wait_marker("chaos over", Duration::from_secs(300)).await?;
-    let drain = drain.elapsed();
+    let drain = drain_started.elapsed();
     stack.assert_same(&["public.accounts", "public.events"]).await.with_context(|| stack.logs())?;
     for (name, running) in [("capture", &mut capture), ("apply", &mut apply)] {
         anyhow::ensure!(running.child.try_wait()?.is_none(), "{name} exited:\n{}", running.log());
@@ -155,10 +211,23 @@ async fn chaos_every_component_killed_at_random_and_db2_still_equals_db1() -> an
         anyhow::ensure!(running.child.try_wait()?.is_none(), "a transform worker exited:\n{}", running.log());
     }
     eprintln!(
-        "chaos: {faults} faults in {:.0} s ({counts:?}), {written} transactions written ({:.0}/s), drained in {:.1} s after the last fault; DB2 equals DB1",
+        "chaos: {faults} faults in {:.0} s ({counts:?}), {written} transactions written ({:.0}/s), drained in {:.1} s \
+         after the last fault; DB2 equals DB1",
         fault_phase.as_secs_f64(),
         written as f64 / fault_phase.as_secs_f64(),
         drain.as_secs_f64()
+    );
+    eprintln!(
+        "chaos drain: after the faults {} event rows behind, DB2 moving again after {:.1} s, caught up {:.1} s later \
+         ({:.0} rows/s); without faults {} rows behind, caught up in {:.1} s ({:.0} rows/s); rate ratio {:.2}",
+        after.rows,
+        after.recovery,
+        after.catch_up,
+        after.rate(),
+        baseline.rows,
+        baseline.catch_up,
+        baseline.rate(),
+        after.rate() / baseline.rate()
     );
     Ok(())
 }

@@ -253,9 +253,8 @@ async fn two_workers_one_killed_every_key_arrives_and_repeats_are_identical() ->
     tokio::time::sleep(Duration::from_millis(1500)).await;
     first.kill()?;
     first.wait()?;
-    // On Kafka the survivor takes the dead member's partitions once its session times out (6 s here). tansu 0.6.0
-    // expires a dead member only while handling another member's JoinGroup, so a supervisor's restart — a new
-    // member joining after the session timeout — is what hands them over there.
+    // A supervisor restarts the killed worker after the session timeout (6 s here); the takeover without a restart
+    // is `a_surviving_worker_takes_over_every_partition_without_help`.
     tokio::time::sleep(Duration::from_secs(7)).await;
     let mut first = start_worker(&config, &dir.path().join("w1-restarted.log"))?;
 
@@ -400,5 +399,120 @@ async fn a_poison_record_stops_the_worker_and_it_resumes_there_after_the_rule_is
     }
     worker.kill()?;
     worker.wait()?;
+    Ok(())
+}
+
+/// Produces raw records `range` round-robin over the 4 partitions and waits for their acknowledgements.
+async fn produce_items(
+    producer: &rdkafka::producer::FutureProducer,
+    raw_topic: &str,
+    range: std::ops::Range<u64>,
+) -> anyhow::Result<()> {
+    let mut deliveries = Vec::new();
+    for i in range {
+        let raw = raw_record(i);
+        let payload = serde_json::to_vec(&raw)?;
+        let key = raw.pos.to_key();
+        let record = FutureRecord::to(raw_topic).partition((i % 4) as i32).key(&key).payload(&payload);
+        deliveries.push(producer.send_result(record).map_err(|(e, _)| e)?);
+    }
+    for delivery in deliveries {
+        delivery.await?.map_err(|(e, _)| e)?;
+    }
+    Ok(())
+}
+
+/// Waits until every record of `range` is in the out topic; how long it took.
+fn wait_transformed(
+    brokers: &str,
+    out_topic: &str,
+    range: std::ops::Range<u64>,
+    logs: &Path,
+) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let wanted: std::collections::HashSet<Vec<u8>> = range.map(|i| raw_record(i).pos.to_key().into_bytes()).collect();
+    loop {
+        let records = read_all(brokers, out_topic).unwrap_or_default();
+        let found = records
+            .iter()
+            .filter(|r| wanted.contains(&r.key))
+            .map(|r| &r.key)
+            .collect::<std::collections::HashSet<_>>();
+        if found.len() == wanted.len() {
+            return Ok(started.elapsed());
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            let logs: String = std::fs::read_dir(logs)?
+                .flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
+                .map(|e| {
+                    format!("--- {}\n{}", e.path().display(), std::fs::read_to_string(e.path()).unwrap_or_default())
+                })
+                .collect();
+            anyhow::bail!(
+                "only {} of {} records transformed after 60 s: partitions nobody holds?\n{logs}",
+                found.len(),
+                wanted.len()
+            );
+        }
+    }
+}
+
+/// However a worker died — alone, or together with the broker — the worker still running gets every partition
+/// within the session timeout (6 s here) plus a margin, with nobody starting anything by hand.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_surviving_worker_takes_over_every_partition_without_help() -> anyhow::Result<()> {
+    let pg = PgCluster::start()?;
+    let db = pg.create_database("items").await?;
+    pg.connect(&db)
+        .await?
+        .batch_execute("CREATE TABLE items (id bigint PRIMARY KEY, price_cents bigint, name text)")
+        .await?;
+    let mut broker = pgm_test_support::broker::Broker::start()?;
+    let brokers = broker.brokers();
+    let prefix = unique("takeover");
+    let dir = tempfile::tempdir()?;
+    let config = write_config(dir.path(), &pg, (&db, &db), &brokers, &prefix, None, &["public.items"])?;
+    let (raw_topic, producer) = items_raw_topic(&brokers, &prefix).await?;
+    let out_topic = format!("{prefix}.out.public.items");
+    let logs = dir.path();
+
+    // Two workers share the 4 partitions.
+    let mut first = start_worker(&config, &logs.join("w1.log"))?;
+    let mut second = start_worker(&config, &logs.join("w2.log"))?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    produce_items(&producer, &raw_topic, 0..400).await?;
+    let took = tokio::task::block_in_place(|| wait_transformed(&brokers, &out_topic, 0..400, logs))?;
+    eprintln!("two workers: 400 records in {:.1} s", took.as_secs_f64());
+
+    // 1. The first worker (the group's leader) is killed: the second takes its partitions.
+    first.kill()?;
+    first.wait()?;
+    produce_items(&producer, &raw_topic, 400..800).await?;
+    let took = tokio::task::block_in_place(|| wait_transformed(&brokers, &out_topic, 400..800, logs))?;
+    eprintln!("after kill -9 of the leader: the survivor had every partition's records in {:.1} s", took.as_secs_f64());
+    ensure!(took < Duration::from_secs(30), "takeover took {took:?}");
+
+    // 2. A third worker joins; then the broker and the second worker die together, and the broker comes back on
+    //    its data (a supervisor restarts the broker, nobody restarts the worker).
+    let mut third = start_worker(&config, &logs.join("w3.log"))?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    produce_items(&producer, &raw_topic, 800..1200).await?;
+    tokio::task::block_in_place(|| wait_transformed(&brokers, &out_topic, 800..1200, logs))?;
+    second.kill()?;
+    broker.kill()?;
+    second.wait()?;
+    broker.restart()?;
+    let producer = kafka::producer(&KafkaConfig { brokers: brokers.clone(), librdkafka: Default::default() }, "t2")?;
+    produce_items(&producer, &raw_topic, 1200..1600).await?;
+    let took = tokio::task::block_in_place(|| wait_transformed(&brokers, &out_topic, 1200..1600, logs))?;
+    eprintln!(
+        "after the broker and a worker died together: the survivor had every partition's records in {:.1} s",
+        took.as_secs_f64()
+    );
+    ensure!(took < Duration::from_secs(30), "takeover after the broker restart took {took:?}");
+    ensure!(third.try_wait()?.is_none(), "the surviving worker exited");
+    third.kill()?;
+    third.wait()?;
     Ok(())
 }

@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod rewrite;
 pub mod rules;
 pub mod scaffold;
+pub mod takeover;
 pub mod verify;
 pub mod worker;
 
@@ -161,9 +162,12 @@ async fn run_worker(config: PipelineConfig) -> anyhow::Result<()> {
     // group's committed offsets after a backoff (what it reprocesses carries the same keys); definite ones stop it.
     let result = pgm_common::retry::until_definite(
         &shutdown,
-        || async { worker::Worker::new(&config, program.clone(), metrics.clone())?.run(shutdown.clone()).await },
+        || async {
+            worker::Worker::new(&config, program.clone(), metrics.clone())?.run(health.clone(), shutdown.clone()).await
+        },
         worker::WorkerError::is_transient,
         |error, wait| {
+            health.set_waiting(error.to_string());
             tracing::warn!(
                 %error,
                 brokers = %config.kafka.brokers,

@@ -23,6 +23,7 @@ use futures::stream::{FuturesOrdered, StreamExt};
 use pgm_common::config::PipelineConfig;
 use pgm_common::envelope::{RawRecord, RecordOrigin};
 use pgm_common::kafka;
+use pgm_common::telemetry::Health;
 use rdkafka::admin::{AdminOptions, NewTopic, TopicReplication};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -33,9 +34,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{rule_label, PartitionLabel, TableLabel, TransformMetrics};
 use crate::rewrite::Program;
+use crate::takeover::{self, OrphanWatch};
 
 /// Outputs in flight before the worker stops reading.
 const MAX_IN_FLIGHT: usize = 20_000;
+/// Commit ticks (seconds) between two looks for partitions nobody consumes.
+const ORPHAN_CHECK_TICKS: u64 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -53,6 +57,9 @@ pub enum WorkerError {
     Config(String),
     #[error("kafka: cannot create topic {topic}: {code}")]
     CreateTopic { topic: String, code: RDKafkaErrorCode },
+    /// Partitions the group left to nobody (`takeover`): the worker rejoins as a new member.
+    #[error("{0}")]
+    Orphaned(String),
 }
 
 impl WorkerError {
@@ -61,7 +68,7 @@ impl WorkerError {
     pub fn is_transient(&self) -> bool {
         match self {
             WorkerError::Kafka(error) => !matches!(error, KafkaError::ClientCreation(_) | KafkaError::Subscription(_)),
-            WorkerError::Delivery { .. } => true,
+            WorkerError::Delivery { .. } | WorkerError::Orphaned(_) => true,
             WorkerError::CreateTopic { code, .. } => !matches!(
                 code,
                 RDKafkaErrorCode::InvalidTopic
@@ -108,6 +115,8 @@ pub struct Worker {
     config: PipelineConfig,
     /// raw topic → out topic, made (or checked) on first sight.
     out_topics: HashMap<String, String>,
+    /// The raw topics subscribed to: these names, or every `<prefix>.raw.` topic when empty.
+    raw_topics: Vec<String>,
 }
 
 impl Worker {
@@ -121,6 +130,7 @@ impl Worker {
         let consumer: StreamConsumer<RebalanceCommit> = client.create_with_context(RebalanceCommit)?;
         let topics = config.topics();
         let tables = config.tables();
+        let mut raw_topics = Vec::new();
         if tables.is_empty() {
             let prefix: String =
                 topics.prefix().chars().map(|c| if c == '.' { "\\.".to_owned() } else { c.to_string() }).collect();
@@ -132,9 +142,26 @@ impl Worker {
                 .collect::<Result<_, _>>()
                 .map_err(|e| WorkerError::Config(e.to_string()))?;
             consumer.subscribe(&names.iter().map(String::as_str).collect::<Vec<_>>())?;
+            raw_topics = names;
         }
         let producer = kafka::producer(&config.kafka, "pgm-transform")?;
-        Ok(Worker { consumer, producer, program, metrics, config: config.clone(), out_topics: HashMap::new() })
+        Ok(Worker {
+            consumer,
+            producer,
+            program,
+            metrics,
+            config: config.clone(),
+            out_topics: HashMap::new(),
+            raw_topics,
+        })
+    }
+
+    fn subscribed(&self, topic: &str) -> bool {
+        if self.raw_topics.is_empty() {
+            self.config.topics().out_of_raw(topic).is_some()
+        } else {
+            self.raw_topics.iter().any(|t| t == topic)
+        }
     }
 
     async fn out_topic(
@@ -181,11 +208,13 @@ impl Worker {
         }
     }
 
-    pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), WorkerError> {
+    pub async fn run(mut self, health: Health, shutdown: CancellationToken) -> Result<(), WorkerError> {
         let mut in_flight: FuturesOrdered<Ack> = FuturesOrdered::new();
         let mut broker_away = false;
         let mut commit_timer = tokio::time::interval(Duration::from_secs(1));
         commit_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut orphans = OrphanWatch::new(takeover::session_timeout(&self.config.kafka.librdkafka));
+        let mut ticks = 0u64;
         let result = loop {
             tokio::select! {
                 biased;
@@ -200,6 +229,22 @@ impl Worker {
                 }
                 // 3. Commit what is stored.
                 _ = commit_timer.tick() => {
+                    ticks += 1;
+                    if ticks % ORPHAN_CHECK_TICKS == 0 && !broker_away {
+                        match tokio::task::block_in_place(|| orphans.check(&self.consumer, |t| self.subscribed(t))) {
+                            Ok(Some(orphaned)) => break Err(WorkerError::Orphaned(orphaned)),
+                            Ok(None) => {}
+                            Err(error) => tracing::debug!(%error, "looking for unassigned partitions"),
+                        }
+                    }
+                    // Back after a restart of the worker: working once the group gave it partitions.
+                    if !broker_away
+                        && health.waiting_for().is_some()
+                        && self.consumer.assignment().is_ok_and(|a| a.count() > 0)
+                    {
+                        tracing::info!("partitions assigned; working again");
+                        health.clear_waiting();
+                    }
                     if let Err(error) = self.consumer.commit_consumer_state(CommitMode::Async) {
                         tracing::debug!(%error, "commit (nothing stored yet is fine)");
                     }
@@ -220,14 +265,16 @@ impl Worker {
                         )) => {
                             if !broker_away {
                                 tracing::warn!(%code, brokers = %self.config.kafka.brokers, "waiting for the broker");
+                                health.set_waiting(format!("the broker ({code}); kafka.brokers = {}", self.config.kafka.brokers));
                                 broker_away = true;
                             }
                             continue;
                         }
                         Err(error) => return Err(error.into()),
                     };
-                    if broker_away {
+                    if broker_away || health.waiting_for().is_some() {
                         tracing::info!("the broker is back");
+                        health.clear_waiting();
                         broker_away = false;
                     }
                     let (topic, partition, offset) = (message.topic().to_owned(), message.partition(), message.offset());
