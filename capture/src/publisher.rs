@@ -34,6 +34,9 @@ use rdkafka::types::RDKafkaErrorCode as Code;
 use crate::metrics::{CaptureMetrics, TableLabel};
 use crate::CaptureError;
 
+/// How long a topic creation or metadata lookup waits for the broker before it counts as a transient fault.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Records in flight (enqueued, not yet acknowledged) before capture stops reading from the slot.
 pub const MAX_IN_FLIGHT: usize = 50_000;
 
@@ -126,12 +129,16 @@ impl Publisher {
         }
     }
 
-    /// Creates the topic, or checks the partition count of an existing one.
+    /// Creates the topic, or checks the partition count of an existing one. A broker that does not answer within
+    /// [`ADMIN_TIMEOUT`] is a transient fault: the run loop reports it (health `waiting`) and tries again.
     async fn ensure_topic(&self, topic: &str, partitions: i32) -> Result<(), CaptureError> {
         let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(self.replication_factor));
         let results = self
             .admin
-            .create_topics(&[new], &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))))
+            .create_topics(
+                &[new],
+                &AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT)).request_timeout(Some(ADMIN_TIMEOUT)),
+            )
             .await
             .map_err(CaptureError::Kafka)?;
         for result in results {
@@ -153,7 +160,7 @@ impl Publisher {
         // fetch_metadata blocks: off the runtime, so a shutdown does not wait for its timeout.
         let (producer, name) = (self.producer.clone(), topic.to_owned());
         let metadata =
-            tokio::task::spawn_blocking(move || producer.client().fetch_metadata(Some(&name), Duration::from_secs(30)))
+            tokio::task::spawn_blocking(move || producer.client().fetch_metadata(Some(&name), ADMIN_TIMEOUT))
                 .await
                 .map_err(|e| CaptureError::Stream(format!("metadata lookup task: {e}")))?
                 .map_err(CaptureError::Kafka)?;

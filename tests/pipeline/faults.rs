@@ -7,6 +7,7 @@ use crate::BINS;
 use anyhow::{ensure, Context};
 use pgm_test_support::broker::Broker;
 use pgm_test_support::stack::{Options, Service, Stack};
+use pgm_test_support::wait;
 
 const SCHEMA: &str = "CREATE TABLE items (id int PRIMARY KEY, v text NOT NULL);";
 
@@ -40,10 +41,24 @@ async fn services_ride_out_a_late_broker_and_a_broker_restart() -> anyhow::Resul
     let mut transform = stack.spawn(Service::Transform, &["run"])?;
     let mut apply = stack.spawn(Service::Apply, &["run"])?;
     insert(&stack, 1, 100).await?;
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Each says on /healthz that it waits (alive: a supervisor must not restart it), and for what.
+    for (name, running) in [("capture", &capture), ("transform", &transform), ("apply", &apply)] {
+        wait::until(&format!("{name} to report waiting for the broker"), Duration::from_secs(40), || async {
+            Ok(running.healthz().ok().filter(|body| body.starts_with("waiting: ")))
+        })
+        .await
+        .with_context(|| running.log())?;
+    }
     broker.restart()?;
     stack.marker("late broker").await?;
     stack.wait_marker("late broker", Duration::from_secs(120)).await?;
+    for (name, running) in [("capture", &capture), ("transform", &transform), ("apply", &apply)] {
+        wait::until(&format!("{name} to report ok once the broker is back"), Duration::from_secs(20), || async {
+            Ok(running.healthz().ok().filter(|body| body == "ok"))
+        })
+        .await
+        .with_context(|| running.log())?;
+    }
 
     // 2. The broker is killed while rows are written, and restarted on its own data a few seconds later.
     insert(&stack, 101, 200).await?;

@@ -68,6 +68,42 @@ impl Running {
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// The body of the service's `GET /healthz` (`ok`, `waiting: …`, `stopped`), at the metrics address it logged.
+    pub fn healthz(&self) -> crate::Result<String> {
+        use std::io::{Read, Write};
+        let log = strip_ansi(&self.log());
+        let addr = log
+            .split("metrics=")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .context("the service has not logged its metrics address yet")?
+            .to_owned();
+        let mut stream = std::net::TcpStream::connect(&addr)?;
+        stream.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+        stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response)?;
+        Ok(response.split("\r\n\r\n").nth(1).unwrap_or_default().trim().to_owned())
+    }
+}
+
+/// Text without terminal colour codes (the services colour their logs).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 impl Drop for Running {
