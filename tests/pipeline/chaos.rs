@@ -5,8 +5,8 @@
 //!
 //! The suite runs 12 faults; `PGM_CHAOS_FAULTS=60` (and `PGM_CHAOS_SEED`) a long round:
 //! `PGM_CHAOS_FAULTS=60 cargo test -p pgm-tests --test pipeline chaos -- --nocapture`. Figures are printed: faults
-//! per component, the drain after the faults, and the drain rate of a backlog built without faults (apply started
-//! 8 s late) for comparison.
+//! per component, the drain after the faults, and the drain rate of a backlog built without faults (8 s of workload
+//! in the slot before the services start) for comparison.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -131,16 +131,15 @@ async fn chaos_every_component_killed_at_random_and_db2_still_equals_db1() -> an
         .await?
         .batch_execute("INSERT INTO accounts SELECT g, 1000, 'acct' FROM generate_series(1, 200) g")
         .await?;
-    let mut capture = stack.spawn(Service::Capture, &["run"])?;
-    let mut transforms = [stack.spawn(Service::Transform, &["run"])?, stack.spawn(Service::Transform, &["run"])?];
-
-    // Baseline without faults: a backlog of 8 s of workload, then apply starts and drains it.
+    // Baseline without faults: a backlog of 8 s of workload in the slot, then the whole pipeline starts and drains it.
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
     let writer = workload(stack.db1.pg_config(&stack.db1_name), stop.clone(), done.clone());
     tokio::time::sleep(Duration::from_secs(8)).await;
     stop.store(true, Ordering::Relaxed);
     writer.await?;
+    let mut capture = stack.spawn(Service::Capture, &["run"])?;
+    let mut transforms = [stack.spawn(Service::Transform, &["run"])?, stack.spawn(Service::Transform, &["run"])?];
     let mut apply = stack.spawn(Service::Apply, &["run"])?;
     let baseline = Drain::measure(&stack, Duration::from_secs(120)).await.with_context(|| stack.logs())?;
 
