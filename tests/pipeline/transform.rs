@@ -160,6 +160,15 @@ key = ["nope"]
     Ok(())
 }
 
+/// A cluster with a database holding `items(id bigint PRIMARY KEY, price_cents <price_type>, name text)`.
+async fn items_database(price_type: &str) -> anyhow::Result<(PgCluster, String)> {
+    let pg = PgCluster::start()?;
+    let db = pg.create_database("items").await?;
+    let create = format!("CREATE TABLE items (id bigint PRIMARY KEY, price_cents {price_type}, name text)");
+    pg.connect(&db).await?.batch_execute(&create).await?;
+    Ok((pg, db))
+}
+
 fn raw_record(i: u64) -> RawRecord {
     let text = |name: &str, type_name: &str, oid: u32, value: String| Column {
         name: name.into(),
@@ -209,12 +218,7 @@ fn start_worker(config: &Path, log: &Path) -> anyhow::Result<Child> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_workers_one_killed_every_key_arrives_and_repeats_are_identical() -> anyhow::Result<()> {
     const RECORDS: u64 = 100_000;
-    let pg = PgCluster::start()?;
-    let db = pg.create_database("items").await?;
-    pg.connect(&db)
-        .await?
-        .batch_execute("CREATE TABLE items (id bigint PRIMARY KEY, price_cents bigint, name text)")
-        .await?;
+    let (pg, db) = items_database("bigint").await?;
     let brokers = shared_brokers()?;
     let prefix = unique("tw");
     let dir = tempfile::tempdir()?;
@@ -321,12 +325,7 @@ async fn two_workers_one_killed_every_key_arrives_and_repeats_are_identical() ->
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poison_record_stops_the_worker_and_it_resumes_there_after_the_rule_is_fixed() -> anyhow::Result<()> {
-    let pg = PgCluster::start()?;
-    let db = pg.create_database("items").await?;
-    pg.connect(&db)
-        .await?
-        .batch_execute("CREATE TABLE items (id bigint PRIMARY KEY, price_cents text, name text)")
-        .await?;
+    let (pg, db) = items_database("text").await?;
     let brokers = shared_brokers()?;
     let prefix = unique("tp");
     let dir = tempfile::tempdir()?;
@@ -462,12 +461,7 @@ fn wait_transformed(
 /// within the session timeout (6 s here) plus a margin, with nobody starting anything by hand.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_surviving_worker_takes_over_every_partition_without_help() -> anyhow::Result<()> {
-    let pg = PgCluster::start()?;
-    let db = pg.create_database("items").await?;
-    pg.connect(&db)
-        .await?
-        .batch_execute("CREATE TABLE items (id bigint PRIMARY KEY, price_cents bigint, name text)")
-        .await?;
+    let (pg, db) = items_database("bigint").await?;
     let mut broker = pgm_test_support::broker::Broker::start()?;
     let brokers = broker.brokers();
     let prefix = unique("takeover");
