@@ -35,7 +35,7 @@ pub struct SequencePlan {
 /// DB1's sequences in the configured tables' schemas and their DB2 counterparts: the sequence behind the DB2 column
 /// that takes the owning column (through the rules' renames), else a DB2 sequence of the same name.
 pub async fn plan_sequences(config: &PipelineConfig, db1: &Client, db2: &Client) -> anyhow::Result<Vec<SequencePlan>> {
-    let program = pgm_transform::compile(config).await?;
+    let program = pgm_rules::compile(config).await?;
     let tables = config.tables();
     let mut schemas: Vec<String> = tables.iter().map(|t| t.schema.clone()).collect();
     schemas.sort();

@@ -6,16 +6,14 @@
 //!                    └──── consumer offset committed ◀──────────┘ produce acknowledged
 //! ```
 //!
-//! `rules` is the file format, `catalog` reads DB1/DB2, `expr` and `convert` compute values, `rewrite` applies the
-//! compiled rules to one record, `worker` runs the consumer group, `check` and `scaffold` serve the operator.
+//! The rule engine (file format, catalogs, expressions, conversions, rewrite) is the `pgm-rules` crate, shared with
+//! pgm-apply; it is re-exported here. `worker` runs the consumer group, `takeover` finds partitions nobody holds,
+//! `check`, `scaffold` and `verify` serve the operator.
 
-pub mod catalog;
+pub use pgm_rules::{catalog, compile, convert, expr, rewrite, rules};
+
 pub mod check;
-pub mod convert;
-pub mod expr;
 pub mod metrics;
-pub mod rewrite;
-pub mod rules;
 pub mod scaffold;
 pub mod takeover;
 pub mod verify;
@@ -58,46 +56,9 @@ const HELP_SUBCOMMANDS: &[&str] = &["run", "check", "scaffold", "verify"];
 #[derive(Debug, thiserror::Error)]
 pub enum TransformError {
     #[error(transparent)]
-    Rules(#[from] rules::RulesError),
-    #[error("cannot read the catalog of {db}: {source}")]
-    Catalog {
-        db: String,
-        #[source]
-        source: pgm_common::config::ConnectError,
-    },
+    Compile(#[from] pgm_rules::CompileError),
     #[error(transparent)]
     Worker(#[from] worker::WorkerError),
-    #[error("{0}")]
-    Refused(String),
-}
-
-fn load_rules(config: &PipelineConfig) -> Result<rules::RulesFile, TransformError> {
-    Ok(match &config.transform.rules {
-        Some(path) => rules::RulesFile::load(path)?,
-        None => rules::RulesFile::default(),
-    })
-}
-
-async fn load_catalog(pg: &pgm_common::config::PgConfig) -> Result<catalog::Catalog, TransformError> {
-    catalog::Catalog::load(pg).await.map_err(|source| TransformError::Catalog { db: pg.describe(), source })
-}
-
-/// Compiles the rules against DB1 and refuses filters that need old values the stream does not carry.
-pub async fn compile(config: &PipelineConfig) -> Result<rewrite::Program, TransformError> {
-    let rules = load_rules(config)?;
-    let source =
-        if rules.tables.is_empty() { catalog::Catalog::default() } else { load_catalog(&config.source).await? };
-    let program = rewrite::Program::compile(&rules, &source)?;
-    let refused: Vec<String> = program
-        .filters_needing_full_identity(&source)
-        .into_iter()
-        .filter(|(table, _)| !source.tables.get(table).is_some_and(|t| t.replica_full))
-        .map(|(table, rule)| format!("rule {rule}: its filter reads non-key columns, so updates must carry the old row: run ALTER TABLE {table} REPLICA IDENTITY FULL on DB1"))
-        .collect();
-    if !refused.is_empty() {
-        return Err(TransformError::Refused(refused.join("; ")));
-    }
-    Ok(program)
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -107,15 +68,15 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         match cli.command {
             Command::Run => run_worker(config).await,
             Command::Check => {
-                let rules = load_rules(&config)?;
-                let source = load_catalog(&config.source).await?;
-                let target = load_catalog(&config.target).await?;
+                let rules = pgm_rules::load_rules(&config)?;
+                let source = pgm_rules::load_catalog(&config.source).await?;
+                let target = pgm_rules::load_catalog(&config.target).await?;
                 let findings = check::run(&rules, &config.tables(), &source, &target);
                 pgm_common::findings::report(&findings).map_err(anyhow::Error::msg)
             }
             Command::Scaffold => {
-                let source = load_catalog(&config.source).await?;
-                let target = load_catalog(&config.target).await?;
+                let source = pgm_rules::load_catalog(&config.source).await?;
+                let target = pgm_rules::load_catalog(&config.target).await?;
                 print!("{}", scaffold::draft(&config.tables(), &source, &target));
                 Ok(())
             }

@@ -4,9 +4,9 @@
 
 use pgm_common::change::TableRef;
 use pgm_common::envelope::{OutRecord, RawRecord, RecordOrigin};
-use pgm_transform::catalog::{Catalog, ColumnInfo, TableInfo};
-use pgm_transform::rewrite::Program;
-use pgm_transform::rules::RulesFile;
+use pgm_rules::catalog::{Catalog, ColumnInfo, TableInfo};
+use pgm_rules::rewrite::Program;
+use pgm_rules::rules::RulesFile;
 
 fn table(columns: &[(&str, &str, u32)], key: &[&str], replica_full: bool) -> TableInfo {
     TableInfo {
