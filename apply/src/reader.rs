@@ -23,8 +23,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use pgm_common::change::TableRef;
 use pgm_common::config::PipelineConfig;
-use pgm_common::envelope::{OutRecord, RecordOrigin, TxnRecord};
+use pgm_common::envelope::{OutRecord, RawRecord, RecordOrigin, TxnRecord};
 use pgm_common::topics::Topics;
 use pgm_common::{kafka, Position};
 use rdkafka::consumer::stream_consumer::StreamPartitionQueue;
@@ -46,6 +47,9 @@ const WAIT_WARNING: Duration = Duration::from_secs(30);
 
 type Queue = StreamPartitionQueue<DefaultConsumerContext>;
 
+/// Whether apply reads a table's raw topic (it passes the rules unchanged) instead of its out topic.
+type Passthrough = Box<dyn Fn(&TableRef) -> bool + Send + Sync>;
+
 /// An out record with its offset in its partition.
 #[derive(Debug)]
 pub struct Change {
@@ -55,6 +59,9 @@ pub struct Change {
 
 struct Part {
     queue: Queue,
+    /// A raw partition of a table the rules pass unchanged (`transform.passthrough`): its records are applied as
+    /// captured, without an out record.
+    raw: bool,
     head: Option<Change>,
     /// The offset after the last record consumed; where a restart resumes.
     next_offset: i64,
@@ -76,6 +83,8 @@ impl TxnCursor {
 pub struct Reader {
     consumer: Arc<StreamConsumer>,
     topics: Topics,
+    /// Tables apply reads from their raw topics (they pass the rules unchanged and transform skips them).
+    passthrough: Passthrough,
     txn_topic: String,
     txn: Queue,
     /// The offset after the last txn record consumed.
@@ -123,6 +132,7 @@ impl Reader {
         let consumer: Arc<StreamConsumer> =
             Arc::new(client.create().map_err(|e| ApplyError::kafka("cannot create the consumer", e))?);
         let topics = config.topics();
+        let passthrough = passthrough(config)?;
         let txn_topic = topics.txn();
         wait_for_partition(&consumer, &txn_topic, 0).await?;
         // Open every partition known now in one assignment, so they all fetch at once: the txn topic, the
@@ -136,9 +146,10 @@ impl Reader {
                 .collect();
         let mut initial: BTreeMap<(String, i32), i64> = stored.clone().into_iter().collect();
         for table in config.tables() {
-            let out = topics.out(&table).map_err(|e| ApplyError::Target(format!("{table}: {e}")))?;
-            for partition in 0..existing.get(&out).copied().unwrap_or(0) as i32 {
-                initial.entry((out.clone(), partition)).or_insert(0);
+            let read = if passthrough(&table) { topics.raw(&table) } else { topics.out(&table) };
+            let read = read.map_err(|e| ApplyError::Target(format!("{table}: {e}")))?;
+            for partition in 0..existing.get(&read).copied().unwrap_or(0) as i32 {
+                initial.entry((read.clone(), partition)).or_insert(0);
             }
         }
         initial.insert((txn_topic.clone(), 0), txn_offset);
@@ -148,7 +159,8 @@ impl Reader {
             .into_iter()
             .map(|(key, queue)| {
                 let from = initial[&key];
-                (key, Part { queue, head: None, next_offset: from, last_taken: None })
+                let raw = topics.table_of_raw(&key.0).is_some();
+                (key, Part { queue, raw, head: None, next_offset: from, last_taken: None })
             })
             .collect();
         // Every partition has its own queue; the main queue only serves events (errors, statistics).
@@ -171,7 +183,7 @@ impl Reader {
                 }
             }
         });
-        Ok(Reader { consumer, topics, txn_topic, txn, txn_next: txn_offset, parts, stored, stray, events })
+        Ok(Reader { consumer, topics, passthrough, txn_topic, txn, txn_next: txn_offset, parts, stored, stray, events })
     }
 
     /// The next txn record and its offset, or `None` when none arrives within `wait`.
@@ -195,7 +207,11 @@ impl Reader {
     ) -> Result<TxnCursor, ApplyError> {
         let mut remaining = Vec::with_capacity(counts.len());
         for count in counts {
-            let out = self.topics.out_of_raw(&count.topic).ok_or_else(|| {
+            let read = match self.topics.table_of_raw(&count.topic) {
+                Some(table) if (self.passthrough)(&table) => Some(count.topic.clone()),
+                _ => self.topics.out_of_raw(&count.topic),
+            };
+            let out = read.ok_or_else(|| {
                 ApplyError::Stream(format!(
                     "commit record of {commit} counts records in {}, which is not a raw topic of prefix {}: \
                      is topics.prefix the one capture uses?",
@@ -207,7 +223,8 @@ impl Reader {
             if !self.parts.contains_key(&key) {
                 let from = self.stored.get(&key).copied().unwrap_or(0);
                 let queue = open_queue(&self.consumer, &key.0, key.1, from).await?;
-                self.parts.insert(key.clone(), Part { queue, head: None, next_offset: from, last_taken: None });
+                let raw = self.topics.table_of_raw(&key.0).is_some();
+                self.parts.insert(key.clone(), Part { queue, raw, head: None, next_offset: from, last_taken: None });
             }
             remaining.push((key, count.count));
         }
@@ -267,6 +284,16 @@ impl Reader {
             tracing::debug!(%error, "consumer-group offsets not committed (lag tools only; progress is in DB2)");
         }
     }
+}
+
+/// Which tables apply reads from their raw topics: with `transform.passthrough`, those the rules pass unchanged
+/// (the same test transform makes to skip them).
+fn passthrough(config: &PipelineConfig) -> Result<Passthrough, ApplyError> {
+    if !config.transform.passthrough {
+        return Ok(Box::new(|_| false));
+    }
+    let rules = pgm_rules::load_rules(config).map_err(|e| ApplyError::Refused(format!("transform.rules: {e}")))?;
+    Ok(Box::new(move |table| rules.passes_unchanged(table)))
 }
 
 /// Assigns one partition at `from` and gives it its own queue (once its topic exists).
@@ -355,7 +382,7 @@ async fn peek(
                         tracing::warn!(
                             topic = %topic, partition, txn = %commit.commit_lsn, missing = remaining,
                             waited_s = started.elapsed().as_secs(),
-                            "waiting for the transaction's records in this partition: is pgm-transform running?"
+                            "waiting for the transaction's records in this partition: are pgm-capture and pgm-transform running?"
                         );
                     }
                     continue;
@@ -364,7 +391,12 @@ async fn peek(
             };
             let offset = message.offset();
             let origin = RecordOrigin { topic, partition: *partition, offset };
-            let record = OutRecord::decode(message.payload().unwrap_or_default(), origin)?;
+            let payload = message.payload().unwrap_or_default();
+            let record = if part.raw {
+                pgm_rules::rewrite::unchanged(RawRecord::decode(payload, origin)?)
+            } else {
+                OutRecord::decode(payload, origin)?
+            };
             part.head = Some(Change { record, offset });
         }
         let head = part.head.as_ref().expect("filled above");

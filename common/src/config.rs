@@ -394,6 +394,15 @@ pub struct TransformConfig {
     pub group_id: String,
     #[serde(default = "default_transform_metrics")]
     pub metrics_addr: String,
+    /// Tables the rules pass unchanged (no `[[table]]` rule, `unmatched = "pass"`) skip transform: apply reads their
+    /// raw records and applies them as they are, so each change is one broker record instead of two. Transform and
+    /// apply both read this; changing it is safe at any time (apply drops what it has applied already).
+    #[serde(default = "default_true")]
+    pub passthrough: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_transform_group() -> String {
@@ -405,7 +414,12 @@ fn default_transform_metrics() -> String {
 
 impl Default for TransformConfig {
     fn default() -> Self {
-        TransformConfig { rules: None, group_id: default_transform_group(), metrics_addr: default_transform_metrics() }
+        TransformConfig {
+            rules: None,
+            group_id: default_transform_group(),
+            metrics_addr: default_transform_metrics(),
+            passthrough: true,
+        }
     }
 }
 

@@ -55,6 +55,13 @@ impl Topics {
         Some(format!("{}.out.{rest}", self.prefix))
     }
 
+    /// The table whose raw topic this is (the inverse of [`Topics::raw`]).
+    pub fn table_of_raw(&self, raw_topic: &str) -> Option<TableRef> {
+        let rest = raw_topic.strip_prefix(&self.prefix)?.strip_prefix(".raw.")?;
+        let (schema, table) = rest.split_once('.')?;
+        Some(TableRef::new(unescape(schema)?, unescape(table)?))
+    }
+
     fn table_topic(&self, stage: &str, table: &TableRef) -> Result<String, TopicError> {
         let name = format!("{}.{stage}.{}.{}", self.prefix, escape(&table.schema), escape(&table.table));
         if name.len() > MAX_TOPIC_LEN {
@@ -76,6 +83,25 @@ fn escape(ident: &str) -> String {
     out
 }
 
+fn unescape(text: &str) -> Option<String> {
+    let mut bytes = Vec::with_capacity(text.len());
+    let mut rest = text.as_bytes();
+    while let Some((&b, tail)) = rest.split_first() {
+        rest = tail;
+        if b != b'-' {
+            bytes.push(b);
+        } else if let Some(tail) = rest.strip_prefix(b"-") {
+            bytes.push(b'-');
+            rest = tail;
+        } else {
+            let hex = std::str::from_utf8(rest.get(..2)?).ok()?;
+            bytes.push(u8::from_str_radix(hex, 16).ok()?);
+            rest = &rest[2..];
+        }
+    }
+    String::from_utf8(bytes).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -89,6 +115,9 @@ mod tests {
         assert_eq!(topics.out_of_raw(&raw), Some(topics.out(&table).unwrap()));
         assert_eq!(topics.out_of_raw("other.raw.public.t"), None);
         assert_eq!(topics.out_of_raw("pgm.txn"), None);
+        assert_eq!(topics.table_of_raw(&raw), Some(table));
+        assert_eq!(topics.table_of_raw("pgm.out.public.t"), None);
+        assert_eq!(topics.table_of_raw("pgm.raw.public.t-Z1"), None);
     }
 
     #[test]
@@ -113,6 +142,13 @@ mod tests {
             let (ea, eb) = (escape(&a), escape(&b));
             prop_assert!(ea.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-'));
             prop_assert_eq!(a == b, ea == eb);
+        }
+
+        #[test]
+        fn a_raw_topic_names_its_table(schema in "\\PC{1,12}", table in "\\PC{1,12}") {
+            let topics = Topics::new("pgm.x").unwrap();
+            let t = TableRef::new(schema, table);
+            prop_assert_eq!(topics.table_of_raw(&topics.raw(&t).unwrap()), Some(t));
         }
     }
 }

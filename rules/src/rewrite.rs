@@ -67,6 +67,13 @@ pub struct Program {
     tables: HashMap<TableRef, Vec<Target>>,
 }
 
+/// The out record of a table the rules pass unchanged: one operation on the same table, with the same key and rows.
+/// Transform writes it for such tables; with `transform.passthrough` apply makes it from the raw record itself.
+pub fn unchanged(raw: RawRecord) -> OutRecord {
+    let op = TargetOp { op: raw.op, target: raw.source.clone(), key: raw.key, new: raw.new, old: raw.old };
+    OutRecord { v: ENVELOPE_VERSION, pos: raw.pos, source: raw.source, ops: vec![op] }
+}
+
 fn parse_table(name: &str) -> Option<TableRef> {
     let (schema, table) = name.split_once('.')?;
     (!schema.is_empty() && !table.is_empty()).then(|| TableRef::new(schema, table))
@@ -111,13 +118,7 @@ impl Program {
     pub fn rewrite(&self, raw: &RawRecord) -> Result<OutRecord, RewriteError> {
         let ops = match self.tables.get(&raw.source) {
             None => match self.unmatched {
-                Unmatched::Pass => vec![TargetOp {
-                    op: raw.op,
-                    target: raw.source.clone(),
-                    key: raw.key.clone(),
-                    new: raw.new.clone(),
-                    old: raw.old.clone(),
-                }],
+                Unmatched::Pass => return Ok(unchanged(raw.clone())),
                 Unmatched::Drop => Vec::new(),
             },
             Some(targets) => {
@@ -132,6 +133,12 @@ impl Program {
             }
         };
         Ok(OutRecord { v: ENVELOPE_VERSION, pos: raw.pos, source: raw.source.clone(), ops })
+    }
+
+    /// Whether `source` reaches DB2 exactly as captured (no rule, unmatched tables pass): the same answer as
+    /// [`RulesFile::passes_unchanged`] for the file this program was compiled from.
+    pub fn passes_unchanged(&self, source: &TableRef) -> bool {
+        self.unmatched == Unmatched::Pass && !self.tables.contains_key(source)
     }
 
     /// The DB2 tables that rows of `source` are written to.

@@ -24,6 +24,7 @@ use std::path::Path;
 
 use figment::providers::{Format, Toml};
 use figment::Figment;
+use pgm_common::change::TableRef;
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,6 +44,18 @@ pub struct RulesFile {
     pub unmatched: Unmatched,
     #[serde(default, rename = "table")]
     pub tables: Vec<TableRule>,
+}
+
+impl RulesFile {
+    /// Whether `table`'s changes reach DB2 exactly as captured: no `[[table]]` rule names it and unmatched tables
+    /// pass. Such tables need no transform (`transform.passthrough`).
+    pub fn passes_unchanged(&self, table: &TableRef) -> bool {
+        self.unmatched == Unmatched::Pass
+            && !self
+                .tables
+                .iter()
+                .any(|rule| rule.source.split_once('.').is_some_and(|(s, t)| s == table.schema && t == table.table))
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -133,7 +133,7 @@ async fn worker(records: u64) -> anyhow::Result<()> {
         "[source]\nhost = \"127.0.0.1\"\nuser = \"x\"\ndbname = \"x\"\n[target]\nhost = \"127.0.0.1\"\nuser = \"x\"\ndbname = \"x\"\n\
          [kafka]\nbrokers = \"{brokers}\"\n\
          [topics]\nprefix = \"{prefix}\"\npartitions = 4\n[tables]\ninclude = [\"public.orders\"]\n\
-         [transform]\ngroup_id = \"{}\"\nmetrics_addr = \"127.0.0.1:0\"\n",
+         [transform]\ngroup_id = \"{}\"\nmetrics_addr = \"127.0.0.1:0\"\npassthrough = false\n",
         unique("g")
     ))?;
     let raw_topic = config.topics().raw(&TableRef::new("public", "orders"))?;

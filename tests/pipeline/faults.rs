@@ -10,6 +10,9 @@ use pgm_test_support::stack::{Options, Service, Stack};
 use pgm_test_support::wait;
 
 const SCHEMA: &str = "CREATE TABLE items (id int PRIMARY KEY, v text NOT NULL);";
+/// A rule naming the table, so that transform carries it (a table passed unchanged goes from capture to apply
+/// directly, and transform would have nothing to wait for).
+const RULES: &str = "[[table]]\nsource = \"public.items\"\n[[table.target]]\ntable = \"public.items\"\n";
 
 async fn insert(stack: &Stack, from: i32, to: i32) -> anyhow::Result<()> {
     stack
@@ -27,7 +30,7 @@ async fn services_ride_out_a_late_broker_and_a_broker_restart() -> anyhow::Resul
         source_schema: SCHEMA,
         target_schema: SCHEMA,
         tables: &["public.items"],
-        rules: None,
+        rules: Some(RULES),
         partitions: 2,
         apply: "group_ms = 50",
         librdkafka: "",
@@ -109,7 +112,7 @@ async fn services_waiting_for_an_unreachable_dependency_stop_on_sigterm() -> any
         source_schema: SCHEMA,
         target_schema: SCHEMA,
         tables: &["public.items"],
-        rules: None,
+        rules: Some(RULES),
         partitions: 1,
         apply: "",
         librdkafka: "",

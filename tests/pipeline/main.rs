@@ -7,6 +7,7 @@ mod chaos;
 mod faults;
 mod fidelity;
 mod lifecycle;
+mod passthrough;
 mod smoke;
 mod tls;
 mod transform;

@@ -115,8 +115,8 @@ pub struct Worker {
     config: PipelineConfig,
     /// raw topic → out topic, made (or checked) on first sight.
     out_topics: HashMap<String, String>,
-    /// The raw topics subscribed to: these names, or every `<prefix>.raw.` topic when empty.
-    raw_topics: Vec<String>,
+    /// The raw topics subscribed to: these names, or every `<prefix>.raw.` topic when `None` (no table list).
+    raw_topics: Option<Vec<String>>,
 }
 
 impl Worker {
@@ -130,7 +130,9 @@ impl Worker {
         let consumer: StreamConsumer<RebalanceCommit> = client.create_with_context(RebalanceCommit)?;
         let topics = config.topics();
         let tables = config.tables();
-        let mut raw_topics = Vec::new();
+        let mut raw_topics = None;
+        let passthrough =
+            |table: &pgm_common::change::TableRef| config.transform.passthrough && program.passes_unchanged(table);
         if tables.is_empty() {
             let prefix: String =
                 topics.prefix().chars().map(|c| if c == '.' { "\\.".to_owned() } else { c.to_string() }).collect();
@@ -138,11 +140,21 @@ impl Worker {
         } else {
             let names: Vec<String> = tables
                 .iter()
+                .filter(|t| !passthrough(t))
                 .map(|t| topics.raw(t))
                 .collect::<Result<_, _>>()
                 .map_err(|e| WorkerError::Config(e.to_string()))?;
-            consumer.subscribe(&names.iter().map(String::as_str).collect::<Vec<_>>())?;
-            raw_topics = names;
+            let skipped = tables.len() - names.len();
+            if skipped > 0 {
+                tracing::info!(
+                    tables = skipped,
+                    "tables the rules pass unchanged are left to apply (transform.passthrough)"
+                );
+            }
+            if !names.is_empty() {
+                consumer.subscribe(&names.iter().map(String::as_str).collect::<Vec<_>>())?;
+            }
+            raw_topics = Some(names);
         }
         let producer = kafka::producer(&config.kafka, "pgm-transform")?;
         Ok(Worker {
@@ -157,11 +169,15 @@ impl Worker {
     }
 
     fn subscribed(&self, topic: &str) -> bool {
-        if self.raw_topics.is_empty() {
-            self.config.topics().out_of_raw(topic).is_some()
-        } else {
-            self.raw_topics.iter().any(|t| t == topic)
+        match &self.raw_topics {
+            None => self.config.topics().out_of_raw(topic).is_some(),
+            Some(names) => names.iter().any(|t| t == topic),
         }
+    }
+
+    /// A table apply reads from its raw topic (`transform.passthrough`): no out record is written for it.
+    fn left_to_apply(&self, table: &pgm_common::change::TableRef) -> bool {
+        self.config.transform.passthrough && self.program.passes_unchanged(table)
     }
 
     async fn out_topic(
@@ -209,6 +225,14 @@ impl Worker {
     }
 
     pub async fn run(mut self, health: Health, shutdown: CancellationToken) -> Result<(), WorkerError> {
+        if self.raw_topics.as_ref().is_some_and(Vec::is_empty) {
+            tracing::info!(
+                "every configured table passes the rules unchanged and apply reads them directly \
+                 (transform.passthrough): this worker has nothing to do"
+            );
+            shutdown.cancelled().await;
+            return Ok(());
+        }
         let mut in_flight: FuturesOrdered<Ack> = FuturesOrdered::new();
         let mut broker_away = false;
         let mut commit_timer = tokio::time::interval(Duration::from_secs(1));
@@ -280,6 +304,12 @@ impl Worker {
                     let (topic, partition, offset) = (message.topic().to_owned(), message.partition(), message.offset());
                     let origin = RecordOrigin { topic: &topic, partition, offset };
                     let raw = RawRecord::decode(message.payload().unwrap_or_default(), origin)?;
+                    if self.left_to_apply(&raw.source) {
+                        // Apply reads this table's raw topic itself: nothing to write, the offset only moves on.
+                        drop(message);
+                        in_flight.push_back(Box::pin(async move { Ok((topic, partition, offset)) }));
+                        continue;
+                    }
                     let key = message.key().unwrap_or_default().to_vec();
                     drop(message);
                     let label = TableLabel::new(&raw.source);
