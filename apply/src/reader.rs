@@ -133,6 +133,14 @@ impl Reader {
             Arc::new(client.create().map_err(|e| ApplyError::kafka("cannot create the consumer", e))?);
         let topics = config.topics();
         let passthrough = passthrough(config)?;
+        let raw_tables: Vec<String> =
+            config.tables().iter().filter(|t| passthrough(t)).map(|t| t.to_string()).collect();
+        if !raw_tables.is_empty() {
+            tracing::info!(
+                tables = ?raw_tables,
+                "reading these tables from their raw topics: the rules pass them unchanged (transform.passthrough)"
+            );
+        }
         let txn_topic = topics.txn();
         wait_for_partition(&consumer, &txn_topic, 0).await?;
         // Open every partition known now in one assignment, so they all fetch at once: the txn topic, the

@@ -396,13 +396,11 @@ pub struct TransformConfig {
     pub metrics_addr: String,
     /// Tables the rules pass unchanged (no `[[table]]` rule, `unmatched = "pass"`) skip transform: apply reads their
     /// raw records and applies them as they are, so each change is one broker record instead of two. Transform and
-    /// apply both read this; changing it is safe at any time (apply drops what it has applied already).
-    #[serde(default = "default_true")]
+    /// apply must read the same setting and the same rules file (one configuration for the pipeline): if apply's
+    /// rules passed a table that transform rewrites, DB2 would get untransformed rows. Off by default for that
+    /// reason. Switching it (with both services restarted) is safe: apply drops what it has applied already.
+    #[serde(default)]
     pub passthrough: bool,
-}
-
-fn default_true() -> bool {
-    true
 }
 
 fn default_transform_group() -> String {
@@ -418,7 +416,7 @@ impl Default for TransformConfig {
             rules: None,
             group_id: default_transform_group(),
             metrics_addr: default_transform_metrics(),
-            passthrough: true,
+            passthrough: false,
         }
     }
 }

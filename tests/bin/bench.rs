@@ -192,6 +192,7 @@ impl<'a> Run<'a> {
         };
         let brokers = broker.as_ref().map_or_else(shared_brokers, |b| Ok(b.brokers()))?;
         let stack = Stack::new(bins()?, brokers, options).await?;
+        stack.configure("transform", "passthrough = true")?;
         let scale = sizes.scale.to_string();
         for db1 in [true, false] {
             pgbench(&stack, db1, &["-i", "-q", "-s", &scale])?;

@@ -143,6 +143,7 @@ async fn chaos_every_component_killed_at_random_and_db2_still_equals_db1() -> an
         create_slot: true,
     };
     let mut stack = Stack::new(BINS, broker.brokers(), options).await?;
+    stack.configure("transform", "passthrough = true")?;
     stack
         .source()
         .await?

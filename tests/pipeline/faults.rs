@@ -10,8 +10,7 @@ use pgm_test_support::stack::{Options, Service, Stack};
 use pgm_test_support::wait;
 
 const SCHEMA: &str = "CREATE TABLE items (id int PRIMARY KEY, v text NOT NULL);";
-/// A rule naming the table, so that transform carries it (a table passed unchanged goes from capture to apply
-/// directly, and transform would have nothing to wait for).
+/// A rule naming the table, so that transform carries it whatever `transform.passthrough` says.
 const RULES: &str = "[[table]]\nsource = \"public.items\"\n[[table.target]]\ntable = \"public.items\"\n";
 
 async fn insert(stack: &Stack, from: i32, to: i32) -> anyhow::Result<()> {

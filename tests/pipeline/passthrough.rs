@@ -1,4 +1,4 @@
-//! Tables the rules pass unchanged skip transform (`transform.passthrough`, on by default): apply reads their raw
+//! Tables the rules pass unchanged skip transform (`transform.passthrough = true`): apply reads their raw
 //! records, so each of their changes is one broker record. A transaction touching a transformed table and a
 //! passed-through one is still applied whole, in order; turning passthrough off (and on again) loses and doubles
 //! nothing.
@@ -75,6 +75,7 @@ async fn a_table_the_rules_pass_unchanged_costs_one_broker_record_per_change() -
         create_slot: true,
     };
     let stack = Stack::new(BINS, shared_brokers()?, options).await?;
+    stack.configure("transform", "passthrough = true")?;
     let _capture = stack.spawn(Service::Capture, &["run"])?;
     let mut transform = stack.spawn(Service::Transform, &["run"])?;
     let mut apply = stack.spawn(Service::Apply, &["run"])?;

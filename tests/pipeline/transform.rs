@@ -466,7 +466,7 @@ async fn a_surviving_worker_takes_over_every_partition_without_help() -> anyhow:
     let brokers = broker.brokers();
     let prefix = unique("takeover");
     let dir = tempfile::tempdir()?;
-    // A rule, so that transform has the table to itself (a table passed unchanged is read by apply directly).
+    // A rule, so that transform carries the table whatever `transform.passthrough` says.
     let rules = dir.path().join("rules.toml");
     std::fs::write(&rules, "[[table]]\nsource = \"public.items\"\n[[table.target]]\ntable = \"public.products\"\n")?;
     let config = write_config(dir.path(), &pg, (&db, &db), &brokers, &prefix, Some(&rules), &["public.items"])?;
