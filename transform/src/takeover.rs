@@ -18,7 +18,8 @@ use rdkafka::{Offset, TopicPartitionList};
 
 /// How much longer than the session timeout a partition may sit unconsumed before the worker rejoins.
 const MARGIN: Duration = Duration::from_secs(5);
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Each broker call of a check: short, as the check blocks the worker's loop (a SIGTERM waits for it).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Partitions this worker does not hold that have records waiting: their committed offset and since when.
 pub struct OrphanWatch {
