@@ -68,6 +68,12 @@ struct Part {
     last_taken: Option<Position>,
 }
 
+impl Part {
+    fn new(topics: &Topics, topic: &str, queue: Queue, from: i64) -> Self {
+        Part { queue, raw: topics.table_of_raw(topic).is_some(), head: None, next_offset: from, last_taken: None }
+    }
+}
+
 /// One source transaction being collected: how many records each partition still owes.
 pub struct TxnCursor {
     pub commit: Position,
@@ -166,9 +172,8 @@ impl Reader {
         let parts = queues
             .into_iter()
             .map(|(key, queue)| {
-                let from = initial[&key];
-                let raw = topics.table_of_raw(&key.0).is_some();
-                (key, Part { queue, raw, head: None, next_offset: from, last_taken: None })
+                let part = Part::new(&topics, &key.0, queue, initial[&key]);
+                (key, part)
             })
             .collect();
         // Every partition has its own queue; the main queue only serves events (errors, statistics).
@@ -231,8 +236,7 @@ impl Reader {
             if !self.parts.contains_key(&key) {
                 let from = self.stored.get(&key).copied().unwrap_or(0);
                 let queue = open_queue(&self.consumer, &key.0, key.1, from).await?;
-                let raw = self.topics.table_of_raw(&key.0).is_some();
-                self.parts.insert(key.clone(), Part { queue, raw, head: None, next_offset: from, last_taken: None });
+                self.parts.insert(key.clone(), Part::new(&self.topics, &key.0, queue, from));
             }
             remaining.push((key, count.count));
         }

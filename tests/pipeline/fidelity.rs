@@ -234,6 +234,9 @@ fn verify(stack: &Stack) -> anyhow::Result<(bool, String)> {
 #[tokio::test(flavor = "multi_thread")]
 async fn pgoutput_carries_every_value_of_every_type_exactly() -> anyhow::Result<()> {
     let stack = fidelity_stack("pgoutput", true).await?;
+    // Every value takes the passthrough path here (capture → apply, no out record); the wal2json test below takes
+    // the transform path, so each type is compared on both.
+    stack.configure("transform", "passthrough = true")?;
     let differing = run_pipeline(&stack).await?;
     ensure!(differing.is_empty(), "cells that differ with pgoutput (key, column, DB1, DB2): {differing:?}");
     let db1_rows = Stack::rows(&stack.source().await?, TABLE).await?;

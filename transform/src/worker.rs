@@ -105,6 +105,11 @@ impl ConsumerContext for RebalanceCommit {
     }
 }
 
+/// A table apply reads from its raw topic (`transform.passthrough`): no out record is written for it.
+fn left_to_apply(config: &PipelineConfig, program: &Program, table: &pgm_common::change::TableRef) -> bool {
+    config.transform.passthrough && program.passes_unchanged(table)
+}
+
 type Ack = Pin<Box<dyn Future<Output = Result<(String, i32, i64), WorkerError>> + Send>>;
 
 pub struct Worker {
@@ -131,8 +136,6 @@ impl Worker {
         let topics = config.topics();
         let tables = config.tables();
         let mut raw_topics = None;
-        let passthrough =
-            |table: &pgm_common::change::TableRef| config.transform.passthrough && program.passes_unchanged(table);
         if tables.is_empty() {
             let prefix: String =
                 topics.prefix().chars().map(|c| if c == '.' { "\\.".to_owned() } else { c.to_string() }).collect();
@@ -140,7 +143,7 @@ impl Worker {
         } else {
             let names: Vec<String> = tables
                 .iter()
-                .filter(|t| !passthrough(t))
+                .filter(|t| !left_to_apply(config, &program, t))
                 .map(|t| topics.raw(t))
                 .collect::<Result<_, _>>()
                 .map_err(|e| WorkerError::Config(e.to_string()))?;
@@ -173,11 +176,6 @@ impl Worker {
             None => self.config.topics().out_of_raw(topic).is_some(),
             Some(names) => names.iter().any(|t| t == topic),
         }
-    }
-
-    /// A table apply reads from its raw topic (`transform.passthrough`): no out record is written for it.
-    fn left_to_apply(&self, table: &pgm_common::change::TableRef) -> bool {
-        self.config.transform.passthrough && self.program.passes_unchanged(table)
     }
 
     async fn out_topic(
@@ -304,7 +302,7 @@ impl Worker {
                     let (topic, partition, offset) = (message.topic().to_owned(), message.partition(), message.offset());
                     let origin = RecordOrigin { topic: &topic, partition, offset };
                     let raw = RawRecord::decode(message.payload().unwrap_or_default(), origin)?;
-                    if self.left_to_apply(&raw.source) {
+                    if left_to_apply(&self.config, &self.program, &raw.source) {
                         // Apply reads this table's raw topic itself: nothing to write, the offset only moves on.
                         drop(message);
                         in_flight.push_back(Box::pin(async move { Ok((topic, partition, offset)) }));
