@@ -9,6 +9,7 @@
 //! `walsender` speaks the replication protocol, `stream` runs the loop, `publisher` makes records and tracks
 //! acknowledgements, `slot` and `check` serve the operator commands, `metrics` names what is measured.
 
+pub mod acks;
 pub mod bootstrap;
 pub mod check;
 pub mod identity;

@@ -8,17 +8,16 @@
 //!   Commit ──▶ txn topic: commit record with the counts      (tag: end LSN)
 //! ```
 //!
-//! Every produce is enqueued without waiting and its delivery future pushed, in produce order, onto a
-//! `FuturesOrdered`; it yields in that order, so when a commit record's delivery comes out, every record before it
-//! is acknowledged too, and the transaction's end LSN may be confirmed to the slot. Nothing is ever confirmed ahead
-//! of a record Kafka has not acknowledged.
+//! Every produce is enqueued without waiting and gets a sequence number; [`crate::acks`] tracks the frontier below
+//! which Kafka has acknowledged everything. A commit record's sequence number is remembered with its end LSN (a
+//! *tag*): when the frontier passes it, every record of that transaction and of all earlier ones is acknowledged,
+//! and the end LSN may be confirmed to the slot. Nothing is ever confirmed ahead of a record Kafka has not
+//! acknowledged.
 
-use std::collections::{BTreeMap, HashMap};
-use std::future::Future;
-use std::pin::Pin;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use futures::stream::{FuturesOrdered, StreamExt};
 use pgm_common::change::{Begin, Commit, Message, Row, RowChange, RowOp, TableRef, Truncate};
 use pgm_common::config::PipelineConfig;
 use pgm_common::envelope::{Op, PartitionCount, RawRecord, TxnRecord, ENVELOPE_VERSION};
@@ -28,9 +27,10 @@ use prometheus_client::metrics::counter::Counter;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode as Code;
 
+use crate::acks::{AckContext, Acks, Failed};
 use crate::metrics::{CaptureMetrics, TableLabel};
 use crate::CaptureError;
 
@@ -39,8 +39,6 @@ const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Records in flight (enqueued, not yet acknowledged) before capture stops reading from the slot.
 pub const MAX_IN_FLIGHT: usize = 50_000;
-
-type Ack = Pin<Box<dyn Future<Output = Result<Option<Lsn>, CaptureError>> + Send>>;
 
 struct OpenTxn {
     xid: u32,
@@ -58,7 +56,16 @@ struct Route {
 }
 
 pub struct Publisher {
-    producer: FutureProducer,
+    producer: Arc<ThreadedProducer<AckContext>>,
+    acks: Arc<Acks>,
+    /// Sequence number of the next record enqueued.
+    next_seq: u64,
+    /// Records that complete a transaction or heartbeat: (sequence number, LSN to confirm once it is acknowledged).
+    tags: VecDeque<(u64, Lsn)>,
+    /// The frontier when `next_ack` last returned: a return without a tag says that room was freed.
+    reported_frontier: u64,
+    /// Reused for every record's JSON.
+    buffer: Vec<u8>,
     admin: AdminClient<DefaultClientContext>,
     topics: Topics,
     txn_topic: String,
@@ -69,7 +76,6 @@ pub struct Publisher {
     routes: Vec<Route>,
     /// No `tables.include`: every table is carried and its topic made on first sight.
     all_tables: bool,
-    in_flight: FuturesOrdered<Ack>,
     txn: Option<OpenTxn>,
     metrics: CaptureMetrics,
 }
@@ -81,11 +87,19 @@ impl Publisher {
         if !config.kafka.librdkafka.contains_key("queue.buffering.max.messages") {
             producer_config.set("queue.buffering.max.messages", (2 * MAX_IN_FLIGHT).to_string());
         }
-        let producer: FutureProducer = producer_config.create().map_err(CaptureError::Kafka)?;
+        let acks = Arc::new(Acks::default());
+        let context = AckContext { acks: acks.clone(), delivery_errors: metrics.delivery_errors.clone() };
+        let producer: ThreadedProducer<AckContext> =
+            producer_config.create_with_context(context).map_err(CaptureError::Kafka)?;
         let admin = kafka::admin(&config.kafka, "pgm-capture-admin").map_err(CaptureError::Kafka)?;
         let tables = config.tables();
         let mut publisher = Publisher {
-            producer,
+            producer: Arc::new(producer),
+            acks,
+            next_seq: 0,
+            tags: VecDeque::new(),
+            reported_frontier: 0,
+            buffer: Vec::with_capacity(4096),
             admin,
             topics: config.topics(),
             txn_topic: config.topics().txn(),
@@ -94,7 +108,6 @@ impl Publisher {
             route_of: HashMap::new(),
             routes: Vec::new(),
             all_tables: tables.is_empty(),
-            in_flight: FuturesOrdered::new(),
             txn: None,
             metrics,
         };
@@ -175,78 +188,109 @@ impl Publisher {
     }
 
     pub fn in_flight(&self) -> usize {
-        self.in_flight.len()
+        (self.next_seq - self.acks.frontier()) as usize
     }
 
     pub fn is_full(&self) -> bool {
-        self.in_flight.len() >= MAX_IN_FLIGHT
+        self.in_flight() >= MAX_IN_FLIGHT
     }
 
     /// Nothing enqueued is unacknowledged and no transaction is open: the server's WAL end may be confirmed.
     pub fn is_idle(&self) -> bool {
-        self.in_flight.is_empty() && self.txn.is_none()
+        self.txn.is_none() && self.in_flight() == 0
     }
 
-    /// The next acknowledgement in produce order: `Some(lsn)` when it completes a transaction (or heartbeat).
+    /// Waits for acknowledgements: `Some(Ok(Some(lsn)))` when they complete a transaction (or heartbeat) ending at
+    /// `lsn`, `Some(Ok(None))` when they only freed room in flight, `None` when nothing is in flight.
     pub async fn next_ack(&mut self) -> Option<Result<Option<Lsn>, CaptureError>> {
-        self.in_flight.next().await
+        loop {
+            if let Some(failed) = self.acks.take_failure() {
+                return Some(Err(delivery_error(failed)));
+            }
+            let frontier = self.acks.frontier();
+            let mut completed = None;
+            while let Some(&(seq, lsn)) = self.tags.front() {
+                if seq >= frontier {
+                    break;
+                }
+                completed = Some(lsn);
+                self.tags.pop_front();
+            }
+            self.acks.wake_after(self.tags.front().map_or(u64::MAX, |&(seq, _)| seq));
+            if completed.is_some() || frontier > self.reported_frontier {
+                self.reported_frontier = frontier;
+                return Some(Ok(completed));
+            }
+            if frontier == self.next_seq {
+                return None;
+            }
+            self.acks.woken().await;
+        }
     }
 
-    /// Waits for every record in flight (shutdown).
+    /// Waits for every record in flight (shutdown, the end of a bootstrap); returns the last tag's LSN.
     pub async fn drain(&mut self) -> Result<Option<Lsn>, CaptureError> {
         let mut last = None;
-        while let Some(ack) = self.in_flight.next().await {
-            if let Some(lsn) = ack? {
-                last = Some(lsn);
+        loop {
+            if let Some(failed) = self.acks.take_failure() {
+                return Err(delivery_error(failed));
             }
+            let frontier = self.acks.frontier();
+            while let Some(&(seq, lsn)) = self.tags.front() {
+                if seq >= frontier {
+                    break;
+                }
+                last = Some(lsn);
+                self.tags.pop_front();
+            }
+            if frontier == self.next_seq {
+                self.reported_frontier = frontier;
+                return Ok(last);
+            }
+            self.acks.wake_after(self.next_seq - 1);
+            // A wake-up between reading the frontier and asking for it is kept by `Notify` as a permit; the timeout
+            // only bounds a missed step of the frontier arithmetic, never correctness.
+            let _ = tokio::time::timeout(Duration::from_millis(100), self.acks.woken()).await;
         }
-        Ok(last)
     }
 
+    /// Enqueues the record whose value is in `self.buffer`, to the table's raw topic (`route`) or the txn topic
+    /// (`None`); with `tag`, its acknowledgement confirms that LSN.
     async fn produce(
         &mut self,
-        topic: &str,
+        route: Option<usize>,
         partition: i32,
-        key: &str,
-        payload: &[u8],
         tag: Option<Lsn>,
         pos: Position,
     ) -> Result<(), CaptureError> {
-        let mut record = FutureRecord::to(topic).partition(partition).key(key).payload(payload);
+        let seq = self.next_seq;
+        let key = pos.key_bytes();
+        let topic = route.map_or(&self.txn_topic, |r| &self.routes[r].topic);
+        let mut record = BaseRecord::with_opaque_to(topic, seq as usize)
+            .partition(partition)
+            .key(&key[..])
+            .payload(&self.buffer[..]);
         loop {
-            match self.producer.send_result(record) {
-                Ok(delivery) => {
-                    let errors = self.metrics.delivery_errors.clone();
-                    let topic = topic.to_owned();
-                    self.in_flight.push_back(Box::pin(async move {
-                        match delivery.await {
-                            Ok(Ok(_)) => Ok(tag),
-                            Ok(Err((error, _))) => {
-                                errors.inc();
-                                Err(CaptureError::Delivery { topic, partition, pos, error })
-                            }
-                            Err(_) => {
-                                Err(CaptureError::Delivery { topic, partition, pos, error: KafkaError::Canceled })
-                            }
-                        }
-                    }));
-                    return Ok(());
-                }
+            match self.producer.send(record) {
+                Ok(()) => break,
                 Err((KafkaError::MessageProduction(Code::QueueFull), returned)) => {
                     record = returned;
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
-                Err((error, _)) => {
-                    return Err(CaptureError::Delivery { topic: topic.to_owned(), partition, pos, error })
-                }
+                Err((error, _)) => return Err(CaptureError::Delivery { topic: topic.clone(), partition, pos, error }),
             }
         }
+        self.next_seq += 1;
+        if let Some(lsn) = tag {
+            self.tags.push_back((seq, lsn));
+        }
+        Ok(())
     }
 
     async fn produce_txn(&mut self, pos: Position, record: &TxnRecord, tag: Option<Lsn>) -> Result<(), CaptureError> {
-        let payload = serde_json::to_vec(record).expect("txn records serialize");
-        let topic = self.txn_topic.clone();
-        self.produce(&topic, 0, &pos.to_key(), &payload, tag, pos).await
+        self.buffer.clear();
+        serde_json::to_writer(&mut self.buffer, record).expect("txn records serialize");
+        self.produce(None, 0, tag, pos).await
     }
 
     pub async fn begin(&mut self, begin: Begin) -> Result<(), CaptureError> {
@@ -277,12 +321,12 @@ impl Publisher {
     }
 
     async fn publish_raw(&mut self, route: usize, record: RawRecord, partition: i32) -> Result<(), CaptureError> {
-        let payload = serde_json::to_vec(&record).expect("raw records serialize");
-        let Route { topic, records, bytes } = &self.routes[route];
+        self.buffer.clear();
+        serde_json::to_writer(&mut self.buffer, &record).expect("raw records serialize");
+        let Route { records, bytes, .. } = &self.routes[route];
         records.inc();
-        bytes.inc_by(payload.len() as u64);
-        let topic = topic.clone();
-        self.produce(&topic, partition, &record.pos.to_key(), &payload, None, record.pos).await?;
+        bytes.inc_by(self.buffer.len() as u64);
+        self.produce(Some(route), partition, None, record.pos).await?;
         let txn = self.txn.as_mut().expect("checked by next_position");
         *txn.counts.entry((route, partition)).or_default() += 1;
         Ok(())
@@ -390,6 +434,15 @@ impl Publisher {
         let sent_at_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
         let record = TxnRecord::Heartbeat { v: ENVELOPE_VERSION, wal_end, sent_at_ms };
         self.produce_txn(Position::new(wal_end, Position::BEGIN), &record, Some(wal_end)).await
+    }
+}
+
+/// A failed delivery as capture's error: the record's topic, partition and position.
+fn delivery_error(failed: Failed) -> CaptureError {
+    let Failed { topic, partition, key, error } = failed;
+    match Position::from_key(&key) {
+        Ok(pos) => CaptureError::Delivery { topic, partition, pos, error },
+        Err(_) => CaptureError::Stream(format!("delivery to {topic} [{partition}] failed: {error}")),
     }
 }
 

@@ -103,8 +103,26 @@ impl Position {
 
     /// The Kafka key: fixed width, so byte order is position order.
     pub fn to_key(&self) -> String {
-        let lsn = self.commit_lsn.0;
-        format!("{:08X}/{:08X}:{:020}", lsn >> 32, lsn & 0xFFFF_FFFF, self.ordinal)
+        String::from_utf8(self.key_bytes().to_vec()).expect("keys are ASCII")
+    }
+
+    /// [`Position::to_key`] without an allocation (capture writes one per record).
+    pub fn key_bytes(&self) -> [u8; KEY_LEN] {
+        const HEX: &[u8; 16] = b"0123456789ABCDEF";
+        let mut key = [0u8; KEY_LEN];
+        let (hi, lo) = (self.commit_lsn.0 >> 32, self.commit_lsn.0 & 0xFFFF_FFFF);
+        for i in 0..8 {
+            key[i] = HEX[((hi >> (28 - 4 * i)) & 0xF) as usize];
+            key[9 + i] = HEX[((lo >> (28 - 4 * i)) & 0xF) as usize];
+        }
+        key[8] = b'/';
+        key[17] = b':';
+        let mut ordinal = self.ordinal;
+        for i in (18..KEY_LEN).rev() {
+            key[i] = b'0' + (ordinal % 10) as u8;
+            ordinal /= 10;
+        }
+        key
     }
 
     /// Parses exactly what [`Position::to_key`] prints, nothing looser: a key that does not round-trip would break
@@ -205,6 +223,13 @@ mod tests {
         #[test]
         fn key_byte_order_is_position_order(a in any_position(), b in any_position()) {
             prop_assert_eq!(a.cmp(&b), a.to_key().as_bytes().cmp(b.to_key().as_bytes()));
+        }
+
+        #[test]
+        fn key_is_the_documented_format(a in any_position()) {
+            let lsn = a.commit_lsn.0;
+            let expected = format!("{:08X}/{:08X}:{:020}", lsn >> 32, lsn & 0xFFFF_FFFF, a.ordinal);
+            prop_assert_eq!(a.to_key(), expected);
         }
 
         #[test]
