@@ -14,6 +14,8 @@ pub const LAG_BYTES: &str = "pgm_capture_lag_bytes";
 pub const RECORDS: &str = "pgm_capture_records";
 pub const BYTES: &str = "pgm_capture_bytes";
 pub const TRANSACTIONS: &str = "pgm_capture_transactions";
+pub const TXN_RECORDS: &str = "pgm_capture_txn_records";
+pub const TXN_BYTES: &str = "pgm_capture_txn_bytes";
 pub const DELIVERY_ERRORS: &str = "pgm_capture_delivery_errors";
 pub const LAST_FEEDBACK: &str = "pgm_capture_last_feedback_timestamp_seconds";
 
@@ -41,6 +43,9 @@ pub struct CaptureMetrics {
     pub records: Family<TableLabel, Counter>,
     pub bytes: Family<TableLabel, Counter>,
     pub transactions: Counter,
+    /// Records on the txn topic (begin, commit, message, heartbeat) and their bytes.
+    pub txn_records: Counter,
+    pub txn_bytes: Counter,
     pub delivery_errors: Counter,
     pub last_feedback: Gauge<f64, AtomicU64>,
 }
@@ -62,6 +67,8 @@ impl CaptureMetrics {
         registry.register(RECORDS, "Raw change records published, by source table", self.records.clone());
         registry.register(BYTES, "Bytes of raw change records published, by source table", self.bytes.clone());
         registry.register(TRANSACTIONS, "Source transactions published", self.transactions.clone());
+        registry.register(TXN_RECORDS, "Records published on the txn topic", self.txn_records.clone());
+        registry.register(TXN_BYTES, "Bytes of records published on the txn topic", self.txn_bytes.clone());
         registry.register(DELIVERY_ERRORS, "Kafka delivery failures", self.delivery_errors.clone());
         registry.register(LAST_FEEDBACK, "Unix time of the last status update sent to DB1", self.last_feedback.clone());
         Arc::new(Mutex::new(registry))

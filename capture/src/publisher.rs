@@ -290,6 +290,8 @@ impl Publisher {
     async fn produce_txn(&mut self, pos: Position, record: &TxnRecord, tag: Option<Lsn>) -> Result<(), CaptureError> {
         self.buffer.clear();
         serde_json::to_writer(&mut self.buffer, record).expect("txn records serialize");
+        self.metrics.txn_records.inc();
+        self.metrics.txn_bytes.inc_by(self.buffer.len() as u64);
         self.produce(None, 0, tag, pos).await
     }
 

@@ -56,9 +56,11 @@ pub const CONSUMER_DEFAULTS: &[(&str, &str)] = &[
     ("enable.partition.eof", "false"),
     // How long the broker may hold a fetch that has less than fetch.min.bytes. Kafka answers at once when data is
     // there, so this only bounds how soon an idle partition's first new record is seen (a transaction's records may
-    // sit in a partition that was idle). tansu 0.6.0 answers every non-empty fetch after about half of it (250 ms
-    // per hop with librdkafka's 500 ms default), so keep it short.
-    ("fetch.wait.max.ms", "20"),
+    // sit in a partition that was idle); librdkafka's default is 500. tansu 0.6.0 holds *every* fetch this long
+    // (half of it from 250 ms up) and runs its SQL for every assigned partition once per fetch, so the value is
+    // also what an idle consumer costs it: one consumer of 17 partitions kept tansu at 82 % CPU with 20 ms, 23 %
+    // with 100 ms, 10 % with 500 ms (`pgm-bench-produce`). 100 ms per hop is a small part of a 1 s lag budget.
+    ("fetch.wait.max.ms", "100"),
     // When the prefetch queue is full, librdkafka waits fetch.queue.backoff.ms (default 1 s) before fetching again:
     // a consumer that drains fast stalled a second every few thousand records. Fetch again soon instead.
     ("fetch.queue.backoff.ms", "20"),

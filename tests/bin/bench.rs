@@ -159,6 +159,8 @@ struct Measured {
     lag_p99: Option<f64>,
     lag_at_stop: Option<f64>,
     processes: BTreeMap<String, (f64, u64)>,
+    /// Broker records and bytes the pipeline wrote in the measured window.
+    traffic: (f64, f64),
     equal: Result<(), String>,
 }
 
@@ -171,6 +173,8 @@ struct Run<'a> {
     sizes: &'a Sizes,
     services: Vec<(Service, Running)>,
     cpu_start: BTreeMap<String, f64>,
+    /// Broker records and bytes written by the services (from their metrics), by service pid, at the mark.
+    traffic_start: BTreeMap<u32, (f64, f64)>,
 }
 
 impl<'a> Run<'a> {
@@ -217,7 +221,16 @@ impl<'a> Run<'a> {
         } else {
             stack.create_slot()?;
         }
-        Ok(Run { stack, broker, replicator, workload, sizes, services: Vec::new(), cpu_start: BTreeMap::new() })
+        Ok(Run {
+            stack,
+            broker,
+            replicator,
+            workload,
+            sizes,
+            services: Vec::new(),
+            cpu_start: BTreeMap::new(),
+            traffic_start: BTreeMap::new(),
+        })
     }
 
     /// Transform and apply of pg-migrator: consumers, idle until capture (the replication proper) runs.
@@ -269,7 +282,37 @@ impl<'a> Run<'a> {
         Ok(pids)
     }
 
+    /// Records and bytes (key + value) each running service has written to the broker so far, by pid: capture's
+    /// raw and txn records, transform's out records.
+    fn traffic(&self) -> BTreeMap<u32, (f64, f64)> {
+        let key = pgm_common::lsn::KEY_LEN as f64;
+        self.services
+            .iter()
+            .filter_map(|(service, running)| {
+                let sum = |name: &str| running.metric_sum(name).unwrap_or(0.0);
+                let (records, bytes) = match service {
+                    Service::Capture => (
+                        sum("pgm_capture_records_total") + sum("pgm_capture_txn_records_total"),
+                        sum("pgm_capture_bytes_total") + sum("pgm_capture_txn_bytes_total"),
+                    ),
+                    Service::Transform => (sum("pgm_transform_records_total"), sum("pgm_transform_out_bytes_total")),
+                    _ => return None,
+                };
+                Some((running.child.id(), (records, bytes + records * key)))
+            })
+            .collect()
+    }
+
+    /// Broker records and bytes written since the mark.
+    fn traffic_since_mark(&self) -> (f64, f64) {
+        self.traffic().into_iter().fold((0.0, 0.0), |(r, b), (pid, (records, bytes))| {
+            let (r0, b0) = self.traffic_start.get(&pid).copied().unwrap_or((0.0, 0.0));
+            (r + records - r0, b + bytes - b0)
+        })
+    }
+
     async fn mark_cpu(&mut self) -> anyhow::Result<()> {
+        self.traffic_start = self.traffic();
         self.cpu_start = self
             .pids()
             .await?
@@ -468,6 +511,7 @@ impl<'a> Run<'a> {
         }
         let end_to_end_s = started.elapsed().as_secs_f64();
         let processes = self.usage_since_mark().await?;
+        let traffic = self.traffic_since_mark();
         let equal = self.compare().await?;
         Ok(Measured {
             changes,
@@ -477,6 +521,7 @@ impl<'a> Run<'a> {
             lag_p99: None,
             lag_at_stop: None,
             processes,
+            traffic,
             equal,
         })
     }
@@ -486,6 +531,19 @@ impl<'a> Run<'a> {
         self.start_replication().await?;
         self.marker(0).await?;
         self.wait_marker(0, Duration::from_secs(120)).await?;
+        if self.replicator != Replicator::Native {
+            // What the pipeline costs while DB1 is idle (consumers polling, heartbeats).
+            self.mark_cpu().await?;
+            let idle_s: u64 = std::env::var("PGM_BENCH_IDLE_S").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+            tokio::time::sleep(Duration::from_secs(idle_s)).await;
+            let idle: Vec<String> = self
+                .usage_since_mark()
+                .await?
+                .iter()
+                .map(|(n, (cpu, _))| format!("{n} {:.0} %", cpu * 100.0 / idle_s as f64))
+                .collect();
+            println!("          idle for {idle_s} s before the load, CPU: {}", idle.join(", "));
+        }
         self.mark_cpu().await?;
         let stop = Arc::new(AtomicBool::new(false));
         let ticker = {
@@ -515,11 +573,48 @@ impl<'a> Run<'a> {
                 anyhow::Ok(samples)
             })
         };
+        // Where the lag is: WAL that capture has not had acknowledged by Kafka yet (the slot's confirmed_flush_lsn
+        // behind DB1's WAL end), sampled like the ticker.
+        let slot_sampler = {
+            let (db1, stop) = (self.stack.source().await?, stop.clone());
+            let native = self.replicator == Replicator::Native;
+            tokio::spawn(async move {
+                let mut samples = Vec::new();
+                while !stop.load(Ordering::Relaxed) && !native {
+                    let row = db1
+                        .query_one(
+                            "SELECT coalesce(max(pg_current_wal_lsn() - confirmed_flush_lsn), 0)::float8 FROM pg_replication_slots WHERE slot_type = 'logical'",
+                            &[],
+                        )
+                        .await?;
+                    samples.push(row.get::<_, f64>(0));
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                anyhow::Ok(samples)
+            })
+        };
         let started = Instant::now();
+        let busy_before = machine_jiffies();
         let changes = self.load(Some((rate, seconds))).await?;
+        let busy_after = machine_jiffies();
+        println!(
+            "          machine CPU busy during the load: {:.0} % of {} CPUs",
+            (busy_after.0 - busy_before.0) as f64 * 100.0 / (busy_after.1 - busy_before.1).max(1) as f64,
+            std::thread::available_parallelism().map_or(0, |n| n.get())
+        );
         let load_s = started.elapsed().as_secs_f64();
         stop.store(true, Ordering::Relaxed);
         ticker.await??;
+        let mut slot_behind = slot_sampler.await??;
+        if !slot_behind.is_empty() {
+            slot_behind.sort_by(f64::total_cmp);
+            let at = |p: f64| slot_behind[((slot_behind.len() as f64 - 1.0) * p).round() as usize] / 1024.0;
+            println!(
+                "          WAL not yet acknowledged by Kafka during the load (capture's share of the lag): p50 {:.0} KiB, p99 {:.0} KiB",
+                at(0.5),
+                at(0.99)
+            );
+        }
         let mut samples = sampler.await??;
         let stopped = Instant::now();
         self.marker(1).await?;
@@ -527,6 +622,7 @@ impl<'a> Run<'a> {
         let lag_at_stop = stopped.elapsed().as_secs_f64();
         let end_to_end_s = started.elapsed().as_secs_f64();
         let processes = self.usage_since_mark().await?;
+        let traffic = self.traffic_since_mark();
         samples.sort_by(f64::total_cmp);
         let pct = |p: f64| samples.get(((samples.len() as f64 - 1.0) * p).round() as usize).copied();
         let equal = self.compare().await?;
@@ -538,9 +634,20 @@ impl<'a> Run<'a> {
             lag_p99: pct(0.99),
             lag_at_stop: Some(lag_at_stop),
             processes,
+            traffic,
             equal,
         })
     }
+}
+
+/// Busy and total jiffies of the whole machine (`/proc/stat`), for how saturated it was during a run.
+fn machine_jiffies() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let fields: Vec<u64> =
+        stat.lines().next().unwrap_or_default().split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    let total: u64 = fields.iter().take(8).sum();
+    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
+    (total - idle, total)
 }
 
 fn ms(v: Option<f64>) -> String {
@@ -586,7 +693,9 @@ async fn main() -> anyhow::Result<()> {
             }
             for replicator in replicators {
                 let name = format!("{workload:?}:{mode:?}").to_lowercase();
-                if only.as_ref().is_none_or(|o| name.contains(o.as_str())) {
+                let picked = std::env::var("PGM_BENCH_REPLICATORS")
+                    .map_or(true, |r| r.split(',').any(|r| replicator.name().contains(r)));
+                if picked && only.as_ref().is_none_or(|o| name.contains(o.as_str())) {
                     plan.push((workload, mode, replicator));
                 }
             }
@@ -641,6 +750,18 @@ async fn main() -> anyhow::Result<()> {
                 .filter(|_| replicator != Replicator::Native)
                 .map_or(String::new(), |r| format!("  ratio pipeline/native: {r:.2}")),
         );
+        let per_change = |cpu: f64| cpu * 1e6 / measured.changes.max(1) as f64;
+        if replicator != Replicator::Native {
+            let cpu: Vec<String> =
+                measured.processes.iter().map(|(n, (cpu, _))| format!("{n} {:.0}", per_change(*cpu))).collect();
+            let (records, bytes) = measured.traffic;
+            println!(
+                "          per change: CPU µs {}; broker records {:.2}, bytes {:.0}",
+                cpu.join(", "),
+                records / measured.changes.max(1) as f64,
+                bytes / measured.changes.max(1) as f64
+            );
+        }
         if let Err(diff) = &measured.equal {
             println!("          DB2 differs from DB1: {diff}");
         }
@@ -651,7 +772,9 @@ async fn main() -> anyhow::Result<()> {
             "lag_p50_ms": measured.lag_p50.map(|s| s * 1000.0), "lag_p99_ms": measured.lag_p99.map(|s| s * 1000.0),
             "lag_at_stop_ms": measured.lag_at_stop.map(|s| s * 1000.0),
             "db2_equals_db1": measured.equal.is_ok(), "difference": measured.equal.err(),
-            "processes": measured.processes.iter().map(|(n, (cpu, rss))| json!({"name": n, "cpu_seconds": cpu, "peak_rss_kb": rss})).collect::<Vec<_>>(),
+            "processes": measured.processes.iter().map(|(n, (cpu, rss))| json!({"name": n, "cpu_seconds": cpu, "cpu_us_per_change": per_change(*cpu), "peak_rss_kb": rss})).collect::<Vec<_>>(),
+            "broker_records_per_change": measured.traffic.0 / measured.changes.max(1) as f64,
+            "broker_bytes_per_change": measured.traffic.1 / measured.changes.max(1) as f64,
         }));
     }
     let document = json!({

@@ -71,6 +71,20 @@ impl Running {
 
     /// The body of the service's `GET /healthz` (`ok`, `waiting: …`, `stopped`), at the metrics address it logged.
     pub fn healthz(&self) -> crate::Result<String> {
+        self.get("/healthz")
+    }
+
+    /// The sum of every series of a counter or gauge in the service's `GET /metrics` (all labels), 0 when absent.
+    pub fn metric_sum(&self, name: &str) -> crate::Result<f64> {
+        let body = self.get("/metrics")?;
+        Ok(body
+            .lines()
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum())
+    }
+
+    fn get(&self, path: &str) -> crate::Result<String> {
         use std::io::{Read, Write};
         let log = strip_ansi(&self.log());
         let addr = log
@@ -81,7 +95,7 @@ impl Running {
             .to_owned();
         let mut stream = std::net::TcpStream::connect(&addr)?;
         stream.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
-        stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+        stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())?;
         let mut response = String::new();
         stream.read_to_string(&mut response)?;
         Ok(response.split("\r\n\r\n").nth(1).unwrap_or_default().trim().to_owned())

@@ -321,6 +321,7 @@ impl Worker {
                     self.metrics.records.get_or_create(&label).inc();
                     self.metrics.ops.get_or_create(&label).inc_by(out.ops.len() as u64);
                     let payload = serde_json::to_vec(&out).expect("out records serialize");
+                    self.metrics.out_bytes.get_or_create(&label).inc_by(payload.len() as u64);
                     let out_topic = self.out_topic(&topic, &raw.source).await?;
                     let delivery = loop {
                         match self.producer.send_result(FutureRecord::to(&out_topic).partition(partition).key(&key).payload(&payload)) {
