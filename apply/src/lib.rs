@@ -122,6 +122,10 @@ pub enum ApplyError {
     /// DB2 refused a statement of the stream. Definite (after locating it exactly).
     #[error(transparent)]
     Statement(Box<StatementFailure>),
+    /// A shutdown came while apply waited for records or a topic: the open DB2 transaction is rolled back and
+    /// apply stops cleanly (a restart resumes from DB2's progress).
+    #[error("shut down while waiting for the stream")]
+    Interrupted,
 }
 
 /// DB2 refused a statement: position(s), table, key columns and the SQL error — never row values.
@@ -160,7 +164,8 @@ impl ApplyError {
             | ApplyError::Stream(_)
             | ApplyError::Target(_)
             | ApplyError::Refused(_)
-            | ApplyError::Statement(_) => false,
+            | ApplyError::Statement(_)
+            | ApplyError::Interrupted => false,
         }
     }
 

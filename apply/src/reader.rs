@@ -33,6 +33,7 @@ use rdkafka::consumer::{CommitMode, Consumer, DefaultConsumerContext, StreamCons
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
 
 use crate::ApplyError;
 
@@ -101,6 +102,8 @@ pub struct Reader {
     /// Set when a record reached the main queue: this session can no longer see every record in order.
     stray: Arc<AtomicBool>,
     events: tokio::task::JoinHandle<()>,
+    /// Ends every wait for records or topics with [`ApplyError::Interrupted`].
+    shutdown: CancellationToken,
 }
 
 impl Drop for Reader {
@@ -127,6 +130,7 @@ impl Reader {
         config: &PipelineConfig,
         txn_offset: i64,
         stored: HashMap<(String, i32), i64>,
+        shutdown: CancellationToken,
     ) -> Result<Self, ApplyError> {
         let mut client = kafka::client_config(&config.kafka, "pgm-apply", kafka::CONSUMER_DEFAULTS);
         for (key, value) in APPLY_CONSUMER_DEFAULTS {
@@ -148,7 +152,7 @@ impl Reader {
             );
         }
         let txn_topic = topics.txn();
-        wait_for_partition(&consumer, &txn_topic, 0).await?;
+        wait_for_partition(&consumer, &txn_topic, 0, &shutdown).await?;
         // Open every partition known now in one assignment, so they all fetch at once: the txn topic, the
         // partitions DB2's progress names, and those of the configured tables' out topics that exist already.
         let existing: HashMap<String, usize> =
@@ -196,7 +200,19 @@ impl Reader {
                 }
             }
         });
-        Ok(Reader { consumer, topics, passthrough, txn_topic, txn, txn_next: txn_offset, parts, stored, stray, events })
+        Ok(Reader {
+            consumer,
+            topics,
+            passthrough,
+            txn_topic,
+            txn,
+            txn_next: txn_offset,
+            parts,
+            stored,
+            stray,
+            events,
+            shutdown,
+        })
     }
 
     /// The next txn record and its offset, or `None` when none arrives within `wait`.
@@ -235,7 +251,7 @@ impl Reader {
             let key = (out, count.partition);
             if !self.parts.contains_key(&key) {
                 let from = self.stored.get(&key).copied().unwrap_or(0);
-                let queue = open_queue(&self.consumer, &key.0, key.1, from).await?;
+                let queue = open_queue(&self.consumer, &key.0, key.1, from, &self.shutdown).await?;
                 self.parts.insert(key.clone(), Part::new(&self.topics, &key.0, queue, from));
             }
             remaining.push((key, count.count));
@@ -263,7 +279,7 @@ impl Reader {
                 continue;
             }
             let part = self.parts.get_mut(key).expect("opened by cursor()");
-            let pos = peek(part, key, cursor.commit, *remaining, applied).await?;
+            let pos = peek(part, key, cursor.commit, *remaining, applied, &self.shutdown).await?;
             if best.is_none_or(|(_, b)| pos < b) {
                 best = Some((index, pos));
             }
@@ -314,8 +330,9 @@ async fn open_queue(
     topic: &str,
     partition: i32,
     from: i64,
+    shutdown: &CancellationToken,
 ) -> Result<Queue, ApplyError> {
-    wait_for_partition(consumer, topic, partition).await?;
+    wait_for_partition(consumer, topic, partition, shutdown).await?;
     let key = (topic.to_owned(), partition);
     let mut queues = assign(consumer, &BTreeMap::from([(key.clone(), from)]))?;
     Ok(queues.remove(&key).expect("assigned"))
@@ -348,10 +365,18 @@ fn assign(
 
 /// librdkafka does not start fetching a partition of a topic that did not exist when it was assigned, so apply
 /// waits until the topic is there (capture creates the txn topic, transform the out topics on first sight).
-async fn wait_for_partition(consumer: &Arc<StreamConsumer>, topic: &str, partition: i32) -> Result<(), ApplyError> {
+async fn wait_for_partition(
+    consumer: &Arc<StreamConsumer>,
+    topic: &str,
+    partition: i32,
+    shutdown: &CancellationToken,
+) -> Result<(), ApplyError> {
     let started = Instant::now();
     let mut warned = started;
     loop {
+        if shutdown.is_cancelled() {
+            return Err(ApplyError::Interrupted);
+        }
         let metadata = tokio::task::block_in_place(|| consumer.fetch_metadata(Some(topic), Duration::from_secs(10)))
             .map_err(|e| ApplyError::kafka(format!("metadata of {topic}"), e))?;
         let found = metadata
@@ -382,12 +407,17 @@ async fn peek(
     commit: Position,
     remaining: u64,
     applied: Position,
+    shutdown: &CancellationToken,
 ) -> Result<Position, ApplyError> {
     let started = Instant::now();
     let mut warned = started;
     loop {
         if part.head.is_none() {
-            let message = match tokio::time::timeout(Duration::from_secs(5), part.queue.recv()).await {
+            let received = tokio::select! {
+                _ = shutdown.cancelled() => return Err(ApplyError::Interrupted),
+                received = tokio::time::timeout(Duration::from_secs(5), part.queue.recv()) => received,
+            };
+            let message = match received {
                 Err(_) => {
                     if warned.elapsed() >= WAIT_WARNING {
                         warned = Instant::now();

@@ -51,6 +51,12 @@ pub async fn run(
         let result = session.run().await;
         match result {
             Ok(()) => return Ok(()),
+            Err(ApplyError::Interrupted) => {
+                tracing::info!(
+                    "shut down while waiting for the stream; nothing of an unfinished transaction was written"
+                );
+                return Ok(());
+            }
             Err(error) if error.is_transient() && !shutdown.is_cancelled() => {
                 if session.committed_groups > 0 {
                     backoff.reset();
@@ -202,7 +208,7 @@ impl<'a> Session<'a> {
             return Ok(());
         }
         progress::set_state(self.client(), &self.pipeline, "running", None).await?;
-        let mut reader = Reader::open(self.config, stored.txn_offset, stored.offsets).await?;
+        let mut reader = Reader::open(self.config, stored.txn_offset, stored.offsets, self.shutdown.clone()).await?;
         if self.health.waiting_for().is_some() {
             tracing::info!("DB2 and the broker are reachable again; applying");
             self.health.clear_waiting();

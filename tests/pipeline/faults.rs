@@ -138,3 +138,44 @@ async fn services_waiting_for_an_unreachable_dependency_stop_on_sigterm() -> any
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_waiting_for_a_transactions_records_stops_on_sigterm_and_writes_nothing() -> anyhow::Result<()> {
+    let options = Options {
+        source_schema: SCHEMA,
+        target_schema: SCHEMA,
+        tables: &["public.items"],
+        rules: Some(RULES),
+        partitions: 1,
+        apply: "group_ms = 50",
+        librdkafka: "",
+        create_slot: true,
+    };
+    let stack = Stack::new(BINS, pgm_test_support::broker::shared_brokers()?, options).await?;
+    // No transform: the commit record arrives, the out records it counts never do.
+    let _capture = stack.spawn(Service::Capture, &["run"])?;
+    let mut apply = stack.spawn(Service::Apply, &["run"])?;
+    insert(&stack, 1, 10).await?;
+    let db1 = stack.source().await?;
+    let end: String = db1.query_one("SELECT pg_current_wal_lsn()::text", &[]).await?.get(0);
+    wait::until("capture to have the transaction in Kafka", Duration::from_secs(60), || async {
+        let row = db1
+            .query_one(
+                "SELECT coalesce(bool_and(confirmed_flush_lsn >= $1::text::pg_lsn), false) FROM pg_replication_slots",
+                &[&end],
+            )
+            .await?;
+        Ok(row.get::<_, bool>(0).then_some(()))
+    })
+    .await?;
+    // Apply has read the commit record by now and waits in the out partition.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    ensure!(apply.child.try_wait()?.is_none(), "apply exited:\n{}", apply.log());
+    let took = terminate(&mut apply).await?;
+    eprintln!("SIGTERM: apply stopped in {} ms while waiting for a transaction's records", took.as_millis());
+    ensure!(took < Duration::from_secs(5), "apply took {took:?} to stop:\n{}", apply.log());
+    ensure!(apply.child.wait()?.success(), "a requested stop is not a failure:\n{}", apply.log());
+    let rows: i64 = stack.target().await?.query_one("SELECT count(*) FROM items", &[]).await?.get(0);
+    ensure!(rows == 0, "DB2 got {rows} rows of a transaction whose records never all arrived");
+    Ok(())
+}
