@@ -189,7 +189,9 @@ fn parse_position(text: &str) -> anyhow::Result<Position> {
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let config = cli.global.start()?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    // One thread: the reader, the writer and tokio-postgres's connection task pass every change and every DB2
+    // round trip between them, which on several threads cost a wake-up across threads each time.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async move {
         match cli.command {
             Command::Run { until } => run_service(config, until).await,

@@ -155,13 +155,13 @@ impl Reader {
         wait_for_partition(&consumer, &txn_topic, 0, &shutdown).await?;
         // Open every partition known now in one assignment, so they all fetch at once: the txn topic, the
         // partitions DB2's progress names, and those of the configured tables' out topics that exist already.
-        let existing: HashMap<String, usize> =
-            tokio::task::block_in_place(|| consumer.fetch_metadata(None, Duration::from_secs(10)))
-                .map_err(|e| ApplyError::kafka("listing topics", e))?
-                .topics()
-                .iter()
-                .map(|t| (t.name().to_owned(), t.partitions().len()))
-                .collect();
+        let existing: HashMap<String, usize> = metadata(&consumer, None)
+            .await
+            .map_err(|e| ApplyError::kafka("listing topics", e))?
+            .topics()
+            .iter()
+            .map(|t| (t.name().to_owned(), t.partitions().len()))
+            .collect();
         let mut initial: BTreeMap<(String, i32), i64> = stored.clone().into_iter().collect();
         for table in config.tables() {
             let read = if passthrough(&table) { topics.raw(&table) } else { topics.out(&table) };
@@ -363,6 +363,17 @@ fn assign(
     Ok(queues)
 }
 
+/// The broker's metadata (a blocking librdkafka call) off the runtime's thread: apply runs on one thread.
+async fn metadata(
+    consumer: &Arc<StreamConsumer>,
+    topic: Option<&str>,
+) -> Result<rdkafka::metadata::Metadata, KafkaError> {
+    let (consumer, topic) = (consumer.clone(), topic.map(str::to_owned));
+    tokio::task::spawn_blocking(move || consumer.fetch_metadata(topic.as_deref(), Duration::from_secs(10)))
+        .await
+        .unwrap_or(Err(KafkaError::Canceled))
+}
+
 /// librdkafka does not start fetching a partition of a topic that did not exist when it was assigned, so apply
 /// waits until the topic is there (capture creates the txn topic, transform the out topics on first sight).
 async fn wait_for_partition(
@@ -377,8 +388,8 @@ async fn wait_for_partition(
         if shutdown.is_cancelled() {
             return Err(ApplyError::Interrupted);
         }
-        let metadata = tokio::task::block_in_place(|| consumer.fetch_metadata(Some(topic), Duration::from_secs(10)))
-            .map_err(|e| ApplyError::kafka(format!("metadata of {topic}"), e))?;
+        let metadata =
+            metadata(consumer, Some(topic)).await.map_err(|e| ApplyError::kafka(format!("metadata of {topic}"), e))?;
         let found = metadata
             .topics()
             .iter()

@@ -1,7 +1,8 @@
 //! pg-migrator against PostgreSQL's native logical replication, side by side, in one run. Prints figures; asserts
 //! nothing about time.
 //!
-//!   compose/bench [--quick] [--out FILE]      (builds the release binaries, then runs this)
+//!   compose/bench [--quick] [--only WORKLOAD:MODE] [--replicators NAMES] [--out FILE]
+//!                                             (builds the release binaries, then runs this)
 //!
 //! Workloads on DB1: (a) pgbench's built-in tpcb-like script (history with REPLICA IDENTITY FULL), (b) many
 //! single-row transactions (pgbench with a one-INSERT script), (c) one transaction of many rows.
@@ -103,6 +104,8 @@ struct Sizes {
     big_rows: u64,
     live_changes_per_s: u64,
     live_seconds: u64,
+    /// How long the pipeline's idle cost is measured before a live load.
+    idle_seconds: u64,
 }
 
 fn bins() -> anyhow::Result<Binaries> {
@@ -534,7 +537,7 @@ impl<'a> Run<'a> {
         if self.replicator != Replicator::Native {
             // What the pipeline costs while DB1 is idle (consumers polling, heartbeats).
             self.mark_cpu().await?;
-            let idle_s: u64 = std::env::var("PGM_BENCH_IDLE_S").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+            let idle_s = self.sizes.idle_seconds;
             tokio::time::sleep(Duration::from_secs(idle_s)).await;
             let idle: Vec<String> = self
                 .usage_since_mark()
@@ -671,6 +674,7 @@ async fn main() -> anyhow::Result<()> {
             big_rows: 20_000,
             live_changes_per_s: 1_000,
             live_seconds: 5,
+            idle_seconds: 1,
         }
     } else {
         Sizes {
@@ -680,10 +684,14 @@ async fn main() -> anyhow::Result<()> {
             big_rows: 1_000_000,
             live_changes_per_s: 5_000,
             live_seconds: 20,
+            idle_seconds: 3,
         }
     };
     // `--only pgbench:backlog` (or any part of `workload:mode`) runs a subset.
     let only = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)).map(|o| o.to_lowercase());
+    // `--replicators identity,rename` (parts of the names) runs some replicators only; ratios need `native`.
+    let replicators_only =
+        args.iter().position(|a| a == "--replicators").and_then(|i| args.get(i + 1)).map(|o| o.to_lowercase());
     let replicators = [Replicator::Native, Replicator::Identity, Replicator::Rules];
     let mut plan: Vec<(Workload, Mode, Replicator)> = Vec::new();
     for workload in [Workload::Pgbench, Workload::Singles, Workload::Big] {
