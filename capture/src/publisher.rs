@@ -207,6 +207,9 @@ impl Publisher {
             if let Some(failed) = self.acks.take_failure() {
                 return Some(Err(delivery_error(failed)));
             }
+            // Ask for the wake-up before reading the frontier: a frontier that passes the record after this read
+            // then finds the request and wakes the loop (read first, and that step could be missed).
+            self.acks.wake_after(self.tags.front().map_or(u64::MAX, |&(seq, _)| seq));
             let frontier = self.acks.frontier();
             let mut completed = None;
             while let Some(&(seq, lsn)) = self.tags.front() {
@@ -216,7 +219,6 @@ impl Publisher {
                 completed = Some(lsn);
                 self.tags.pop_front();
             }
-            self.acks.wake_after(self.tags.front().map_or(u64::MAX, |&(seq, _)| seq));
             if completed.is_some() || frontier > self.reported_frontier {
                 self.reported_frontier = frontier;
                 return Some(Ok(completed));
@@ -235,6 +237,7 @@ impl Publisher {
             if let Some(failed) = self.acks.take_failure() {
                 return Err(delivery_error(failed));
             }
+            self.acks.wake_after(self.next_seq.saturating_sub(1));
             let frontier = self.acks.frontier();
             while let Some(&(seq, lsn)) = self.tags.front() {
                 if seq >= frontier {
@@ -247,9 +250,8 @@ impl Publisher {
                 self.reported_frontier = frontier;
                 return Ok(last);
             }
-            self.acks.wake_after(self.next_seq - 1);
-            // A wake-up between reading the frontier and asking for it is kept by `Notify` as a permit; the timeout
-            // only bounds a missed step of the frontier arithmetic, never correctness.
+            // A wake-up that comes before this await is kept by `Notify` as a permit; the timeout only bounds a
+            // missed step of the frontier arithmetic, never correctness.
             let _ = tokio::time::timeout(Duration::from_millis(100), self.acks.woken()).await;
         }
     }

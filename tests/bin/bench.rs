@@ -701,8 +701,8 @@ async fn main() -> anyhow::Result<()> {
             }
             for replicator in replicators {
                 let name = format!("{workload:?}:{mode:?}").to_lowercase();
-                let picked = std::env::var("PGM_BENCH_REPLICATORS")
-                    .map_or(true, |r| r.split(',').any(|r| replicator.name().contains(r)));
+                let picked =
+                    replicators_only.as_ref().is_none_or(|r| r.split(',').any(|r| replicator.name().contains(r)));
                 if picked && only.as_ref().is_none_or(|o| name.contains(o.as_str())) {
                     plan.push((workload, mode, replicator));
                 }
