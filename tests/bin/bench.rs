@@ -3,6 +3,7 @@
 //!
 //!   compose/bench [--quick] [--only WORKLOAD:MODE] [--replicators NAMES] [--out FILE]
 //!                                             (builds the release binaries, then runs this)
+//!   PGM_BENCH_SERIES=1 also prints each live run's lag second by second.
 //!
 //! Workloads on DB1: (a) pgbench's built-in tpcb-like script (history with REPLICA IDENTITY FULL), (b) many
 //! single-row transactions (pgbench with a one-INSERT script), (c) one transaction of many rows.
@@ -619,6 +620,12 @@ impl<'a> Run<'a> {
             );
         }
         let mut samples = sampler.await??;
+        if std::env::var_os("PGM_BENCH_SERIES").is_some() {
+            // The lag over time, the worst sample of each second (for finding where spikes come from).
+            let worst: Vec<String> =
+                samples.chunks(10).map(|c| format!("{:.1}", c.iter().copied().fold(0.0, f64::max))).collect();
+            println!("          lag by second (worst of each, s): {}", worst.join(" "));
+        }
         let stopped = Instant::now();
         self.marker(1).await?;
         self.wait_marker(1, Duration::from_secs(3600)).await?;
