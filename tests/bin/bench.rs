@@ -3,7 +3,8 @@
 //!
 //!   compose/bench [--quick] [--only WORKLOAD:MODE] [--replicators NAMES] [--out FILE]
 //!                                             (builds the release binaries, then runs this)
-//!   PGM_BENCH_SERIES=1 also prints each live run's lag second by second.
+//!   PGM_BENCH_SERIES=1 also prints each live run's lag second by second; PGM_BENCH_LIBRDKAFKA='"linger.ms" = "50"'
+//!   adds lines to every service's `[kafka.librdkafka]`.
 //!
 //! Workloads on DB1: (a) pgbench's built-in tpcb-like script (history with REPLICA IDENTITY FULL), (b) many
 //! single-row transactions (pgbench with a one-INSERT script), (c) one transaction of many rows.
@@ -184,6 +185,9 @@ struct Run<'a> {
 impl<'a> Run<'a> {
     async fn new(replicator: Replicator, workload: Workload, sizes: &'a Sizes) -> anyhow::Result<Run<'a>> {
         let rules = (replicator == Replicator::Rules).then_some(RULES);
+        // Extra `"key" = "value"` lines for `[kafka.librdkafka]`, to try client settings without a rebuild.
+        let librdkafka: &'static str =
+            Box::leak(std::env::var("PGM_BENCH_LIBRDKAFKA").unwrap_or_default().into_boxed_str());
         let options = Options {
             source_schema: BASE_SCHEMA,
             target_schema: BASE_SCHEMA,
@@ -191,7 +195,7 @@ impl<'a> Run<'a> {
             rules,
             partitions: 4,
             apply: "",
-            librdkafka: "",
+            librdkafka,
             create_slot: false,
         };
         let broker = match std::env::var("PGM_TEST_BROKERS") {
@@ -560,43 +564,19 @@ impl<'a> Run<'a> {
                 anyhow::Ok(())
             })
         };
-        let sampler = {
-            let (db2, stop) = (self.stack.target().await?, stop.clone());
-            tokio::spawn(async move {
-                let mut samples = Vec::new();
-                while !stop.load(Ordering::Relaxed) {
-                    let row = db2
-                        .query_one(
-                            "SELECT extract(epoch FROM clock_timestamp() - at)::float8 FROM bench_tick WHERE id = 1",
-                            &[],
-                        )
-                        .await?;
-                    samples.push(row.get::<_, f64>(0));
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                anyhow::Ok(samples)
-            })
-        };
+        let sampler = sample(
+            self.stack.target().await?,
+            "SELECT extract(epoch FROM clock_timestamp() - at)::float8 FROM bench_tick WHERE id = 1",
+            stop.clone(),
+        );
         // Where the lag is: WAL that capture has not had acknowledged by Kafka yet (the slot's confirmed_flush_lsn
-        // behind DB1's WAL end), sampled like the ticker.
-        let slot_sampler = {
-            let (db1, stop) = (self.stack.source().await?, stop.clone());
-            let native = self.replicator == Replicator::Native;
-            tokio::spawn(async move {
-                let mut samples = Vec::new();
-                while !stop.load(Ordering::Relaxed) && !native {
-                    let row = db1
-                        .query_one(
-                            "SELECT coalesce(max(pg_current_wal_lsn() - confirmed_flush_lsn), 0)::float8 FROM pg_replication_slots WHERE slot_type = 'logical'",
-                            &[],
-                        )
-                        .await?;
-                    samples.push(row.get::<_, f64>(0));
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                anyhow::Ok(samples)
-            })
-        };
+        // behind DB1's WAL end), sampled like the ticker. Native has no slot of ours: no samples.
+        let slot_sampler = sample(
+            self.stack.source().await?,
+            "SELECT max(pg_current_wal_lsn() - confirmed_flush_lsn)::float8 FROM pg_replication_slots \
+             WHERE slot_type = 'logical' AND slot_name NOT LIKE 'bench_sub%'",
+            stop.clone(),
+        );
         let started = Instant::now();
         let busy_before = machine_jiffies();
         let changes = self.load(Some((rate, seconds))).await?;
@@ -648,6 +628,24 @@ impl<'a> Run<'a> {
             equal,
         })
     }
+}
+
+/// Runs `sql` (one float8 or NULL) every 100 ms until `stop`; the non-NULL values.
+fn sample(
+    client: tokio_postgres::Client,
+    sql: &'static str,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<anyhow::Result<Vec<f64>>> {
+    tokio::spawn(async move {
+        let mut samples = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            if let Some(value) = client.query_one(sql, &[]).await?.get::<_, Option<f64>>(0) {
+                samples.push(value);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(samples)
+    })
 }
 
 /// Busy and total jiffies of the whole machine (`/proc/stat`), for how saturated it was during a run.
