@@ -34,7 +34,7 @@ pub const CLIENT_DEFAULTS: &[(&str, &str)] = &[("socket.nagle.disable", "true")]
 /// Producers (capture, transform). Records are batched: the pipeline produces without waiting for each
 /// acknowledgement, and ordering plus exactly-once come from idempotence and the position keys, never from one
 /// record per request. The broker must serve a fetch from inside a batch exactly (Kafka does; on tansu use the
-/// sqlite engine, never `memory://`).
+/// sqlite engine, never its memory engine).
 pub const PRODUCER_DEFAULTS: &[(&str, &str)] = &[
     // No duplicates, reordering or gaps on retry; a record counts as written only when every in-sync replica has it.
     // A gap (a failed batch, then a later one of the same partition written) would look like lost records to apply.

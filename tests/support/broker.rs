@@ -4,7 +4,7 @@
 //! started on first use and killed when the test process exits. Tests keep apart by unique topic and group names. A
 //! test that stops or restarts the broker starts its own [`Broker`].
 //!
-//! Every broker stores its log in sqlite (one row per record, kept across restarts). tansu's `memory://` engine is
+//! Every broker stores its log in sqlite (one row per record, kept across restarts). tansu's memory storage engine is
 //! never used: a consumer resuming from an offset inside a multi-record batch silently skips the rest of that batch,
 //! and its high watermark undercounts (`smoke::broker_resumes_inside_a_batch_and_counts_every_record` pins the
 //! engine we use).
