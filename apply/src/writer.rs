@@ -65,7 +65,7 @@ struct Batch {
     /// Column-major values: the key columns first (update, delete), then `columns`.
     values: Vec<Vec<Option<String>>>,
     /// Key values touched by this batch (old and new), to end it before a second touch.
-    touched: HashSet<Vec<Option<String>>>,
+    touched: HashSet<Vec<Option<String>>, ahash::RandomState>,
     rows: usize,
     bytes: usize,
     first: Position,
@@ -75,7 +75,7 @@ struct Batch {
 pub struct Writer {
     on_missing_row: OnMissingRow,
     catalog: TargetCatalog,
-    statements: HashMap<String, Statement>,
+    statements: HashMap<String, Statement, ahash::RandomState>,
     /// Pending batches, at most one per table, in the order they were started.
     batches: Vec<Batch>,
     batch_rows: usize,
@@ -102,7 +102,7 @@ impl Writer {
         Writer {
             on_missing_row,
             catalog: TargetCatalog::default(),
-            statements: HashMap::new(),
+            statements: HashMap::default(),
             batches: Vec::new(),
             batch_rows,
             metrics,

@@ -52,8 +52,8 @@ pub fn quote_ident(ident: &str) -> String {
 }
 
 /// A column value in PostgreSQL's text representation.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(from = "Option<String>", into = "Option<String>")]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Deserialize)]
+#[serde(from = "Option<String>")]
 pub enum Datum {
     Null,
     Text(String),
@@ -70,6 +70,16 @@ impl From<Datum> for Option<String> {
         match value {
             Datum::Null => None,
             Datum::Text(text) => Some(text),
+        }
+    }
+}
+
+/// As `Option<String>` (`null` or a string), without the copy that `#[serde(into)]` makes of every value.
+impl Serialize for Datum {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Datum::Null => serializer.serialize_none(),
+            Datum::Text(text) => serializer.serialize_some(text),
         }
     }
 }
