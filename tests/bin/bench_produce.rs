@@ -26,6 +26,17 @@ impl ProducerContext for Counting {
     }
 }
 
+/// Every partition of `topics`, each at `offset`.
+fn every_partition(topics: &[(String, i32)], offset: rdkafka::Offset) -> anyhow::Result<rdkafka::TopicPartitionList> {
+    let mut list = rdkafka::TopicPartitionList::new();
+    for (topic, partitions) in topics {
+        for p in 0..*partitions {
+            list.add_partition_offset(topic, p, offset)?;
+        }
+    }
+    Ok(list)
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1).peekable();
@@ -96,23 +107,13 @@ async fn main() -> anyhow::Result<()> {
     let consumer: BaseConsumer = kafka::client_config(&kafka_config, "bench-idle", kafka::CONSUMER_DEFAULTS)
         .set("group.id", "bench-idle")
         .create()?;
-    let mut assignment = rdkafka::TopicPartitionList::new();
-    for (topic, partitions) in &topics {
-        for p in 0..*partitions {
-            assignment.add_partition_offset(topic, p, rdkafka::Offset::End)?;
-        }
-    }
+    let assignment = every_partition(&topics, rdkafka::Offset::End)?;
     let broker_pid = broker.pid().context("broker pid")?;
     // First the broker's cost of reading every record once (what apply and transform do), then of idling.
     let reader: BaseConsumer = kafka::client_config(&kafka_config, "bench-read", kafka::CONSUMER_DEFAULTS)
         .set("group.id", "bench-read")
         .create()?;
-    let mut all = rdkafka::TopicPartitionList::new();
-    for (topic, partitions) in &topics {
-        for p in 0..*partitions {
-            all.add_partition_offset(topic, p, rdkafka::Offset::Beginning)?;
-        }
-    }
+    let all = every_partition(&topics, rdkafka::Offset::Beginning)?;
     reader.assign(&all)?;
     let (b0, _) = process_usage(broker_pid).context("broker usage")?;
     let started = Instant::now();

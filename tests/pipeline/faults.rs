@@ -13,6 +13,20 @@ const SCHEMA: &str = "CREATE TABLE items (id int PRIMARY KEY, v text NOT NULL);"
 /// A rule naming the table, so that transform carries it whatever `transform.passthrough` says.
 const RULES: &str = "[[table]]\nsource = \"public.items\"\n[[table.target]]\ntable = \"public.items\"\n";
 
+/// One table `items`, carried through transform by a rule; the slot made at once.
+fn items_options(partitions: i32, apply: &'static str) -> Options<'static> {
+    Options {
+        source_schema: SCHEMA,
+        target_schema: SCHEMA,
+        tables: &["public.items"],
+        rules: Some(RULES),
+        partitions,
+        apply,
+        librdkafka: "",
+        create_slot: true,
+    }
+}
+
 async fn insert(stack: &Stack, from: i32, to: i32) -> anyhow::Result<()> {
     stack
         .source()
@@ -25,16 +39,7 @@ async fn insert(stack: &Stack, from: i32, to: i32) -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn services_ride_out_a_late_broker_and_a_broker_restart() -> anyhow::Result<()> {
     let mut broker = Broker::start()?;
-    let options = Options {
-        source_schema: SCHEMA,
-        target_schema: SCHEMA,
-        tables: &["public.items"],
-        rules: Some(RULES),
-        partitions: 2,
-        apply: "group_ms = 50",
-        librdkafka: "",
-        create_slot: true,
-    };
+    let options = items_options(2, "group_ms = 50");
     let stack = Stack::new(BINS, broker.brokers(), options).await?;
 
     // 1. The broker is not up when the services start.
@@ -107,16 +112,7 @@ fn send_signal(pid: i32, signal: &str) -> i32 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn services_waiting_for_an_unreachable_dependency_stop_on_sigterm() -> anyhow::Result<()> {
-    let options = Options {
-        source_schema: SCHEMA,
-        target_schema: SCHEMA,
-        tables: &["public.items"],
-        rules: Some(RULES),
-        partitions: 1,
-        apply: "",
-        librdkafka: "",
-        create_slot: true,
-    };
+    let options = items_options(1, "");
     let mut stack = Stack::new(BINS, pgm_test_support::broker::shared_brokers()?, options).await?;
     // The broker list points at a closed port: capture and transform wait for it.
     let dead = format!("127.0.0.1:{}", pgm_test_support::free_port()?);
@@ -141,16 +137,7 @@ async fn services_waiting_for_an_unreachable_dependency_stop_on_sigterm() -> any
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn apply_waiting_for_a_transactions_records_stops_on_sigterm_and_writes_nothing() -> anyhow::Result<()> {
-    let options = Options {
-        source_schema: SCHEMA,
-        target_schema: SCHEMA,
-        tables: &["public.items"],
-        rules: Some(RULES),
-        partitions: 1,
-        apply: "group_ms = 50",
-        librdkafka: "",
-        create_slot: true,
-    };
+    let options = items_options(1, "group_ms = 50");
     let stack = Stack::new(BINS, pgm_test_support::broker::shared_brokers()?, options).await?;
     // No transform: the commit record arrives, the out records it counts never do.
     let _capture = stack.spawn(Service::Capture, &["run"])?;
