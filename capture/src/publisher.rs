@@ -211,14 +211,7 @@ impl Publisher {
             // then finds the request and wakes the loop (read first, and that step could be missed).
             self.acks.wake_after(self.tags.front().map_or(u64::MAX, |&(seq, _)| seq));
             let frontier = self.acks.frontier();
-            let mut completed = None;
-            while let Some(&(seq, lsn)) = self.tags.front() {
-                if seq >= frontier {
-                    break;
-                }
-                completed = Some(lsn);
-                self.tags.pop_front();
-            }
+            let completed = self.completed_below(frontier);
             if completed.is_some() || frontier > self.reported_frontier {
                 self.reported_frontier = frontier;
                 return Some(Ok(completed));
@@ -230,6 +223,17 @@ impl Publisher {
         }
     }
 
+    /// Drops the tags whose record is below the frontier (acknowledged, with everything before it); the LSN of the
+    /// last one.
+    fn completed_below(&mut self, frontier: u64) -> Option<Lsn> {
+        let mut completed = None;
+        while let Some(&(_, lsn)) = self.tags.front().filter(|&&(seq, _)| seq < frontier) {
+            completed = Some(lsn);
+            self.tags.pop_front();
+        }
+        completed
+    }
+
     /// Waits for every record in flight (shutdown, the end of a bootstrap); returns the last tag's LSN.
     pub async fn drain(&mut self) -> Result<Option<Lsn>, CaptureError> {
         let mut last = None;
@@ -239,13 +243,7 @@ impl Publisher {
             }
             self.acks.wake_after(self.next_seq.saturating_sub(1));
             let frontier = self.acks.frontier();
-            while let Some(&(seq, lsn)) = self.tags.front() {
-                if seq >= frontier {
-                    break;
-                }
-                last = Some(lsn);
-                self.tags.pop_front();
-            }
+            last = self.completed_below(frontier).or(last);
             if frontier == self.next_seq {
                 self.reported_frontier = frontier;
                 return Ok(last);
