@@ -1,14 +1,16 @@
 # Shared settings of the local stack scripts (sourced, not run).
 # The stack: DB1 and DB2 (PostgreSQL 15, wal_level=logical, wal2json) and a tansu broker, on loopback ports,
 # everything under one state folder. Override with environment variables:
-#   PGM_STATE (default: compose/.state)   PGM_DB1_PORT (55431)   PGM_DB2_PORT (55432)   PGM_BROKER_PORT (59092)
+#   PGM_STATE (default: compose/.state)   PGM_DB1_PORT (55431)   PGM_DB2_PORT (55432)   PGM_BROKER_PORT (29092)
 set -euo pipefail
 
 PGM_REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PGM_STATE=${PGM_STATE:-$PGM_REPO/compose/.state}
 PGM_DB1_PORT=${PGM_DB1_PORT:-55431}
 PGM_DB2_PORT=${PGM_DB2_PORT:-55432}
-PGM_BROKER_PORT=${PGM_BROKER_PORT:-59092}
+# Below the ephemeral range (32768-60999): tansu binds without SO_REUSEADDR, so a client socket of a test that
+# happened to get the same local port and sits in TIME_WAIT would keep it from starting.
+PGM_BROKER_PORT=${PGM_BROKER_PORT:-29092}
 PG_BIN=${PGM_PG_BIN:-/usr/lib/postgresql/15/bin}
 TANSU_VERSION=0.6.0
 
