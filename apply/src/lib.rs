@@ -273,6 +273,7 @@ async fn run_service(config: PipelineConfig, until: Option<Lsn>) -> anyhow::Resu
     )
     .await?;
     tracing::info!(metrics = %bound, target_db = %config.target.describe(), pipeline = %config.topics.prefix, "pgm-apply starting");
+    pgm_common::kafka::refuse_wrong_settings(&config.kafka, &shutdown).await?;
     let result = service::run(&config, until, metrics, &health, shutdown.clone()).await;
     health.set_alive(false);
     shutdown.cancel();

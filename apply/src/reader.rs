@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use pgm_common::change::TableRef;
 use pgm_common::config::PipelineConfig;
 use pgm_common::envelope::{OutRecord, RawRecord, RecordOrigin, TxnRecord};
+use pgm_common::parts::{self, Assembler};
 use pgm_common::topics::Topics;
 use pgm_common::{kafka, Position};
 use rdkafka::consumer::stream_consumer::StreamPartitionQueue;
@@ -64,14 +65,23 @@ struct Part {
     /// captured, without an out record.
     raw: bool,
     head: Option<Change>,
-    /// The offset after the last record consumed; where a restart resumes.
+    /// The offset after the last record consumed; where a restart resumes. Never inside a record sent in parts.
     next_offset: i64,
     last_taken: Option<Position>,
+    /// Joins records sent in parts (`pgm_common::parts`).
+    assembler: Assembler,
 }
 
 impl Part {
     fn new(topics: &Topics, topic: &str, queue: Queue, from: i64) -> Self {
-        Part { queue, raw: topics.table_of_raw(topic).is_some(), head: None, next_offset: from, last_taken: None }
+        Part {
+            queue,
+            raw: topics.table_of_raw(topic).is_some(),
+            head: None,
+            next_offset: from,
+            last_taken: None,
+            assembler: Assembler::default(),
+        }
     }
 }
 
@@ -94,6 +104,8 @@ pub struct Reader {
     passthrough: Passthrough,
     txn_topic: String,
     txn: Queue,
+    /// Joins txn records sent in parts (a large logical message).
+    txn_assembler: Assembler,
     /// The offset after the last txn record consumed.
     pub txn_next: i64,
     /// Looked up for every change (ahash: SipHash of the keys was 3–4 % of apply's CPU).
@@ -207,6 +219,7 @@ impl Reader {
             passthrough,
             txn_topic,
             txn,
+            txn_assembler: Assembler::default(),
             txn_next: txn_offset,
             parts,
             stored,
@@ -219,14 +232,20 @@ impl Reader {
     /// The next txn record and its offset, or `None` when none arrives within `wait`.
     pub async fn next_txn_record(&mut self, wait: Duration) -> Result<Option<(TxnRecord, i64)>, ApplyError> {
         self.check_stray()?;
-        let message = match tokio::time::timeout(wait, self.txn.recv()).await {
-            Err(_) => return Ok(None),
-            Ok(message) => message.map_err(|e| kafka_error(&format!("reading {}", self.txn_topic), e))?,
-        };
-        let offset = message.offset();
-        let origin = RecordOrigin { topic: &self.txn_topic, partition: 0, offset };
-        let record = TxnRecord::decode(message.payload().unwrap_or_default(), origin)?;
-        Ok(Some((record, offset)))
+        loop {
+            let message = match tokio::time::timeout(wait, self.txn.recv()).await {
+                Err(_) => return Ok(None),
+                Ok(message) => message.map_err(|e| kafka_error(&format!("reading {}", self.txn_topic), e))?,
+            };
+            let offset = message.offset();
+            let origin = RecordOrigin { topic: &self.txn_topic, partition: 0, offset };
+            let key = message.key().unwrap_or_default();
+            let assembled =
+                self.txn_assembler.push(key, parts::of_message(&message), message.payload().unwrap_or_default());
+            // A part before the last: the record is not consumed until its last part (its offset is that part's).
+            let Some(bytes) = assembled.bytes() else { continue };
+            return Ok(Some((TxnRecord::decode(bytes, origin)?, offset)));
+        }
     }
 
     /// Starts collecting a transaction from its commit record's counts (raw topics → their out topics).
@@ -445,7 +464,11 @@ async fn peek(
             };
             let offset = message.offset();
             let origin = RecordOrigin { topic, partition: *partition, offset };
-            let payload = message.payload().unwrap_or_default();
+            let key = message.key().unwrap_or_default();
+            let assembled =
+                part.assembler.push(key, parts::of_message(&message), message.payload().unwrap_or_default());
+            // A part before the last: keep reading. next_offset stays before the record's first part.
+            let Some(payload) = assembled.bytes() else { continue };
             let record = if part.raw {
                 pgm_rules::rewrite::unchanged(RawRecord::decode(payload, origin)?)
             } else {

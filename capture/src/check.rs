@@ -2,6 +2,7 @@
 
 use pgm_common::config::{Decoder, PipelineConfig};
 pub use pgm_common::findings::{Finding, Level};
+use pgm_common::{kafka, topic_settings};
 
 use crate::slot;
 use crate::CaptureError;
@@ -197,7 +198,56 @@ pub async fn run(config: &PipelineConfig) -> Result<Vec<Finding>, CaptureError> 
     if decoder == Decoder::Pgoutput {
         findings.push(publication(&client, config).await?);
     }
+    findings.extend(kafka_topics(config).await);
     Ok(findings)
+}
+
+/// The broker answers, and every existing topic of the prefix keeps its records for the whole migration and takes
+/// the records the pipeline writes ([`topic_settings::audit`]). Topics not made yet get the right settings when
+/// capture and transform create them.
+async fn kafka_topics(config: &PipelineConfig) -> Vec<Finding> {
+    let brokers = &config.kafka.brokers;
+    let admin = match kafka::admin(&config.kafka, "pgm-capture-check") {
+        Ok(admin) => admin,
+        Err(error) => return vec![finding(Level::Fail, "kafka", error.to_string(), Some("fix [kafka]".into()))],
+    };
+    if let Err(error) =
+        tokio::task::block_in_place(|| kafka::reach(&config.kafka, topic_settings::ADMIN_TIMEOUT, &Default::default()))
+    {
+        return vec![finding(Level::Fail, "kafka", error.to_string(), None)];
+    }
+    let metadata =
+        match tokio::task::block_in_place(|| admin.inner().fetch_metadata(None, topic_settings::ADMIN_TIMEOUT)) {
+            Ok(metadata) => metadata,
+            Err(error) => return vec![finding(Level::Fail, "kafka", format!("{brokers}: {error}"), None)],
+        };
+    let mut findings = vec![finding(Level::Ok, "kafka", format!("{brokers} answers"), None)];
+    let prefix = format!("{}.", config.topics.prefix);
+    let mut names: Vec<String> =
+        metadata.topics().iter().map(|t| t.name().to_owned()).filter(|n| n.starts_with(&prefix)).collect();
+    names.sort();
+    let mut fitting = 0;
+    for topic in names {
+        match topic_settings::describe_and_audit(&admin, &topic, &config.topics).await {
+            Ok(misfits) if misfits.is_empty() => fitting += 1,
+            Ok(misfits) => findings.extend(misfits.iter().map(|misfit| {
+                finding(
+                    Level::Fail,
+                    format!("topic {topic}"),
+                    format!("{} = {}: {}", misfit.setting, misfit.found, misfit.risk),
+                    Some(misfit.fix(brokers)),
+                )
+            })),
+            Err(error) => findings.push(finding(Level::Fail, format!("topic {topic}"), error.to_string(), None)),
+        }
+    }
+    findings.push(finding(
+        Level::Ok,
+        "topic settings",
+        format!("{fitting} existing topic(s) of prefix {prefix}* keep every record (retention, cleanup, record size)"),
+        None,
+    ));
+    findings
 }
 
 /// wal2json sends NaN, Infinity and -Infinity of numeric, real and double precision columns as JSON null, which

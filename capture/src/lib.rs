@@ -192,9 +192,11 @@ async fn run_stream(config: pgm_common::config::PipelineConfig) -> anyhow::Resul
         source = %config.source.describe(),
         slot = %config.capture.slot,
         brokers = %config.kafka.brokers,
+        security = config.kafka.security_protocol.as_librdkafka(),
         librdkafka = ?pgm_common::kafka::describe_passthrough(&config.kafka),
         "pgm-capture starting"
     );
+    pgm_common::kafka::refuse_wrong_settings(&config.kafka, &shutdown).await?;
     // Refuse before any topic is made when a table's updates and deletes would be lost (each attempt checks again).
     if let Ok(client) = slot::connect(&config).await {
         if let Err(error @ CaptureError::NoIdentity(_)) =

@@ -17,6 +17,7 @@ pub const TRANSACTIONS: &str = "pgm_capture_transactions";
 pub const TXN_RECORDS: &str = "pgm_capture_txn_records";
 pub const TXN_BYTES: &str = "pgm_capture_txn_bytes";
 pub const DELIVERY_ERRORS: &str = "pgm_capture_delivery_errors";
+pub const SPLIT_RECORDS: &str = "pgm_capture_split_records";
 pub const LAST_FEEDBACK: &str = "pgm_capture_last_feedback_timestamp_seconds";
 
 pub use pgm_common::telemetry::TableLabel;
@@ -47,6 +48,8 @@ pub struct CaptureMetrics {
     pub txn_records: Counter,
     pub txn_bytes: Counter,
     pub delivery_errors: Counter,
+    /// Records larger than the topic's record limit, sent as parts.
+    pub split_records: Counter,
     pub last_feedback: Gauge<f64, AtomicU64>,
 }
 
@@ -70,6 +73,11 @@ impl CaptureMetrics {
         registry.register(TXN_RECORDS, "Records published on the txn topic", self.txn_records.clone());
         registry.register(TXN_BYTES, "Bytes of records published on the txn topic", self.txn_bytes.clone());
         registry.register(DELIVERY_ERRORS, "Kafka delivery failures", self.delivery_errors.clone());
+        registry.register(
+            SPLIT_RECORDS,
+            "Records over topics.max_message_bytes, sent as parts",
+            self.split_records.clone(),
+        );
         registry.register(LAST_FEEDBACK, "Unix time of the last status update sent to DB1", self.last_feedback.clone());
         Arc::new(Mutex::new(registry))
     }

@@ -21,21 +21,23 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use pgm_common::change::{Begin, Commit, Message, Row, RowChange, RowOp, TableRef, Truncate};
 use pgm_common::config::PipelineConfig;
 use pgm_common::envelope::{Op, PartitionCount, RawRecord, TxnRecord, ENVELOPE_VERSION};
+use pgm_common::topic_settings::{self, TopicSetupError};
 use pgm_common::topics::Topics;
-use pgm_common::{kafka, Lsn, Position};
+use pgm_common::{kafka, parts, Lsn, Position};
 use prometheus_client::metrics::counter::Counter;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::AdminClient;
 use rdkafka::client::DefaultClientContext;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode as Code;
 
 use crate::acks::{AckContext, Acks, Failed};
 use crate::metrics::{CaptureMetrics, TableLabel};
 use crate::CaptureError;
 
-/// How long a topic creation or metadata lookup waits for the broker before it counts as a transient fault.
-const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// The largest record buffer kept between records; a larger one (a huge row) is freed after its record is sent.
+const BUFFER_KEPT: usize = 1 << 20;
 
 /// Records in flight (enqueued, not yet acknowledged) before capture stops reading from the slot.
 pub const MAX_IN_FLIGHT: usize = 50_000;
@@ -66,11 +68,15 @@ pub struct Publisher {
     reported_frontier: u64,
     /// Reused for every record's JSON.
     buffer: Vec<u8>,
-    admin: AdminClient<DefaultClientContext>,
+    /// Values longer than this go as parts (`topics.max_message_bytes` less Kafka's framing).
+    part_size: usize,
+    admin: Arc<AdminClient<DefaultClientContext>>,
+    /// `kafka.brokers`, for the fixes error messages print.
+    brokers: String,
+    topic_config: pgm_common::config::TopicsConfig,
     topics: Topics,
     txn_topic: String,
     partitions: i32,
-    replication_factor: i32,
     /// Routes of the tables seen so far; with `tables.include` set, exactly those tables (others are skipped).
     route_of: HashMap<TableRef, usize>,
     routes: Vec<Route>,
@@ -82,7 +88,7 @@ pub struct Publisher {
 
 impl Publisher {
     pub async fn new(config: &PipelineConfig, metrics: CaptureMetrics) -> Result<Self, CaptureError> {
-        let mut producer_config = kafka::client_config(&config.kafka, "pgm-capture", kafka::PRODUCER_DEFAULTS);
+        let mut producer_config = kafka::producer_config(&config.kafka, "pgm-capture", config.topics.max_message_bytes);
         // Bound librdkafka's queue above MAX_IN_FLIGHT so QueueFull stays an exception, not the flow control.
         if !config.kafka.librdkafka.contains_key("queue.buffering.max.messages") {
             producer_config.set("queue.buffering.max.messages", (2 * MAX_IN_FLIGHT).to_string());
@@ -100,11 +106,13 @@ impl Publisher {
             tags: VecDeque::new(),
             reported_frontier: 0,
             buffer: Vec::with_capacity(4096),
-            admin,
+            part_size: parts::part_size(config.topics.max_message_bytes),
+            admin: Arc::new(admin),
+            brokers: config.kafka.brokers.clone(),
+            topic_config: config.topics.clone(),
             topics: config.topics(),
             txn_topic: config.topics().txn(),
             partitions: config.topics.partitions,
-            replication_factor: config.topics.replication_factor,
             route_of: HashMap::new(),
             routes: Vec::new(),
             all_tables: tables.is_empty(),
@@ -142,49 +150,16 @@ impl Publisher {
         }
     }
 
-    /// Creates the topic, or checks the partition count of an existing one. A broker that does not answer within
-    /// [`ADMIN_TIMEOUT`] is a transient fault: the run loop reports it (health `waiting`) and tries again.
+    /// Creates the topic with the migration's settings, or checks an existing one's partitions and settings
+    /// ([`topic_settings::ensure`]). A broker that does not answer in time is a transient fault: the run loop
+    /// reports it (health `waiting`) and tries again.
     async fn ensure_topic(&self, topic: &str, partitions: i32) -> Result<(), CaptureError> {
-        let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(self.replication_factor));
-        let results = self
-            .admin
-            .create_topics(
-                &[new],
-                &AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT)).request_timeout(Some(ADMIN_TIMEOUT)),
-            )
-            .await
-            .map_err(CaptureError::Kafka)?;
-        for result in results {
-            match result {
-                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                // The broker is away or slow: transient, the run loop tries again.
-                Err((
-                    _,
-                    code @ (RDKafkaErrorCode::OperationTimedOut
-                    | RDKafkaErrorCode::RequestTimedOut
-                    | RDKafkaErrorCode::BrokerNotAvailable
-                    | RDKafkaErrorCode::NotController
-                    | RDKafkaErrorCode::BrokerTransportFailure
-                    | RDKafkaErrorCode::AllBrokersDown),
-                )) => return Err(CaptureError::Kafka(rdkafka::error::KafkaError::AdminOp(code))),
-                Err((topic, code)) => return Err(CaptureError::Config(format!("cannot create topic {topic}: {code}"))),
-            }
-        }
-        // fetch_metadata blocks: off the runtime, so a shutdown does not wait for its timeout.
-        let (producer, name) = (self.producer.clone(), topic.to_owned());
-        let metadata =
-            tokio::task::spawn_blocking(move || producer.client().fetch_metadata(Some(&name), ADMIN_TIMEOUT))
-                .await
-                .map_err(|e| CaptureError::Stream(format!("metadata lookup task: {e}")))?
-                .map_err(CaptureError::Kafka)?;
-        let found = metadata.topics().iter().find(|t| t.name() == topic).map_or(0, |t| t.partitions().len());
-        if found != partitions as usize {
-            return Err(CaptureError::Config(format!(
-                "topic {topic} has {found} partitions but the configuration says {partitions} (topics.partitions; the txn topic always has 1): \
-                 set topics.partitions to {found}, or use a new topics.prefix"
-            )));
-        }
-        Ok(())
+        topic_settings::ensure(&self.admin, &self.brokers, topic, partitions, &self.topic_config).await.map_err(
+            |error| match error {
+                TopicSetupError::Kafka(error) => CaptureError::Kafka(error),
+                TopicSetupError::Definite(problem) => CaptureError::Config(problem),
+            },
+        )
     }
 
     pub fn in_flight(&self) -> usize {
@@ -255,7 +230,8 @@ impl Publisher {
     }
 
     /// Enqueues the record whose value is in `self.buffer`, to the table's raw topic (`route`) or the txn topic
-    /// (`None`); with `tag`, its acknowledgement confirms that LSN.
+    /// (`None`); with `tag`, its acknowledgement confirms that LSN. A value over the topic's record limit goes as
+    /// consecutive parts with the same key ([`parts`]); the tag then waits for the last one.
     async fn produce(
         &mut self,
         route: Option<usize>,
@@ -263,26 +239,42 @@ impl Publisher {
         tag: Option<Lsn>,
         pos: Position,
     ) -> Result<(), CaptureError> {
-        let seq = self.next_seq;
         let key = pos.key_bytes();
         let topic = route.map_or(&self.txn_topic, |r| &self.routes[r].topic);
-        let mut record = BaseRecord::with_opaque_to(topic, seq as usize)
-            .partition(partition)
-            .key(&key[..])
-            .payload(&self.buffer[..]);
-        loop {
-            match self.producer.send(record) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(Code::QueueFull), returned)) => {
-                    record = returned;
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-                Err((error, _)) => return Err(CaptureError::Delivery { topic: topic.clone(), partition, pos, error }),
+        let count = parts::count(self.buffer.len(), self.part_size);
+        for (index, slice) in parts::split(&self.buffer, self.part_size).enumerate() {
+            let seq = self.next_seq;
+            let mut record =
+                BaseRecord::with_opaque_to(topic, seq as usize).partition(partition).key(&key[..]).payload(slice);
+            if count > 1 {
+                let header = parts::header_value(index + 1, count);
+                record =
+                    record.headers(OwnedHeaders::new().insert(Header { key: parts::HEADER, value: Some(&header) }));
             }
+            loop {
+                match self.producer.send(record) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(Code::QueueFull), returned)) => {
+                        record = returned;
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    Err((error, _)) => {
+                        return Err(CaptureError::Delivery { topic: topic.clone(), partition, pos, error })
+                    }
+                }
+            }
+            self.next_seq += 1;
         }
-        self.next_seq += 1;
+        if count > 1 {
+            self.metrics.split_records.inc();
+            tracing::debug!(topic = %topic, partition, %pos, bytes = self.buffer.len(), parts = count, "record sent in parts");
+        }
         if let Some(lsn) = tag {
-            self.tags.push_back((seq, lsn));
+            self.tags.push_back((self.next_seq - 1, lsn));
+        }
+        // A value of hundreds of MB must not keep its buffer for the rest of the run.
+        if self.buffer.capacity() > BUFFER_KEPT {
+            self.buffer = Vec::with_capacity(4096);
         }
         Ok(())
     }

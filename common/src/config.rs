@@ -248,15 +248,76 @@ impl PgConfig {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaConfig {
     /// `host:port[,host:port…]` (librdkafka's `bootstrap.servers`).
     pub brokers: String,
-    /// Passed to librdkafka as is (`security.protocol`, `sasl.mechanism`, `ssl.ca.location`, …). Values whose key
-    /// contains `password` or `secret` are never printed.
+    /// How the services talk to the brokers: `plaintext` (default), `ssl`, `sasl_plaintext` or `sasl_ssl`.
+    #[serde(default)]
+    pub security_protocol: SecurityProtocol,
+    /// PEM file of the CA that signed the brokers' certificates (TLS). Without it, the system's trust store. The
+    /// broker's host name is always verified against its certificate.
+    #[serde(default)]
+    pub ssl_ca_location: Option<PathBuf>,
+    /// Client certificate and key (PEM), for brokers that authenticate clients by TLS (mutual TLS).
+    #[serde(default)]
+    pub ssl_certificate_location: Option<PathBuf>,
+    #[serde(default)]
+    pub ssl_key_location: Option<PathBuf>,
+    /// `SCRAM-SHA-512` (default with SASL), `SCRAM-SHA-256` or `PLAIN`.
+    #[serde(default = "default_sasl_mechanism")]
+    pub sasl_mechanism: String,
+    #[serde(default)]
+    pub sasl_username: Option<String>,
+    /// Best from the environment: `PGM__KAFKA__SASL_PASSWORD`. Never printed.
+    #[serde(default)]
+    pub sasl_password: Secret,
+    /// Passed to librdkafka as is, over everything above. Values whose key contains `password` or `secret` are never
+    /// printed.
     #[serde(default)]
     pub librdkafka: BTreeMap<String, String>,
+}
+
+fn default_sasl_mechanism() -> String {
+    "SCRAM-SHA-512".to_owned()
+}
+
+impl KafkaConfig {
+    /// Plaintext brokers, every other setting at its default.
+    pub fn new(brokers: impl Into<String>) -> Self {
+        KafkaConfig { brokers: brokers.into(), sasl_mechanism: default_sasl_mechanism(), ..Default::default() }
+    }
+}
+
+/// librdkafka's `security.protocol`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SecurityProtocol {
+    #[default]
+    Plaintext,
+    Ssl,
+    SaslPlaintext,
+    SaslSsl,
+}
+
+impl SecurityProtocol {
+    pub fn as_librdkafka(self) -> &'static str {
+        match self {
+            SecurityProtocol::Plaintext => "plaintext",
+            SecurityProtocol::Ssl => "ssl",
+            SecurityProtocol::SaslPlaintext => "sasl_plaintext",
+            SecurityProtocol::SaslSsl => "sasl_ssl",
+        }
+    }
+
+    pub fn tls(self) -> bool {
+        matches!(self, SecurityProtocol::Ssl | SecurityProtocol::SaslSsl)
+    }
+
+    pub fn sasl(self) -> bool {
+        matches!(self, SecurityProtocol::SaslPlaintext | SecurityProtocol::SaslSsl)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -269,8 +330,29 @@ pub struct TopicsConfig {
     pub partitions: i32,
     #[serde(default = "default_replication")]
     pub replication_factor: i32,
+    /// `retention.ms` of the topics pg-migrator creates: -1 keeps every record until the topics are deleted (replay
+    /// from offsets needs them for the whole migration). An existing topic that keeps records for less is refused.
+    #[serde(default = "default_retention_ms")]
+    pub retention_ms: i64,
+    /// `max.message.bytes` of the topics pg-migrator creates, and the largest record the pipeline writes: a change
+    /// larger than this travels as several parts (docs/records.md). Kafka's default is 1048588.
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: i32,
+    /// `min.insync.replicas` of the topics pg-migrator creates (producers use acks=all): at most the replication
+    /// factor; 2 with a replication factor of 3 is the usual production choice.
+    #[serde(default = "default_min_insync")]
+    pub min_insync_replicas: i32,
 }
 
+fn default_retention_ms() -> i64 {
+    -1
+}
+fn default_max_message_bytes() -> i32 {
+    1_048_588
+}
+fn default_min_insync() -> i32 {
+    1
+}
 fn default_prefix() -> String {
     "pgm".to_owned()
 }
@@ -287,6 +369,9 @@ impl Default for TopicsConfig {
             prefix: default_prefix(),
             partitions: default_partitions(),
             replication_factor: default_replication(),
+            retention_ms: default_retention_ms(),
+            max_message_bytes: default_max_message_bytes(),
+            min_insync_replicas: default_min_insync(),
         }
     }
 }
@@ -394,6 +479,12 @@ pub struct TransformConfig {
     pub group_id: String,
     #[serde(default = "default_transform_metrics")]
     pub metrics_addr: String,
+    /// This worker's stable name in the group (Kafka's static membership, `group.instance.id`): a worker restarted
+    /// under the same name within the session timeout gets its partitions back and nobody else's move. Give each
+    /// worker its own (`PGM__TRANSFORM__INSTANCE_ID=transform-1`, …); two running workers with one name fence each
+    /// other. Without it the worker is a dynamic member: every start and stop reassigns partitions.
+    #[serde(default)]
+    pub instance_id: Option<String>,
     /// Tables the rules pass unchanged (no `[[table]]` rule, `unmatched = "pass"`) skip transform: apply reads their
     /// raw records and applies them as they are, so each change is one broker record instead of two. Transform and
     /// apply must read the same setting and the same rules file (one configuration for the pipeline): if apply's
@@ -416,6 +507,7 @@ impl Default for TransformConfig {
             rules: None,
             group_id: default_transform_group(),
             metrics_addr: default_transform_metrics(),
+            instance_id: None,
             passthrough: false,
         }
     }
@@ -655,8 +747,65 @@ impl PipelineConfig {
         if self.topics.replication_factor < 1 {
             return Err(invalid("topics.replication_factor", "must be at least 1".into()));
         }
+        if !(1..=self.topics.replication_factor).contains(&self.topics.min_insync_replicas) {
+            return Err(invalid(
+                "topics.min_insync_replicas",
+                format!(
+                    "{} is not between 1 and topics.replication_factor ({}): with acks=all no write could succeed",
+                    self.topics.min_insync_replicas, self.topics.replication_factor
+                ),
+            ));
+        }
+        if self.topics.retention_ms < -1 || (0..3_600_000).contains(&self.topics.retention_ms) {
+            return Err(invalid(
+                "topics.retention_ms",
+                format!(
+                    "{} would delete records within the hour; use -1 (keep until the topics are deleted, the \
+                     default) or at least the migration's whole duration",
+                    self.topics.retention_ms
+                ),
+            ));
+        }
+        if self.topics.max_message_bytes < 65_536 {
+            return Err(invalid(
+                "topics.max_message_bytes",
+                format!("{} is below 65536; Kafka's default is 1048588", self.topics.max_message_bytes),
+            ));
+        }
         if self.kafka.brokers.trim().is_empty() {
             return Err(invalid("kafka.brokers", "is empty; set it to host:port of at least one broker".into()));
+        }
+        let kafka = &self.kafka;
+        if kafka.security_protocol.sasl() {
+            if kafka.sasl_username.as_deref().is_none_or(str::is_empty) {
+                return Err(invalid("kafka.sasl_username", "is required with a sasl_* security_protocol".into()));
+            }
+            if kafka.sasl_password.is_empty() {
+                return Err(invalid(
+                    "kafka.sasl_password",
+                    "is required with a sasl_* security_protocol; set it in the file or as PGM__KAFKA__SASL_PASSWORD"
+                        .into(),
+                ));
+            }
+            if !["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"].contains(&kafka.sasl_mechanism.as_str()) {
+                return Err(invalid(
+                    "kafka.sasl_mechanism",
+                    format!("{:?} is not SCRAM-SHA-512, SCRAM-SHA-256 or PLAIN", kafka.sasl_mechanism),
+                ));
+            }
+        }
+        for (key, path) in [
+            ("kafka.ssl_ca_location", &kafka.ssl_ca_location),
+            ("kafka.ssl_certificate_location", &kafka.ssl_certificate_location),
+            ("kafka.ssl_key_location", &kafka.ssl_key_location),
+        ] {
+            if let Some(path) = path {
+                if !kafka.security_protocol.tls() {
+                    return Err(invalid(key, "is set but kafka.security_protocol is not ssl or sasl_ssl".into()));
+                }
+                std::fs::File::open(path)
+                    .map_err(|e| invalid(key, format!("{} cannot be read: {e}", path.display())))?;
+            }
         }
         let slot = &self.capture.slot;
         if slot.is_empty()

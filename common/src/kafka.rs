@@ -1,14 +1,18 @@
 //! The one place every Kafka client is configured, so librdkafka settings, TLS and SASL are set alike everywhere.
 //!
+//! Security (TLS with a verified broker certificate, SASL/SCRAM) comes from `[kafka]`; [`reach`] tells a wrong
+//! password, an untrusted CA or a plaintext client on a TLS listener apart from a broker that is just away.
+//!
 //! Producers are idempotent (`enable.idempotence`, `acks=all`); the pipeline uses no Kafka transactions — exactly-once
 //! comes from positions, deduplication and the progress table in DB2 (see DESIGN.md). Consumers never auto-commit:
 //! each stage commits only what the next stage has made durable.
 
 use rdkafka::admin::AdminClient;
+use rdkafka::client::ClientContext;
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::StreamConsumer;
-use rdkafka::error::KafkaError;
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::FutureProducer;
 
 use crate::config::KafkaConfig;
@@ -20,6 +24,25 @@ pub fn client_config(kafka: &KafkaConfig, client_id: &str, role_defaults: &[(&st
     config.set("bootstrap.servers", &kafka.brokers).set("client.id", client_id);
     for (key, value) in CLIENT_DEFAULTS.iter().chain(role_defaults) {
         config.set(*key, *value);
+    }
+    config.set("security.protocol", kafka.security_protocol.as_librdkafka());
+    if kafka.security_protocol.tls() {
+        // Verify the broker's host name against its certificate (librdkafka's default since 2.0; set, not assumed).
+        config.set("ssl.endpoint.identification.algorithm", "https");
+        for (key, path) in [
+            ("ssl.ca.location", &kafka.ssl_ca_location),
+            ("ssl.certificate.location", &kafka.ssl_certificate_location),
+            ("ssl.key.location", &kafka.ssl_key_location),
+        ] {
+            if let Some(path) = path {
+                config.set(key, path.display().to_string());
+            }
+        }
+    }
+    if kafka.security_protocol.sasl() {
+        config.set("sasl.mechanism", &kafka.sasl_mechanism);
+        config.set("sasl.username", kafka.sasl_username.as_deref().unwrap_or_default());
+        config.set("sasl.password", kafka.sasl_password.expose());
     }
     for (key, value) in &kafka.librdkafka {
         config.set(key, value);
@@ -33,20 +56,17 @@ pub const CLIENT_DEFAULTS: &[(&str, &str)] = &[("socket.nagle.disable", "true")]
 
 /// Producers (capture, transform). Records are batched: the pipeline produces without waiting for each
 /// acknowledgement, and ordering plus exactly-once come from idempotence and the position keys, never from one
-/// record per request. The broker must serve a fetch from inside a batch exactly (Kafka does; on tansu use the
-/// sqlite engine, never its memory engine).
+/// record per request. The broker must serve a fetch from inside a batch exactly, as Kafka does
+/// (`smoke::broker_resumes_inside_a_batch_and_counts_every_record`).
 pub const PRODUCER_DEFAULTS: &[(&str, &str)] = &[
     // No duplicates, reordering or gaps on retry; a record counts as written only when every in-sync replica has it.
     // A gap (a failed batch, then a later one of the same partition written) would look like lost records to apply.
-    // Against tansu, librdkafka's idempotent producer costs 15 µs of CPU per record (3–4 µs without it), see
-    // docs/capture.md: kept, correctness first.
     ("enable.idempotence", "true"),
     ("acks", "all"),
     ("max.in.flight.requests.per.connection", "5"),
-    // Wait up to 20 ms to fill a batch. librdkafka's per-partition producer loop then wakes less often (it was 15 %
-    // of capture's CPU at 5 ms): pgbench backlog on tansu, capture 3.0 → 2.7 CPU-s, broker 10.8 → 9.1, drain
-    // 6,593 → 7,487 changes/s, and live lag went down, not up (docs/performance.md). 20 ms is a small part of the
-    // lag budget (two produce hops). librdkafka's batch.num.messages/batch.size caps stay.
+    // Wait up to 20 ms to fill a batch (librdkafka's default is 5): fewer, larger produce requests, and librdkafka's
+    // per-partition producer loop wakes less often (it was 15 % of capture's CPU at 5 ms). 20 ms is a small part of
+    // the lag budget (two produce hops). librdkafka's batch.num.messages/batch.size caps stay.
     ("linger.ms", "20"),
 ];
 
@@ -57,12 +77,10 @@ pub const CONSUMER_DEFAULTS: &[(&str, &str)] = &[
     ("enable.auto.offset.store", "false"),
     ("auto.offset.reset", "earliest"),
     ("enable.partition.eof", "false"),
-    // How long the broker may hold a fetch that has less than fetch.min.bytes. Kafka answers at once when data is
-    // there, so this only bounds how soon an idle partition's first new record is seen (a transaction's records may
-    // sit in a partition that was idle); librdkafka's default is 500. tansu 0.6.0 holds *every* fetch this long
-    // (half of it from 250 ms up) and runs its SQL for every assigned partition once per fetch, so the value is
-    // also what an idle consumer costs it: one consumer of 17 partitions kept tansu at 82 % CPU with 20 ms, 23 %
-    // with 100 ms, 10 % with 500 ms (`pgm-bench-produce`). 100 ms per hop is a small part of a 1 s lag budget.
+    // How long the broker may hold a fetch that found no data. librdkafka has one fetch in flight per broker, and a
+    // partition assigned while it waits is fetched only after it returns: apply assigns partitions as transactions
+    // need them, so with librdkafka's default (500 ms) each new partition could add half a second. Kafka parks an
+    // idle fetch at no cost, so 100 ms costs nothing when idle.
     ("fetch.wait.max.ms", "100"),
     // When the prefetch queue is full, librdkafka waits fetch.queue.backoff.ms (default 1 s) before fetching again:
     // a consumer that drains fast stalled a second every few thousand records. Fetch again soon instead.
@@ -73,6 +91,16 @@ pub const CONSUMER_DEFAULTS: &[(&str, &str)] = &[
 
 pub fn producer(kafka: &KafkaConfig, client_id: &str) -> Result<FutureProducer, KafkaError> {
     client_config(kafka, client_id, PRODUCER_DEFAULTS).create()
+}
+
+/// A pipeline producer's configuration: [`PRODUCER_DEFAULTS`], and librdkafka's own record limit set to the topics'
+/// (`topics.max_message_bytes`; librdkafka's default, 1000000, is below Kafka's), so that a full part passes.
+pub fn producer_config(kafka: &KafkaConfig, client_id: &str, max_message_bytes: i32) -> ClientConfig {
+    let mut config = client_config(kafka, client_id, PRODUCER_DEFAULTS);
+    if !kafka.librdkafka.contains_key("message.max.bytes") {
+        config.set("message.max.bytes", max_message_bytes.to_string());
+    }
+    config
 }
 
 /// A consumer group member's configuration; create it with a context of your own for rebalance hooks.
@@ -88,6 +116,149 @@ pub fn consumer(kafka: &KafkaConfig, client_id: &str, group_id: &str) -> Result<
 
 pub fn admin(kafka: &KafkaConfig, client_id: &str) -> Result<AdminClient<DefaultClientContext>, KafkaError> {
     client_config(kafka, client_id, &[]).create()
+}
+
+/// Why the brokers could not be used, and whether waiting can help.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReachError {
+    /// The brokers refused these settings (a password, a CA, the protocol): a person must fix the named setting.
+    #[error("{0}")]
+    Refused(String),
+    /// No broker answered (down, starting, unreachable): waiting may help.
+    #[error("{0}")]
+    Unreachable(String),
+}
+
+/// What librdkafka said while the probe ran: its global errors and its connection-failure log lines (the only
+/// places the reason of a TLS, SASL or protocol failure is reported). Nothing is forwarded to the service's log.
+#[derive(Default)]
+struct ErrorRecorder(std::sync::Mutex<Vec<(Option<RDKafkaErrorCode>, String)>>);
+
+impl ErrorRecorder {
+    fn record(&self, code: Option<RDKafkaErrorCode>, reason: &str) {
+        if let Ok(mut seen) = self.0.lock() {
+            seen.push((code, reason.to_owned()));
+        }
+    }
+}
+
+impl ClientContext for ErrorRecorder {
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.record(error.rdkafka_error_code(), reason);
+    }
+
+    fn log(&self, _level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
+        if facility == "FAIL" {
+            self.record(None, message);
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for ErrorRecorder {}
+
+/// Asks the brokers for their metadata with these settings, and says what to change when they refuse them. Blocking
+/// (up to `timeout`, less when `cancel` fires): call it from a blocking thread. The services call it at start and
+/// stop on [`ReachError::Refused`]; [`ReachError::Unreachable`] is theirs to wait out.
+pub fn reach(
+    kafka: &KafkaConfig,
+    timeout: std::time::Duration,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> Result<(), ReachError> {
+    let probe: BaseConsumer<ErrorRecorder> = client_config(kafka, "pgm-reach", &[])
+        .create_with_context(ErrorRecorder::default())
+        .map_err(|e| ReachError::Refused(format!("kafka client settings ([kafka]): {e}")))?;
+    // Short attempts, so that a refusal ends the wait early.
+    let started = std::time::Instant::now();
+    loop {
+        let error = match probe.fetch_metadata(None, std::time::Duration::from_millis(500)) {
+            Ok(metadata) if !metadata.brokers().is_empty() => return Ok(()),
+            Ok(_) => "the cluster reported no brokers".to_owned(),
+            Err(error) => error.to_string(),
+        };
+        // librdkafka hands its global errors to the context only from a poll of the client's queue.
+        let _ = probe.poll(std::time::Duration::ZERO);
+        let seen = probe.context().0.lock().map(|e| e.clone()).unwrap_or_default();
+        let verdict = explain(kafka, &error, &seen, started.elapsed());
+        let done = started.elapsed() >= timeout || cancel.is_cancelled();
+        if matches!(verdict, ReachError::Refused(_)) || done {
+            return Err(verdict);
+        }
+    }
+}
+
+/// A service's first look at the brokers: stops it when they refuse its settings (wrong password, untrusted CA,
+/// plaintext on a TLS listener), which no retry can mend; a broker that is only away is left to the service's
+/// retries, with a warning. A shutdown ends the look within half a second.
+pub async fn refuse_wrong_settings(
+    kafka: &KafkaConfig,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> Result<(), ReachError> {
+    let (probe, cancel) = (kafka.clone(), shutdown.clone());
+    let result = tokio::task::spawn_blocking(move || reach(&probe, std::time::Duration::from_secs(10), &cancel))
+        .await
+        .unwrap_or_else(|e| Err(ReachError::Unreachable(format!("probe task: {e}"))));
+    if shutdown.is_cancelled() {
+        return Ok(());
+    }
+    match result {
+        Err(ReachError::Unreachable(why)) => {
+            tracing::warn!(brokers = %kafka.brokers, problem = %why, "no broker answered yet; the service waits for one");
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+/// A connection the broker closed while librdkafka waited for the answer to its first request: what a TLS or SASL
+/// listener does to a client that speaks plaintext.
+fn dropped_at_handshake(reason: &str) -> bool {
+    (reason.contains("APIVERSION_QUERY") && (reason.contains("Disconnected") || reason.contains("closed")))
+        || reason.contains("security.protocol")
+}
+
+/// Turns librdkafka's reasons into the setting to change. A dropped handshake counts as a refusal only when every
+/// connection failure for at least 3 s was one (a broker shutting down can drop one connection that way).
+fn explain(
+    kafka: &KafkaConfig,
+    error: &str,
+    seen: &[(Option<RDKafkaErrorCode>, String)],
+    elapsed: std::time::Duration,
+) -> ReachError {
+    let brokers = &kafka.brokers;
+    let protocol = kafka.security_protocol.as_librdkafka();
+    let tls_failure = |reason: &str| reason.contains("SSL handshake failed") || reason.contains("certificate verify");
+    if let Some((_, reason)) =
+        seen.iter().find(|(code, reason)| *code == Some(RDKafkaErrorCode::Authentication) && !tls_failure(reason))
+    {
+        return ReachError::Refused(format!(
+            "the brokers {brokers} refused SASL authentication as {:?} ({}): {reason}; check kafka.sasl_username \
+             and kafka.sasl_password (PGM__KAFKA__SASL_PASSWORD) and kafka.sasl_mechanism",
+            kafka.sasl_username.as_deref().unwrap_or_default(),
+            kafka.sasl_mechanism
+        ));
+    }
+    if let Some((_, reason)) =
+        seen.iter().find(|(code, reason)| *code == Some(RDKafkaErrorCode::SSL) || tls_failure(reason))
+    {
+        let ca =
+            kafka.ssl_ca_location.as_ref().map_or("the system's trust store".to_owned(), |p| p.display().to_string());
+        return ReachError::Refused(format!(
+            "TLS with {brokers} failed: {reason}; the brokers' certificate must be signed by the CA in \
+             kafka.ssl_ca_location (now {ca}) and name the host in kafka.brokers"
+        ));
+    }
+    let failures: Vec<&str> = seen.iter().filter(|(code, _)| code.is_none()).map(|(_, r)| r.as_str()).collect();
+    let drops = failures.iter().filter(|r| dropped_at_handshake(r)).count();
+    if drops >= 2 && drops == failures.len() && elapsed >= std::time::Duration::from_secs(3) {
+        return ReachError::Refused(format!(
+            "{brokers} closed every connection during the handshake ({}); the listener probably needs TLS or \
+             SASL: set kafka.security_protocol (now {protocol}) to what the broker's listener expects (ssl, \
+             sasl_plaintext or sasl_ssl)",
+            failures[0]
+        ));
+    }
+    let last = failures.last().map_or(error.to_owned(), |reason| (*reason).to_owned());
+    ReachError::Unreachable(format!("no broker of kafka.brokers = {brokers} answered: {last}"))
 }
 
 /// The passthrough table for logs: values of keys that look like credentials are masked.
@@ -109,8 +280,8 @@ mod tests {
 
     fn kafka() -> KafkaConfig {
         KafkaConfig {
-            brokers: "127.0.0.1:1".into(),
             librdkafka: BTreeMap::from([("sasl.password".into(), "hunter2".into()), ("acks".into(), "1".into())]),
+            ..KafkaConfig::new("127.0.0.1:1")
         }
     }
 

@@ -16,7 +16,8 @@
 //!   acknowledgements flow back: Kafka ack ─▶ slot flush LSN; out ack ─▶ transform offsets; DB2 commit ─▶ apply offsets
 //! ```
 //!
-//! `config` is the one TOML file of the pipeline, `topics` names the topics, `kafka` builds every Kafka client,
+//! `config` is the one TOML file of the pipeline, `topics` names the topics, `topic_settings` creates and audits
+//! them (retention that keeps the whole migration), `kafka` builds every Kafka client,
 //! `telemetry` sets up logs and the `/metrics` + `/healthz` endpoint.
 
 pub mod change;
@@ -27,11 +28,13 @@ pub mod findings;
 pub mod identity;
 pub mod kafka;
 pub mod lsn;
+pub mod parts;
 pub mod pgoutput;
 pub mod pgtime;
 pub mod retry;
 pub mod snapshot;
 pub mod telemetry;
+pub mod topic_settings;
 pub mod topics;
 pub mod wal2json;
 

@@ -9,7 +9,8 @@
 //! Workloads on DB1: (a) pgbench's built-in tpcb-like script (history with REPLICA IDENTITY FULL), (b) many
 //! single-row transactions (pgbench with a one-INSERT script), (c) one transaction of many rows.
 //! Replicators: native publication/subscription; pg-migrator with identity rules; pg-migrator with a rename and a
-//! computed column. Each run has its own tansu broker (sqlite storage) and the pipeline's Kafka client defaults.
+//! computed column. Each run has its own Apache Kafka broker (compose/kafka/broker) and the pipeline's Kafka client
+//! defaults.
 //! Modes: backlog drain (replication stopped during the load, then the catch-up is timed) and live (replication
 //! running during a fixed-rate load; lag sampled every 100 ms from a ticker row DB1 updates every 100 ms).
 //! Every run has fresh clusters; the end of a run is a marker row written on DB1 after the load, seen on DB2.
@@ -145,14 +146,24 @@ fn processed(text: &str) -> anyhow::Result<u64> {
         .with_context(|| format!("no transaction count in pgbench output:\n{text}"))
 }
 
-/// The broker's pid when it is a local tansu listening on the port of `brokers`.
+/// The broker's pid when it is a local Kafka node (kafka.Kafka) whose config names the port of `brokers`.
 fn broker_pid(brokers: &str) -> Option<u32> {
     let port = brokers.rsplit(':').next()?;
     std::fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
         let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
         let cmdline = std::fs::read_to_string(entry.path().join("cmdline")).ok()?;
-        (cmdline.contains("tansu") && cmdline.contains(&format!(":{port}"))).then_some(pid)
+        let config = cmdline.split('\0').rfind(|a| a.ends_with("server.properties"))?;
+        let listeners = std::fs::read_to_string(config).ok()?;
+        (cmdline.contains("kafka.Kafka") && listeners.contains(&format!("127.0.0.1:{port}"))).then_some(pid)
     })
+}
+
+/// The broker's version as the run used it: the harness's Kafka, or one given by PGM_TEST_BROKERS.
+fn broker_label() -> String {
+    match std::env::var("PGM_TEST_BROKERS") {
+        Ok(brokers) => format!("(external, PGM_TEST_BROKERS={brokers})"),
+        Err(_) => format!("{} (one KRaft node, compose/kafka/broker)", pgm_test_support::broker::kafka_version()),
+    }
 }
 
 struct Measured {
@@ -284,7 +295,7 @@ impl<'a> Run<'a> {
                 pids.insert(format!("{service:?}").to_lowercase(), running.child.id());
             }
             if let Some(pid) = self.broker.as_ref().and_then(Broker::pid).or_else(|| broker_pid(&self.stack.brokers)) {
-                pids.insert("tansu".into(), pid);
+                pids.insert("kafka".into(), pid);
             }
         }
         Ok(pids)
@@ -716,8 +727,9 @@ async fn main() -> anyhow::Result<()> {
     }
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!(
-        "pg-migrator vs native logical replication — {} run, {cpus} CPUs, PostgreSQL 15 ×2, tansu 0.6.0",
-        if quick { "quick" } else { "full" }
+        "pg-migrator vs native logical replication — {} run, {cpus} CPUs, PostgreSQL 15 ×2, Apache Kafka {}",
+        if quick { "quick" } else { "full" },
+        broker_label()
     );
     println!(
         "{:<9} {:<7} {:<22} {:>9} {:>8} {:>10} {:>8} {:>8} {:>9}  {:<5}  processes (CPU s / peak RSS MiB)",
@@ -791,7 +803,7 @@ async fn main() -> anyhow::Result<()> {
         }));
     }
     let document = json!({
-        "quick": quick, "cpus": cpus, "postgresql": "15", "broker": "tansu 0.6.0 (sqlite)",
+        "quick": quick, "cpus": cpus, "postgresql": "15", "broker": format!("Apache Kafka {}", broker_label()),
         "sizes": {"pgbench_scale": sizes.scale, "pgbench_transactions": sizes.pgbench_txns, "singles": sizes.singles,
                   "big_rows": sizes.big_rows, "live_changes_per_s": sizes.live_changes_per_s, "live_seconds": sizes.live_seconds},
         "runs": results,

@@ -233,7 +233,7 @@ async fn main() -> anyhow::Result<()> {
     insert_methods(&db).await?;
 
     let dir = tempfile::tempdir()?;
-    let kafka = KafkaConfig { brokers: brokers.clone(), librdkafka: BTreeMap::new() };
+    let kafka = KafkaConfig::new(brokers.clone());
     let producer: FutureProducer = kafka::client_config(&kafka, "bench", kafka::PRODUCER_DEFAULTS)
         .set("queue.buffering.max.messages", "100000")
         .set("linger.ms", "20")

@@ -1,5 +1,5 @@
 //! What one produced record costs the producing process under the pipeline's producer defaults: CPU µs per record
-//! (all of librdkafka's threads included) against a fresh tansu broker, for the defaults and for variants given as
+//! (all of librdkafka's threads included) against a fresh Kafka broker, for the defaults and for variants given as
 //! `key=value` librdkafka settings. Prints figures; asserts nothing about time.
 //!
 //!   cargo run --release -p pgm-tests --bin pgm-bench-produce -- [RECORDS] [key=value ...]
@@ -51,7 +51,7 @@ async fn main() -> anyhow::Result<()> {
         .map(|a| a.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())).context("key=value"))
         .collect::<Result<_, _>>()?;
     let broker = Broker::start()?;
-    let mut kafka_config = KafkaConfig { brokers: broker.brokers(), librdkafka: Default::default() };
+    let mut kafka_config = KafkaConfig::new(broker.brokers());
     for (k, v) in &overrides {
         kafka_config.librdkafka.insert(k.clone(), v.clone());
     }

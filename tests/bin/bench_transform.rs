@@ -4,7 +4,7 @@
 //!
 //! 1. the rule engine alone: `Program::rewrite` on decoded records, one thread (records/s = per core);
 //! 2. the same with JSON decode of the raw record and encode of the out record;
-//! 3. the whole worker through the broker (tansu started by the harness, or PGM_TEST_BROKERS): records/s wall
+//! 3. the whole worker through the broker (Kafka started by the harness, or PGM_TEST_BROKERS): records/s wall
 //!    clock and per CPU-second of this process.
 
 use std::time::{Duration, Instant};
@@ -163,10 +163,7 @@ async fn worker(records: u64) -> anyhow::Result<()> {
     for d in deliveries {
         d.await?.map_err(|(e, _)| e)?;
     }
-    println!(
-        "produced {records} raw records in {:.1} s (one record per batch, for tansu)",
-        started.elapsed().as_secs_f64()
-    );
+    println!("produced {records} raw records in {:.1} s", started.elapsed().as_secs_f64());
 
     let program = std::sync::Arc::new(Program::compile(&RulesFile::from_toml_str(WITH_EXPR)?, &catalog())?);
     let metrics = pgm_transform::metrics::TransformMetrics::default();

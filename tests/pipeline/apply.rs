@@ -289,7 +289,7 @@ async fn apply_killed_at_random_moments_loses_and_doubles_nothing() -> anyhow::R
     let writer = {
         let (done, steps) = (done.clone(), steps.clone());
         tokio::spawn(async move {
-            // About 300 transactions a second: the pipeline through tansu keeps up, so the drain stays short.
+            // About 300 transactions a second: the pipeline keeps up, so the drain stays short.
             while !done.load(Ordering::Relaxed) {
                 workload.step(&db1, false).await?;
                 steps.fetch_add(1, Ordering::Relaxed);

@@ -500,12 +500,14 @@ fn check_config(
     slot: &str,
 ) -> anyhow::Result<PathBuf> {
     let path = dir.join(format!("{slot}.toml"));
+    // check also asks the broker (and audits the prefix's topics): the shared one answers.
+    let brokers = shared_brokers()?;
     std::fs::write(
         &path,
         format!(
             "[source]\nhost = \"127.0.0.1\"\nport = {port}\nuser = \"{user}\"\ndbname = \"{db}\"\n\
              [target]\nhost = \"127.0.0.1\"\nport = {port}\nuser = \"{user}\"\ndbname = \"{db}\"\n\
-             [kafka]\nbrokers = \"127.0.0.1:1\"\n[tables]\ninclude = {tables:?}\n[capture]\nslot = \"{slot}\"\n"
+             [kafka]\nbrokers = \"{brokers}\"\n[tables]\ninclude = {tables:?}\n[capture]\nslot = \"{slot}\"\n"
         ),
     )?;
     Ok(path)

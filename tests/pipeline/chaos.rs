@@ -4,9 +4,12 @@
 //! faults the stream drains and DB2 must equal DB1 row by row.
 //!
 //! The suite runs 12 faults; `PGM_CHAOS_FAULTS=60` (and `PGM_CHAOS_SEED`) a long round:
-//! `PGM_CHAOS_FAULTS=60 cargo test -p pgm-tests --test pipeline chaos -- --nocapture`. Figures are printed: faults
-//! per component, the recovery after the last fault, and the drain rate of the same backlog (8 s of workload with
-//! apply stopped) before and after the faults.
+//! `PGM_CHAOS_FAULTS=60 cargo test -p pgm-tests --test pipeline chaos -- --nocapture`. The faults are a shuffled mix
+//! in fixed shares (of every 7: the broker, capture, apply, DB1, DB2 once each, a transform worker twice), so 60
+//! faults hold 9 broker kills. The transform workers are static members (`transform.instance_id`): a restarted
+//! worker takes its own partitions back. Figures are printed: faults per component, the share of the workload that
+//! reached DB2 while the faults ran, the recovery after the last fault, and the drain rate of the same backlog (8 s
+//! of workload with apply stopped) before and after the faults.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -17,6 +20,7 @@ use crate::BINS;
 use anyhow::Context;
 use pgm_test_support::broker::Broker;
 use pgm_test_support::stack::{Options, Running, Service, Stack};
+use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
 const SCHEMA: &str = "
@@ -150,7 +154,11 @@ async fn chaos_every_component_killed_at_random_and_db2_still_equals_db1() -> an
         .batch_execute("INSERT INTO accounts SELECT g, 1000, 'acct' FROM generate_series(1, 200) g")
         .await?;
     let mut capture = stack.spawn(Service::Capture, &["run"])?;
-    let mut transforms = [stack.spawn(Service::Transform, &["run"])?, stack.spawn(Service::Transform, &["run"])?];
+    let worker = |stack: &Stack, i: usize| {
+        let name = format!("transform-{i}");
+        stack.spawn_with_env(Service::Transform, &["run"], &[("PGM__TRANSFORM__INSTANCE_ID", name.as_str())])
+    };
+    let mut transforms = [worker(&stack, 0)?, worker(&stack, 1)?];
     let mut apply = stack.spawn(Service::Apply, &["run"])?;
     stack.marker("started").await?;
     stack.wait_marker("started", Duration::from_secs(60)).await?;
@@ -164,51 +172,49 @@ async fn chaos_every_component_killed_at_random_and_db2_still_equals_db1() -> an
     let mut rng = rand::rngs::StdRng::seed_from_u64(
         std::env::var("PGM_CHAOS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(5),
     );
+    const MIX: [&str; 7] = ["broker", "transform", "capture", "apply", "db1", "transform", "db2"];
+    let mut schedule: Vec<&str> = (0..faults).map(|i| MIX[i % MIX.len()]).collect();
+    schedule.shuffle(&mut rng);
     let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    let (db1_before, db2_before) = events(&stack).await?;
     let started = Instant::now();
-    for _ in 0..faults {
+    for victim in schedule {
         tokio::time::sleep(Duration::from_millis(rng.random_range(1000..3000))).await;
         let restart = |running: &mut Running, stack: &Stack, service: Service| -> anyhow::Result<()> {
             running.kill9()?;
             *running = stack.spawn(service, &["run"])?;
             Ok(())
         };
-        let victim = match rng.random_range(0..7) {
-            0 => {
-                restart(&mut capture, &stack, Service::Capture)?;
-                "capture"
-            }
-            1 | 2 => {
+        match victim {
+            "capture" => restart(&mut capture, &stack, Service::Capture)?,
+            "transform" => {
                 let i = rng.random_range(0..2);
-                restart(&mut transforms[i], &stack, Service::Transform)?;
-                "transform"
+                transforms[i].kill9()?;
+                transforms[i] = worker(&stack, i)?;
             }
-            3 => {
-                restart(&mut apply, &stack, Service::Apply)?;
-                "apply"
-            }
-            4 => {
+            "apply" => restart(&mut apply, &stack, Service::Apply)?,
+            "broker" => {
                 broker.kill()?;
                 broker.restart()?;
-                "broker"
             }
-            5 => {
+            "db1" => {
                 stack.db1.crash()?;
                 stack.db1.restart()?;
-                "db1"
             }
             _ => {
                 stack.db2.crash()?;
                 stack.db2.restart()?;
-                "db2"
             }
-        };
+        }
         *counts.entry(victim).or_default() += 1;
     }
     let fault_phase = started.elapsed();
     stop.store(true, Ordering::Relaxed);
     writer.await?;
     let written = done.load(Ordering::Relaxed);
+    // How much of what DB1 took while the faults ran had reached DB2 when they ended.
+    let (db1_after, db2_after) = events(&stack).await?;
+    let share = (db2_after - db2_before) as f64 / (db1_after - db1_before).max(1) as f64;
 
     // Nobody is restarted by hand from here: the services must recover by themselves.
     let drain_started = Instant::now();
@@ -232,6 +238,13 @@ async fn chaos_every_component_killed_at_random_and_db2_still_equals_db1() -> an
         fault_phase.as_secs_f64(),
         written as f64 / fault_phase.as_secs_f64(),
         drain.as_secs_f64()
+    );
+    eprintln!(
+        "chaos load share: {} of {} event rows written during the faults ({:.0} %) were on DB2 when the last fault \
+         ended",
+        db2_after - db2_before,
+        db1_after - db1_before,
+        share * 100.0
     );
     eprintln!(
         "chaos recovery: at the last fault DB2 was {} event rows behind; it moved again after {:.1} s and caught up \

@@ -6,6 +6,8 @@ mod capture;
 mod chaos;
 mod faults;
 mod fidelity;
+mod kafka_security;
+mod kafka_topics;
 mod lifecycle;
 mod passthrough;
 mod smoke;

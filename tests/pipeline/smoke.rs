@@ -108,7 +108,7 @@ fn keys(range: std::ops::Range<u32>) -> Vec<String> {
 
 #[tokio::test]
 async fn broker_resumes_a_group_from_its_committed_offset() -> anyhow::Result<()> {
-    let kafka = KafkaConfig { brokers: shared_brokers()?, librdkafka: Default::default() };
+    let kafka = KafkaConfig::new(shared_brokers()?);
     let topic = unique("smoke_topic");
     let group = unique("smoke_group");
     create_topic(&kafka, &topic, 1).await?;
@@ -125,7 +125,7 @@ async fn broker_resumes_a_group_from_its_committed_offset() -> anyhow::Result<()
 #[tokio::test]
 async fn own_broker_with_sqlite_storage_keeps_records_and_offsets_across_a_kill() -> anyhow::Result<()> {
     let mut broker = Broker::start()?;
-    let kafka = KafkaConfig { brokers: broker.brokers(), librdkafka: Default::default() };
+    let kafka = KafkaConfig::new(broker.brokers());
     let topic = unique("restart_topic");
     let group = unique("restart_group");
     create_topic(&kafka, &topic, 1).await?;
@@ -145,20 +145,20 @@ async fn own_broker_with_sqlite_storage_keeps_records_and_offsets_across_a_kill(
     Ok(())
 }
 
-/// The broker every test, the benchmark and compose/up start must serve a fetch from inside a multi-record batch
-/// exactly, as Kafka does. tansu 0.6.0's memory engine does not (a consumer resuming inside a batch skips the rest
-/// of it, and its high watermark undercounts); its sqlite engine does. This pins the engine the harness starts.
+/// The pipeline resumes consumers from committed offsets that fall inside multi-record batches (capture and transform
+/// produce with linger): the broker must serve a fetch from inside a batch exactly and count every record in its
+/// high watermark, as Kafka does. Pins that for the broker the harness starts (and any `PGM_TEST_BROKERS`).
 #[tokio::test(flavor = "multi_thread")]
 async fn broker_resumes_inside_a_batch_and_counts_every_record() -> anyhow::Result<()> {
     const RECORDS: u32 = 30_000;
     const COMMITTED: i64 = 1234;
-    let kafka = KafkaConfig { brokers: shared_brokers()?, librdkafka: Default::default() };
+    let kafka = KafkaConfig::new(shared_brokers()?);
     let topic = unique("batches");
     create_topic(&kafka, &topic, 1).await?;
     // The pipeline's producer defaults, lingering long enough that every request carries many records.
     let batched = KafkaConfig {
-        brokers: kafka.brokers.clone(),
         librdkafka: [("linger.ms".to_string(), "50".to_string())].into(),
+        ..KafkaConfig::new(&kafka.brokers)
     };
     let producer = kafka::producer(&batched, "p")?;
     let mut futures = Vec::new();

@@ -194,7 +194,7 @@ fn raw_record(i: u64) -> RawRecord {
 
 /// The 4-partition raw topic of `public.items` and a producer with the pipeline's defaults.
 async fn items_raw_topic(brokers: &str, prefix: &str) -> anyhow::Result<(String, rdkafka::producer::FutureProducer)> {
-    let kafka_config = KafkaConfig { brokers: brokers.to_owned(), librdkafka: Default::default() };
+    let kafka_config = KafkaConfig::new(brokers.to_owned());
     let raw_topic = format!("{prefix}.raw.public.items");
     let admin = kafka::admin(&kafka_config, "tests")?;
     for result in
@@ -500,7 +500,7 @@ async fn a_surviving_worker_takes_over_every_partition_without_help() -> anyhow:
     broker.kill()?;
     second.wait()?;
     broker.restart()?;
-    let producer = kafka::producer(&KafkaConfig { brokers: brokers.clone(), librdkafka: Default::default() }, "t2")?;
+    let producer = kafka::producer(&KafkaConfig::new(brokers.clone()), "t2")?;
     produce_items(&producer, &raw_topic, 1200..1600).await?;
     let took = tokio::task::block_in_place(|| wait_transformed(&brokers, &out_topic, 1200..1600, logs))?;
     eprintln!(

@@ -22,27 +22,30 @@ pub fn list_topics(brokers: &str, prefix: &str) -> crate::Result<Vec<String>> {
     Ok(metadata.topics().iter().map(|t| t.name().to_owned()).filter(|n| n.starts_with(prefix)).collect())
 }
 
-/// How long a partition must stay silent before [`read_all`] takes it as fully read.
-const QUIET: Duration = Duration::from_millis(1500);
-
-/// Every record of `topic`, in offset order per partition. Blocking: call from `block_in_place` or a plain thread.
-///
-/// Reads until the topic has been quiet for [`QUIET`] rather than up to the high watermark: tansu 0.6.0 reports a
-/// high watermark that undercounts multi-record batches (Kafka does not).
+/// Every record of `topic` up to each partition's high watermark at the time of the call, in offset order per
+/// partition. Blocking: call from `block_in_place` or a plain thread.
 pub fn read_all(brokers: &str, topic: &str) -> crate::Result<Vec<Record>> {
+    let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", brokers).create()?;
+    let partitions = wait_partitions(&consumer, topic, Duration::from_secs(120))?;
+    let mut remaining = std::collections::HashMap::new();
+    for partition in partitions {
+        let (low, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(10))?;
+        if high > low {
+            remaining.insert(partition, high);
+        }
+    }
     let mut out = Vec::new();
-    let mut last_message = std::time::Instant::now();
-    read(brokers, topic, Duration::from_secs(120), |record| {
-        match record {
-            Some(record) => {
-                last_message = std::time::Instant::now();
+    if !remaining.is_empty() {
+        read(brokers, topic, Duration::from_secs(120), |record| {
+            if let Some(record) = record {
+                if remaining.get(&record.partition).is_some_and(|high| record.offset + 1 >= *high) {
+                    remaining.remove(&record.partition);
+                }
                 out.push(record);
             }
-            None if last_message.elapsed() >= QUIET => return false,
-            None => {}
-        }
-        true
-    })?;
+            !remaining.is_empty()
+        })?;
+    }
     out.sort_by_key(|r| (r.partition, r.offset));
     Ok(out)
 }
@@ -66,6 +69,26 @@ pub fn read_until(
     Ok(out)
 }
 
+/// The topic's partitions. It may not exist yet (its producer is still starting): wait for them within `timeout`,
+/// rather than assigning none and reading nothing.
+fn wait_partitions(consumer: &BaseConsumer, topic: &str, timeout: Duration) -> crate::Result<Vec<i32>> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+        let found: Vec<i32> = metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic)
+            .map(|t| t.partitions().iter().map(|p| p.id()).collect())
+            .unwrap_or_default();
+        if !found.is_empty() {
+            return Ok(found);
+        }
+        anyhow::ensure!(std::time::Instant::now() < deadline, "topic {topic} has no partitions after {timeout:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Feeds every record (or `None` after 100 ms without one) to `more` until it returns false.
 fn read(
     brokers: &str,
@@ -79,23 +102,8 @@ fn read(
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "false")
         .create()?;
-    // The topic may not exist yet (its producer is still starting): wait for its partitions within the deadline,
-    // rather than assigning none and reading nothing.
     let deadline = std::time::Instant::now() + timeout;
-    let partitions: Vec<i32> = loop {
-        let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-        let found: Vec<i32> = metadata
-            .topics()
-            .iter()
-            .find(|t| t.name() == topic)
-            .map(|t| t.partitions().iter().map(|p| p.id()).collect())
-            .unwrap_or_default();
-        if !found.is_empty() {
-            break found;
-        }
-        anyhow::ensure!(std::time::Instant::now() < deadline, "topic {topic} has no partitions after {timeout:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let partitions = wait_partitions(&consumer, topic, timeout)?;
     let mut tpl = TopicPartitionList::new();
     for partition in &partitions {
         tpl.add_partition_offset(topic, *partition, Offset::Beginning)?;

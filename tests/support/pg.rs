@@ -232,62 +232,9 @@ impl PgCluster {
             .await?;
         let data = self.data_dir();
         let certs = self.dir.path().join("certs");
-        std::fs::create_dir_all(&certs)?;
-        let openssl = |args: &[&str]| -> crate::Result<()> {
-            let mut command = Command::new("openssl");
-            command.args(args).current_dir(&certs);
-            run(command, "openssl").map(|_| ())
-        };
-        std::fs::write(certs.join("san.ext"), "subjectAltName = IP:127.0.0.1\n")?;
-        openssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=pgm test CA",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.crt",
-        ])?;
-        for (name, cn) in [("server", "127.0.0.1"), ("client", "postgres")] {
-            openssl(&[
-                "req",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-subj",
-                &format!("/CN={cn}"),
-                "-keyout",
-                &format!("{name}.key"),
-                "-out",
-                &format!("{name}.csr"),
-            ])?;
-            let (csr, crt) = (format!("{name}.csr"), format!("{name}.crt"));
-            let mut sign = vec![
-                "x509",
-                "-req",
-                "-in",
-                &csr,
-                "-CA",
-                "ca.crt",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-days",
-                "2",
-                "-out",
-                &crt,
-            ];
-            if name == "server" {
-                sign.extend(["-extfile", "san.ext"]);
-            }
-            openssl(&sign)?;
-        }
+        let ca = crate::certs::TestCa::new(&certs, "ca")?;
+        ca.issue("server", "127.0.0.1", Some("127.0.0.1"))?;
+        ca.issue("client", "postgres", None)?;
         for file in ["server.crt", "server.key", "ca.crt"] {
             let to = data.join(file);
             std::fs::copy(certs.join(file), &to)?;

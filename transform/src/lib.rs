@@ -7,7 +7,7 @@
 //! ```
 //!
 //! The rule engine (file format, catalogs, expressions, conversions, rewrite) is the `pgm-rules` crate, shared with
-//! pgm-apply; it is re-exported here. `worker` runs the consumer group, `takeover` finds partitions nobody holds,
+//! pgm-apply; it is re-exported here. `worker` runs the consumer group (cooperative, with static membership),
 //! `check`, `scaffold` and `verify` serve the operator.
 
 pub use pgm_rules::{catalog, compile, convert, expr, rewrite, rules};
@@ -15,7 +15,6 @@ pub use pgm_rules::{catalog, compile, convert, expr, rewrite, rules};
 pub mod check;
 pub mod metrics;
 pub mod scaffold;
-pub mod takeover;
 pub mod verify;
 pub mod worker;
 
@@ -119,6 +118,7 @@ async fn run_worker(config: PipelineConfig) -> anyhow::Result<()> {
     )
     .await?;
     tracing::info!(metrics = %bound, group = %config.transform.group_id, "pgm-transform starting");
+    pgm_common::kafka::refuse_wrong_settings(&config.kafka, &shutdown).await?;
     // Transient faults (the broker away or restarting, a delivery that timed out) start the worker again from the
     // group's committed offsets after a backoff (what it reprocesses carries the same keys); definite ones stop it.
     let result = pgm_common::retry::until_definite(

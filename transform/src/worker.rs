@@ -23,23 +23,22 @@ use futures::stream::{FuturesOrdered, StreamExt};
 use pgm_common::config::PipelineConfig;
 use pgm_common::envelope::{RawRecord, RecordOrigin};
 use pgm_common::kafka;
+use pgm_common::parts::{self, Assembler};
 use pgm_common::telemetry::Health;
-use rdkafka::admin::{AdminOptions, NewTopic, TopicReplication};
+use pgm_common::topic_settings::{self, TopicSetupError};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::ClientContext;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{rule_label, PartitionLabel, TableLabel, TransformMetrics};
 use crate::rewrite::Program;
-use crate::takeover::{self, OrphanWatch};
 
 /// Outputs in flight before the worker stops reading.
 const MAX_IN_FLIGHT: usize = 20_000;
-/// Commit ticks (seconds) between two looks for partitions nobody consumes.
-const ORPHAN_CHECK_TICKS: u64 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -55,11 +54,6 @@ pub enum WorkerError {
     Delivery { topic: String, partition: i32, offset: i64, error: KafkaError },
     #[error("configuration: {0}")]
     Config(String),
-    #[error("kafka: cannot create topic {topic}: {code}")]
-    CreateTopic { topic: String, code: RDKafkaErrorCode },
-    /// Partitions the group left to nobody (`takeover`): the worker rejoins as a new member.
-    #[error("{0}")]
-    Orphaned(String),
 }
 
 impl WorkerError {
@@ -68,16 +62,7 @@ impl WorkerError {
     pub fn is_transient(&self) -> bool {
         match self {
             WorkerError::Kafka(error) => !matches!(error, KafkaError::ClientCreation(_) | KafkaError::Subscription(_)),
-            WorkerError::Delivery { .. } | WorkerError::Orphaned(_) => true,
-            WorkerError::CreateTopic { code, .. } => !matches!(
-                code,
-                RDKafkaErrorCode::InvalidTopic
-                    | RDKafkaErrorCode::InvalidPartitions
-                    | RDKafkaErrorCode::InvalidReplicationFactor
-                    | RDKafkaErrorCode::TopicAuthorizationFailed
-                    | RDKafkaErrorCode::ClusterAuthorizationFailed
-                    | RDKafkaErrorCode::PolicyViolation
-            ),
+            WorkerError::Delivery { .. } => true,
             WorkerError::Envelope(_) | WorkerError::Rewrite(_) | WorkerError::Config(_) => false,
         }
     }
@@ -122,6 +107,10 @@ pub struct Worker {
     out_topics: HashMap<String, String>,
     /// The raw topics subscribed to: these names, or every `<prefix>.raw.` topic when `None` (no table list).
     raw_topics: Option<Vec<String>>,
+    /// Records arriving in parts ([`parts`]), per partition, while a sequence is in progress.
+    assembling: HashMap<(String, i32), Assembler>,
+    /// Out values longer than this go as parts.
+    part_size: usize,
 }
 
 impl Worker {
@@ -131,6 +120,15 @@ impl Worker {
         // every few seconds, not librdkafka's default five minutes.
         if !config.kafka.librdkafka.contains_key("topic.metadata.refresh.interval.ms") {
             client.set("topic.metadata.refresh.interval.ms", "3000");
+        }
+        // A rebalance moves only the partitions that change owner; the others keep being consumed meanwhile.
+        if !config.kafka.librdkafka.contains_key("partition.assignment.strategy") {
+            client.set("partition.assignment.strategy", "cooperative-sticky");
+        }
+        // Static membership: a worker killed and restarted under the same name within session.timeout.ms takes its
+        // own partitions back without a rebalance (transform.instance_id).
+        if let Some(instance) = &config.transform.instance_id {
+            client.set("group.instance.id", instance);
         }
         let consumer: StreamConsumer<RebalanceCommit> = client.create_with_context(RebalanceCommit)?;
         let topics = config.topics();
@@ -159,7 +157,8 @@ impl Worker {
             }
             raw_topics = Some(names);
         }
-        let producer = kafka::producer(&config.kafka, "pgm-transform")?;
+        let producer =
+            kafka::producer_config(&config.kafka, "pgm-transform", config.topics.max_message_bytes).create()?;
         Ok(Worker {
             consumer,
             producer,
@@ -168,14 +167,9 @@ impl Worker {
             config: config.clone(),
             out_topics: HashMap::new(),
             raw_topics,
+            assembling: HashMap::new(),
+            part_size: parts::part_size(config.topics.max_message_bytes),
         })
-    }
-
-    fn subscribed(&self, topic: &str) -> bool {
-        match &self.raw_topics {
-            None => self.config.topics().out_of_raw(topic).is_some(),
-            Some(names) => names.iter().any(|t| t == topic),
-        }
     }
 
     async fn out_topic(
@@ -187,24 +181,53 @@ impl Worker {
             return Ok(topic.clone());
         }
         let topic = self.config.topics().out(source).map_err(|e| WorkerError::Config(e.to_string()))?;
-        let partitions = self.config.topics.partitions;
-        let admin = kafka::admin(&self.config.kafka, "pgm-transform-admin")?;
-        let new = NewTopic::new(&topic, partitions, TopicReplication::Fixed(self.config.topics.replication_factor));
-        for result in admin.create_topics(&[new], &AdminOptions::new()).await? {
-            match result {
-                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((topic, code)) => return Err(WorkerError::CreateTopic { topic, code }),
+        let admin = Arc::new(kafka::admin(&self.config.kafka, "pgm-transform-admin")?);
+        let (brokers, partitions) = (&self.config.kafka.brokers, self.config.topics.partitions);
+        topic_settings::ensure(&admin, brokers, &topic, partitions, &self.config.topics).await.map_err(|error| {
+            match error {
+                TopicSetupError::Kafka(error) => WorkerError::Kafka(error),
+                TopicSetupError::Definite(problem) => {
+                    WorkerError::Config(format!("{problem} (out topics must match their raw topics)"))
+                }
             }
-        }
-        let metadata = self.producer.client().fetch_metadata(Some(&topic), Duration::from_secs(30))?;
-        let found = metadata.topics().iter().find(|t| t.name() == topic).map_or(0, |t| t.partitions().len());
-        if found != partitions as usize {
-            return Err(WorkerError::Config(format!(
-                "topic {topic} has {found} partitions but topics.partitions is {partitions}: out topics must match their raw topics"
-            )));
-        }
+        })?;
         self.out_topics.insert(raw_topic.to_owned(), topic.clone());
         Ok(topic)
+    }
+
+    /// Enqueues an out record, as parts when it is over the topic's record limit; the delivery futures in order.
+    async fn send(
+        &self,
+        out_topic: &str,
+        partition: i32,
+        key: &[u8],
+        payload: &[u8],
+        (input_topic, offset): (&str, i64),
+    ) -> Result<Vec<DeliveryFuture>, WorkerError> {
+        let count = parts::count(payload.len(), self.part_size);
+        let mut deliveries = Vec::with_capacity(count);
+        for (index, slice) in parts::split(payload, self.part_size).enumerate() {
+            let mut record = FutureRecord::to(out_topic).partition(partition).key(key).payload(slice);
+            if count > 1 {
+                let header = parts::header_value(index + 1, count);
+                record =
+                    record.headers(OwnedHeaders::new().insert(Header { key: parts::HEADER, value: Some(&header) }));
+            }
+            let delivery = loop {
+                match self.producer.send_result(record) {
+                    Ok(delivery) => break delivery,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
+                        record = returned;
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    Err((error, _)) => {
+                        return Err(WorkerError::Delivery { topic: input_topic.to_owned(), partition, offset, error })
+                    }
+                }
+            };
+            deliveries.push(delivery);
+        }
+        Ok(deliveries)
     }
 
     fn store(&self, topic: &str, partition: i32, offset: i64) {
@@ -235,8 +258,6 @@ impl Worker {
         let mut broker_away = false;
         let mut commit_timer = tokio::time::interval(Duration::from_secs(1));
         commit_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut orphans = OrphanWatch::new(takeover::session_timeout(&self.config.kafka.librdkafka));
-        let mut ticks = 0u64;
         let result = loop {
             tokio::select! {
                 biased;
@@ -251,14 +272,6 @@ impl Worker {
                 }
                 // 3. Commit what is stored.
                 _ = commit_timer.tick() => {
-                    ticks += 1;
-                    if ticks % ORPHAN_CHECK_TICKS == 0 && !broker_away {
-                        match tokio::task::block_in_place(|| orphans.check(&self.consumer, |t| self.subscribed(t))) {
-                            Ok(Some(orphaned)) => break Err(WorkerError::Orphaned(orphaned)),
-                            Ok(None) => {}
-                            Err(error) => tracing::debug!(%error, "looking for unassigned partitions"),
-                        }
-                    }
                     // Back after a restart of the worker: working once the group gave it partitions.
                     if !broker_away
                         && health.waiting_for().is_some()
@@ -280,8 +293,7 @@ impl Worker {
                             tracing::info!("a configured raw topic does not exist yet (capture creates it on first use)");
                             continue;
                         }
-                        // The broker is away: librdkafka reconnects by itself and rejoins with the same member, so
-                        // the group does not collect members that never leave (tansu 0.6.0 keeps them).
+                        // The broker is away: librdkafka reconnects by itself and rejoins with the same member.
                         Err(KafkaError::MessageConsumption(
                             code @ (RDKafkaErrorCode::BrokerTransportFailure | RDKafkaErrorCode::AllBrokersDown),
                         )) => {
@@ -301,14 +313,31 @@ impl Worker {
                     }
                     let (topic, partition, offset) = (message.topic().to_owned(), message.partition(), message.offset());
                     let origin = RecordOrigin { topic: &topic, partition, offset };
-                    let raw = RawRecord::decode(message.payload().unwrap_or_default(), origin)?;
+                    let key = message.key().unwrap_or_default().to_vec();
+                    let payload = message.payload().unwrap_or_default();
+                    let part = parts::of_message(&message);
+                    // Whole records (nearly all) skip the assembler unless a sequence is open in their partition.
+                    let raw = if part.is_none() && self.assembling.is_empty() {
+                        RawRecord::decode(payload, origin)?
+                    } else {
+                        let slot = (topic.clone(), partition);
+                        let assembler = self.assembling.entry(slot.clone()).or_default();
+                        let assembled = assembler.push(&key, part, payload);
+                        let idle = assembler.is_idle();
+                        if idle {
+                            self.assembling.remove(&slot);
+                        }
+                        // A part before the last: nothing to write or acknowledge yet. Its offset is never stored, so
+                        // a restart reads the record again from its first part.
+                        let Some(bytes) = assembled.bytes() else { continue };
+                        RawRecord::decode(bytes, origin)?
+                    };
                     if left_to_apply(&self.config, &self.program, &raw.source) {
                         // Apply reads this table's raw topic itself: nothing to write, the offset only moves on.
                         drop(message);
                         in_flight.push_back(Box::pin(async move { Ok((topic, partition, offset)) }));
                         continue;
                     }
-                    let key = message.key().unwrap_or_default().to_vec();
                     drop(message);
                     let label = TableLabel::new(&raw.source);
                     let out = match self.program.rewrite(&raw) {
@@ -323,21 +352,17 @@ impl Worker {
                     let payload = serde_json::to_vec(&out).expect("out records serialize");
                     self.metrics.out_bytes.get_or_create(&label).inc_by(payload.len() as u64);
                     let out_topic = self.out_topic(&topic, &raw.source).await?;
-                    let delivery = loop {
-                        match self.producer.send_result(FutureRecord::to(&out_topic).partition(partition).key(&key).payload(&payload)) {
-                            Ok(delivery) => break delivery,
-                            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                                tokio::time::sleep(Duration::from_millis(10)).await;
-                            }
-                            Err((error, _)) => return Err(WorkerError::Delivery { topic, partition, offset, error }),
-                        }
-                    };
+                    let deliveries = self.send(&out_topic, partition, &key, &payload, (&topic, offset)).await?;
                     in_flight.push_back(Box::pin(async move {
-                        match delivery.await {
-                            Ok(Ok(_)) => Ok((topic, partition, offset)),
-                            Ok(Err((error, _))) => Err(WorkerError::Delivery { topic, partition, offset, error }),
-                            Err(_) => Err(WorkerError::Delivery { topic, partition, offset, error: KafkaError::Canceled }),
+                        // The input is done when its output is: every part acknowledged.
+                        for delivery in deliveries {
+                            match delivery.await {
+                                Ok(Ok(_)) => {}
+                                Ok(Err((error, _))) => return Err(WorkerError::Delivery { topic, partition, offset, error }),
+                                Err(_) => return Err(WorkerError::Delivery { topic, partition, offset, error: KafkaError::Canceled }),
+                            }
                         }
+                        Ok((topic, partition, offset))
                     }));
                 }
             }
