@@ -244,6 +244,13 @@ impl Writer {
         if self.batch_rows == 1 {
             // Locating a failed statement: every change is written at once, in source order.
             self.flush(client).await?;
+        } else if bytes >= MAX_BATCH_BYTES {
+            // A row this large is written now, not held while the next change is read and decoded: a huge row is
+            // in memory once (plus its statement), not twice.
+            if let Some(index) = self.batches.iter().position(|b| b.last == pos) {
+                let batch = self.batches.remove(index);
+                self.write(client, batch).await?;
+            }
         }
         Ok(())
     }

@@ -316,11 +316,19 @@ impl Publisher {
 
     async fn publish_raw(&mut self, route: usize, record: RawRecord, partition: i32) -> Result<(), CaptureError> {
         self.buffer.clear();
+        // A large row's JSON is written into a buffer of its size at once: growing by doubling would hold the old
+        // and the new buffer together (two more copies of the row at the peak).
+        let text = record.new.text_bytes() + record.old.as_ref().map_or(0, Row::text_bytes);
+        if text > BUFFER_KEPT {
+            self.buffer.reserve_exact(text + text / 8 + 4096);
+        }
         serde_json::to_writer(&mut self.buffer, &record).expect("raw records serialize");
+        let pos = record.pos;
+        drop(record);
         let Route { records, bytes, .. } = &self.routes[route];
         records.inc();
         bytes.inc_by(self.buffer.len() as u64);
-        self.produce(Some(route), partition, None, record.pos).await?;
+        self.produce(Some(route), partition, None, pos).await?;
         let txn = self.txn.as_mut().expect("checked by next_position");
         *txn.counts.entry((route, partition)).or_default() += 1;
         Ok(())

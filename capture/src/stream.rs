@@ -151,7 +151,10 @@ pub async fn run(
                         progress.received = progress.received.max(wal_start);
                         progress.server_end = progress.server_end.max(wal_end);
                         metrics.received_lsn.set(progress.received.0 as i64);
-                        for change in decoder.decode(&data, wal_start).await? {
+                        let changes = decoder.decode(&data, wal_start).await?;
+                        // A huge row must not be held three times: its WAL message goes before it is encoded.
+                        drop(data);
+                        for change in changes {
                             publish(&mut publisher, change).await?;
                         }
                     }

@@ -132,6 +132,11 @@ impl Row {
         &self.0
     }
 
+    /// Bytes of the names and values' text: what a record of this row carries, less its JSON syntax.
+    pub fn text_bytes(&self) -> usize {
+        self.0.iter().map(|c| c.name.len() + c.value.as_text().map_or(4, str::len)).sum()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }

@@ -98,6 +98,9 @@ impl Assembler {
             self.reset();
             self.key.extend_from_slice(key);
             self.count = count;
+            // Every part but the last is full: the whole fits in count × this part's size, allocated once (growing
+            // by doubling would hold two copies of a huge value at once).
+            self.buffer.reserve_exact(value.len().saturating_mul(count as usize));
         } else if !continues {
             // A part without its beginning: the tail of a torn sequence. Its whole value comes again from part 1.
             self.reset();
@@ -144,7 +147,10 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn parts(value: &[u8], size: usize) -> Vec<(Option<(u32, u32)>, Vec<u8>)> {
+    /// A record as the assembler sees it: its part header and its value.
+    type Record = (Option<(u32, u32)>, Vec<u8>);
+
+    fn parts(value: &[u8], size: usize) -> Vec<Record> {
         let n = count(value.len(), size);
         split(value, size)
             .enumerate()
@@ -152,7 +158,7 @@ mod tests {
             .collect()
     }
 
-    fn feed(assembler: &mut Assembler, key: &[u8], records: &[(Option<(u32, u32)>, Vec<u8>)]) -> Vec<Vec<u8>> {
+    fn feed(assembler: &mut Assembler, key: &[u8], records: &[Record]) -> Vec<Vec<u8>> {
         records
             .iter()
             .filter_map(|(part, value)| assembler.push(key, *part, value).bytes().map(<[u8]>::to_vec))

@@ -8,6 +8,7 @@ mod faults;
 mod fidelity;
 mod kafka_security;
 mod kafka_topics;
+mod large_rows;
 mod lifecycle;
 mod passthrough;
 mod smoke;

@@ -84,7 +84,7 @@ impl Running {
             .sum())
     }
 
-    fn get(&self, path: &str) -> crate::Result<String> {
+    pub fn get(&self, path: &str) -> crate::Result<String> {
         use std::io::{Read, Write};
         let log = strip_ansi(&self.log());
         let addr = log

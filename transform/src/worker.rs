@@ -347,11 +347,17 @@ impl Worker {
                             break Err(error.into());
                         }
                     };
+                    // A huge row is held once at a time where it can be: the input goes before the output is
+                    // encoded, into a buffer of about its size (growing by doubling would hold two more copies).
+                    let text = raw.new.text_bytes() + raw.old.as_ref().map_or(0, pgm_common::change::Row::text_bytes);
+                    let out_topic = self.out_topic(&topic, &raw.source).await?;
+                    drop(raw);
                     self.metrics.records.get_or_create(&label).inc();
                     self.metrics.ops.get_or_create(&label).inc_by(out.ops.len() as u64);
-                    let payload = serde_json::to_vec(&out).expect("out records serialize");
+                    let mut payload = Vec::with_capacity(if text > 1 << 20 { text + text / 8 + 4096 } else { 512 });
+                    serde_json::to_writer(&mut payload, &out).expect("out records serialize");
+                    drop(out);
                     self.metrics.out_bytes.get_or_create(&label).inc_by(payload.len() as u64);
-                    let out_topic = self.out_topic(&topic, &raw.source).await?;
                     let deliveries = self.send(&out_topic, partition, &key, &payload, (&topic, offset)).await?;
                     in_flight.push_back(Box::pin(async move {
                         // The input is done when its output is: every part acknowledged.
