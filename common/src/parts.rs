@@ -29,12 +29,10 @@ pub fn part_size(max_message_bytes: i32) -> usize {
 }
 
 /// The slices of `value`: one when it fits (sent without the header), else `ceil(len / part_size)`.
-pub fn split(value: &[u8], part_size: usize) -> std::slice::Chunks<'_, u8> {
+pub fn split(value: &[u8], part_size: usize) -> impl Iterator<Item = &[u8]> {
     // chunks() of an empty slice yields nothing; an empty value is still one record.
-    if value.is_empty() {
-        return [0u8; 0][..].chunks(1);
-    }
-    value.chunks(part_size.max(1))
+    let empty = value.is_empty().then_some(value);
+    empty.into_iter().chain(value.chunks(part_size.max(1)))
 }
 
 /// How many records [`split`] makes of `len` bytes.

@@ -308,6 +308,12 @@ async fn apply_killed_at_random_moments_loses_and_doubles_nothing() -> anyhow::R
             .await?;
         anyhow::Ok(row.map(|r| r.get::<_, String>(0)).unwrap_or_default())
     };
+    // The kills start once the pipeline flows (transform joined its group and made its out topics), so that each
+    // interval between kills is one in which apply could make progress.
+    pgm_test_support::wait::until("apply's first transaction on DB2", Duration::from_secs(60), || async {
+        Ok(applied().await.ok().filter(|lsn| !lsn.is_empty() && lsn != "0/0").map(|_| ()))
+    })
+    .await?;
     let mut progressed = BTreeSet::new();
     for _ in 0..12 {
         tokio::time::sleep(Duration::from_millis(rng.random_range(300..1500))).await;

@@ -513,3 +513,61 @@ async fn a_surviving_worker_takes_over_every_partition_without_help() -> anyhow:
     third.wait()?;
     Ok(())
 }
+
+/// Kafka's static membership (`transform.instance_id`) with the cooperative assignor: of two workers, one is killed
+/// (-9) and started again under the same name within the session timeout. It takes its own partitions back, the
+/// other worker's partitions never move (no revocation and no new assignment in its log), and every record of
+/// before and after is transformed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_static_worker_takes_its_partitions_back_and_nobody_elses_move() -> anyhow::Result<()> {
+    let (pg, db) = items_database("bigint").await?;
+    let brokers = shared_brokers()?;
+    let prefix = unique("static");
+    let dir = tempfile::tempdir()?;
+    let rules = dir.path().join("rules.toml");
+    std::fs::write(&rules, "[[table]]\nsource = \"public.items\"\n[[table.target]]\ntable = \"public.products\"\n")?;
+    let config = write_config(dir.path(), &pg, (&db, &db), &brokers, &prefix, Some(&rules), &["public.items"])?;
+    let (raw_topic, producer) = items_raw_topic(&brokers, &prefix).await?;
+    let out_topic = format!("{prefix}.out.public.items");
+    let logs = dir.path();
+    let start = |name: &str, log: &str| -> anyhow::Result<Child> {
+        Ok(Command::new(env!("CARGO_BIN_EXE_pgm-test-transform"))
+            .arg("--config")
+            .arg(&config)
+            .arg("run")
+            .env("PGM__TRANSFORM__INSTANCE_ID", name)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(logs.join(log))?)
+            .spawn()?)
+    };
+    let lines = |log: &str, what: &str| {
+        std::fs::read_to_string(logs.join(log)).unwrap_or_default().lines().filter(|l| l.contains(what)).count()
+    };
+    let assigned = |log: &str| lines(log, "partitions assigned");
+
+    let mut a = start("worker-a", "a1.log")?;
+    let mut b = start("worker-b", "b.log")?;
+    produce_items(&producer, &raw_topic, 0..400).await?;
+    tokio::task::block_in_place(|| wait_transformed(&brokers, &out_topic, 0..400, logs))?;
+    ensure!(assigned("a1.log") > 0 && assigned("b.log") > 0, "both workers should hold partitions");
+    let (b_assigned, b_revoked) = (assigned("b.log"), lines("b.log", "partitions revoked"));
+
+    a.kill()?;
+    a.wait()?;
+    let mut a = start("worker-a", "a2.log")?;
+    produce_items(&producer, &raw_topic, 400..800).await?;
+    let took = tokio::task::block_in_place(|| wait_transformed(&brokers, &out_topic, 400..800, logs))?;
+    eprintln!("a static worker killed and restarted: every record transformed {:.1} s later", took.as_secs_f64());
+    ensure!(assigned("a2.log") > 0, "the restarted worker did not get its partitions back");
+    ensure!(
+        assigned("b.log") == b_assigned && lines("b.log", "partitions revoked") == b_revoked,
+        "the other worker's partitions moved while worker-a restarted:\n{}",
+        std::fs::read_to_string(logs.join("b.log"))?
+    );
+    for mut worker in [a, b] {
+        ensure!(worker.try_wait()?.is_none(), "a worker exited");
+        worker.kill()?;
+        worker.wait()?;
+    }
+    Ok(())
+}
