@@ -546,7 +546,7 @@ async fn a_restarted_static_worker_takes_its_partitions_back_and_nobody_elses_mo
     let assigned = |log: &str| lines(log, "partitions assigned");
 
     let mut a = start("worker-a", "a1.log")?;
-    let mut b = start("worker-b", "b.log")?;
+    let b = start("worker-b", "b.log")?;
     produce_items(&producer, &raw_topic, 0..400).await?;
     tokio::task::block_in_place(|| wait_transformed(&brokers, &out_topic, 0..400, logs))?;
     ensure!(assigned("a1.log") > 0 && assigned("b.log") > 0, "both workers should hold partitions");
@@ -554,7 +554,7 @@ async fn a_restarted_static_worker_takes_its_partitions_back_and_nobody_elses_mo
 
     a.kill()?;
     a.wait()?;
-    let mut a = start("worker-a", "a2.log")?;
+    let a = start("worker-a", "a2.log")?;
     produce_items(&producer, &raw_topic, 400..800).await?;
     let took = tokio::task::block_in_place(|| wait_transformed(&brokers, &out_topic, 400..800, logs))?;
     eprintln!("a static worker killed and restarted: every record transformed {:.1} s later", took.as_secs_f64());
