@@ -28,7 +28,6 @@ use prometheus_client::metrics::counter::Counter;
 use rdkafka::admin::AdminClient;
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode as Code;
 
@@ -246,10 +245,8 @@ impl Publisher {
             let seq = self.next_seq;
             let mut record =
                 BaseRecord::with_opaque_to(topic, seq as usize).partition(partition).key(&key[..]).payload(slice);
-            if count > 1 {
-                let header = parts::header_value(index + 1, count);
-                record =
-                    record.headers(OwnedHeaders::new().insert(Header { key: parts::HEADER, value: Some(&header) }));
+            if let Some(headers) = parts::headers(index, count) {
+                record = record.headers(headers);
             }
             loop {
                 match self.producer.send(record) {

@@ -45,6 +45,15 @@ pub fn header_value(index: usize, count: usize) -> String {
     format!("{index}/{count}")
 }
 
+/// The Kafka headers of slice `index` (0-based, as [`split`] yields them) of `count`: none for a record sent whole.
+pub fn headers(index: usize, count: usize) -> Option<rdkafka::message::OwnedHeaders> {
+    use rdkafka::message::{Header, OwnedHeaders};
+    (count > 1).then(|| {
+        let value = header_value(index + 1, count);
+        OwnedHeaders::new().insert(Header { key: HEADER, value: Some(&value) })
+    })
+}
+
 /// `(index, count)` from a header value; `None` when it is not a well-formed part header.
 pub fn parse_header(value: &[u8]) -> Option<(u32, u32)> {
     let text = std::str::from_utf8(value).ok()?;

@@ -29,7 +29,6 @@ use pgm_common::topic_settings::{self, TopicSetupError};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
-use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::ClientContext;
 use tokio_util::sync::CancellationToken;
@@ -208,10 +207,8 @@ impl Worker {
         let mut deliveries = Vec::with_capacity(count);
         for (index, slice) in parts::split(payload, self.part_size).enumerate() {
             let mut record = FutureRecord::to(out_topic).partition(partition).key(key).payload(slice);
-            if count > 1 {
-                let header = parts::header_value(index + 1, count);
-                record =
-                    record.headers(OwnedHeaders::new().insert(Header { key: parts::HEADER, value: Some(&header) }));
+            if let Some(headers) = parts::headers(index, count) {
+                record = record.headers(headers);
             }
             let delivery = loop {
                 match self.producer.send_result(record) {
