@@ -11,6 +11,7 @@
 //!           WHERE pgm_t.id = v.k0::integer                                   (only the columns the change carries)
 //! delete    DELETE FROM t AS pgm_t USING unnest($1::text[]) AS v(k0) WHERE pgm_t.id = v.k0::integer
 //! truncate  TRUNCATE ONLY t
+//! huge      COPY t (a, b) FROM STDIN         (inserts of 8 MiB or more: sent in 1 MiB chunks, not bound at once)
 //! ```
 //!
 //! Each table has its own pending batch within the DB2 transaction, so a source transaction that touches three
@@ -41,6 +42,8 @@ use crate::ApplyError;
 
 /// A statement's parameters are capped in bytes too, so one batch of wide rows stays small in memory.
 const MAX_BATCH_BYTES: usize = 8 << 20;
+/// Bytes of COPY data sent at once when huge rows are inserted ([`Writer::copy`]).
+const COPY_CHUNK: usize = 1 << 20;
 /// Tables with a batch pending at once; beyond, everything pending is written.
 const MAX_PENDING_TABLES: usize = 32;
 
@@ -265,6 +268,9 @@ impl Writer {
 
     /// One batch as one statement.
     async fn write(&mut self, client: &Client, batch: Batch) -> Result<(), ApplyError> {
+        if batch.kind == Kind::Insert && batch.bytes >= MAX_BATCH_BYTES {
+            return self.copy(client, batch).await;
+        }
         let sql = self.sql(client, &batch).await.map_err(|e| match e {
             ApplyError::Target(problem) => ApplyError::Target(format!(
                 "{problem}; stopped at source position {} ({} of {}), nothing after it was applied",
@@ -312,6 +318,45 @@ impl Writer {
                 "changes found no row in DB2 and were skipped (as PostgreSQL's apply does); DB2 may have diverged"
             );
         }
+        self.metrics.statement_seconds.observe(started.elapsed().as_secs_f64());
+        self.metrics.batch_rows.observe(batch.rows as f64);
+        self.metrics.rows.get_or_create(&crate::metrics::TableLabel::new(&batch.table)).inc_by(batch.rows as u64);
+        Ok(())
+    }
+
+    /// Inserts a batch of huge rows with COPY, its data sent in chunks of [`COPY_CHUNK`] bytes. A bound statement
+    /// would hold each value three times at once (the values, the Bind message, and tokio-postgres's copy of it into
+    /// the connection's write buffer); COPY parses the same text with the same type input functions as the cast of
+    /// the INSERT path, into the same columns.
+    async fn copy(&mut self, client: &Client, batch: Batch) -> Result<(), ApplyError> {
+        use futures::SinkExt;
+        let columns: Vec<String> = batch.columns.iter().map(|c| quote_ident(c)).collect();
+        let sql = format!("COPY {} ({}) FROM STDIN", batch.table.quoted(), columns.join(", "));
+        let started = std::time::Instant::now();
+        let sink = client.copy_in::<_, bytes::Bytes>(&sql).await.map_err(|e| batch_error(e, &batch))?;
+        futures::pin_mut!(sink);
+        let mut chunk = bytes::BytesMut::with_capacity(COPY_CHUNK + 64);
+        for row in 0..batch.rows {
+            for (i, column) in batch.values.iter().enumerate() {
+                if i > 0 {
+                    chunk.extend_from_slice(b"\t");
+                }
+                match &column[row] {
+                    None => chunk.extend_from_slice(b"\\N"),
+                    Some(text) => {
+                        for piece in text.as_bytes().chunks(COPY_CHUNK) {
+                            copy_escape(piece, &mut chunk);
+                            if chunk.len() >= COPY_CHUNK {
+                                sink.send(chunk.split().freeze()).await.map_err(|e| batch_error(e, &batch))?;
+                            }
+                        }
+                    }
+                }
+            }
+            chunk.extend_from_slice(b"\n");
+        }
+        sink.send(chunk.freeze()).await.map_err(|e| batch_error(e, &batch))?;
+        sink.as_mut().finish().await.map_err(|e| batch_error(e, &batch))?;
         self.metrics.statement_seconds.observe(started.elapsed().as_secs_f64());
         self.metrics.batch_rows.observe(batch.rows as f64);
         self.metrics.rows.get_or_create(&crate::metrics::TableLabel::new(&batch.table)).inc_by(batch.rows as u64);
@@ -404,6 +449,25 @@ impl Writer {
     }
 }
 
+/// Appends `text` to COPY's text format: backslash, newline, carriage return and tab escaped; everything else as
+/// it is (the value is UTF-8 text, and a multi-byte character never contains these bytes).
+fn copy_escape(text: &[u8], out: &mut bytes::BytesMut) {
+    let mut start = 0;
+    for (i, byte) in text.iter().enumerate() {
+        let escaped: &[u8] = match byte {
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            _ => continue,
+        };
+        out.extend_from_slice(&text[start..i]);
+        out.extend_from_slice(escaped);
+        start = i + 1;
+    }
+    out.extend_from_slice(&text[start..]);
+}
+
 /// A row's column names and, column-major, its values.
 fn split(row: Row) -> (Vec<String>, Vec<Vec<Option<String>>>) {
     row.0.into_iter().map(|c| (c.name, vec![Option::<String>::from(c.value)])).unzip()
@@ -452,4 +516,20 @@ fn statement_error(
         sql_error,
         single: first == last,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_text_escapes_exactly_its_four_bytes() {
+        let mut out = bytes::BytesMut::new();
+        copy_escape("a\\b\nc\rd\te \\x00ff é\\N".as_bytes(), &mut out);
+        assert_eq!(&out[..], "a\\\\b\\nc\\rd\\te \\\\x00ff é\\\\N".as_bytes());
+        let mut plain = bytes::BytesMut::new();
+        copy_escape(b"", &mut plain);
+        copy_escape("no escapes: ü €".as_bytes(), &mut plain);
+        assert_eq!(&plain[..], "no escapes: ü €".as_bytes());
+    }
 }

@@ -457,21 +457,40 @@ fn wait_transformed(
     }
 }
 
+/// A transform group's setting for `items`: a rule (so transform carries the table whatever
+/// `transform.passthrough` says), a configuration, the raw topic with a producer, and the out topic's name.
+struct ItemsGroup {
+    _pg: PgCluster,
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    raw_topic: String,
+    producer: rdkafka::producer::FutureProducer,
+    out_topic: String,
+}
+
+impl ItemsGroup {
+    async fn new(brokers: &str, name: &str) -> anyhow::Result<Self> {
+        let (pg, db) = items_database("bigint").await?;
+        let prefix = unique(name);
+        let dir = tempfile::tempdir()?;
+        let rules = dir.path().join("rules.toml");
+        std::fs::write(
+            &rules,
+            "[[table]]\nsource = \"public.items\"\n[[table.target]]\ntable = \"public.products\"\n",
+        )?;
+        let config = write_config(dir.path(), &pg, (&db, &db), brokers, &prefix, Some(&rules), &["public.items"])?;
+        let (raw_topic, producer) = items_raw_topic(brokers, &prefix).await?;
+        Ok(ItemsGroup { _pg: pg, dir, config, raw_topic, producer, out_topic: format!("{prefix}.out.public.items") })
+    }
+}
+
 /// However a worker died — alone, or together with the broker — the worker still running gets every partition
 /// within the session timeout (6 s here) plus a margin, with nobody starting anything by hand.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_surviving_worker_takes_over_every_partition_without_help() -> anyhow::Result<()> {
-    let (pg, db) = items_database("bigint").await?;
     let mut broker = pgm_test_support::broker::Broker::start()?;
     let brokers = broker.brokers();
-    let prefix = unique("takeover");
-    let dir = tempfile::tempdir()?;
-    // A rule, so that transform carries the table whatever `transform.passthrough` says.
-    let rules = dir.path().join("rules.toml");
-    std::fs::write(&rules, "[[table]]\nsource = \"public.items\"\n[[table.target]]\ntable = \"public.products\"\n")?;
-    let config = write_config(dir.path(), &pg, (&db, &db), &brokers, &prefix, Some(&rules), &["public.items"])?;
-    let (raw_topic, producer) = items_raw_topic(&brokers, &prefix).await?;
-    let out_topic = format!("{prefix}.out.public.items");
+    let ItemsGroup { _pg, dir, config, raw_topic, producer, out_topic } = ItemsGroup::new(&brokers, "takeover").await?;
     let logs = dir.path();
 
     // Two workers share the 4 partitions.
@@ -520,15 +539,8 @@ async fn a_surviving_worker_takes_over_every_partition_without_help() -> anyhow:
 /// before and after is transformed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_static_worker_takes_its_partitions_back_and_nobody_elses_move() -> anyhow::Result<()> {
-    let (pg, db) = items_database("bigint").await?;
     let brokers = shared_brokers()?;
-    let prefix = unique("static");
-    let dir = tempfile::tempdir()?;
-    let rules = dir.path().join("rules.toml");
-    std::fs::write(&rules, "[[table]]\nsource = \"public.items\"\n[[table.target]]\ntable = \"public.products\"\n")?;
-    let config = write_config(dir.path(), &pg, (&db, &db), &brokers, &prefix, Some(&rules), &["public.items"])?;
-    let (raw_topic, producer) = items_raw_topic(&brokers, &prefix).await?;
-    let out_topic = format!("{prefix}.out.public.items");
+    let ItemsGroup { _pg, dir, config, raw_topic, producer, out_topic } = ItemsGroup::new(&brokers, "static").await?;
     let logs = dir.path();
     let start = |name: &str, log: &str| -> anyhow::Result<Child> {
         Ok(Command::new(env!("CARGO_BIN_EXE_pgm-test-transform"))
@@ -544,12 +556,29 @@ async fn a_restarted_static_worker_takes_its_partitions_back_and_nobody_elses_mo
         std::fs::read_to_string(logs.join(log)).unwrap_or_default().lines().filter(|l| l.contains(what)).count()
     };
     let assigned = |log: &str| lines(log, "partitions assigned");
+    // Partitions a worker holds, from its log: the cooperative assignor logs what it adds and what it takes away.
+    let held = |log: &str| {
+        let count = |what: &str| -> i64 {
+            std::fs::read_to_string(logs.join(log))
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| l.contains(what))
+                .filter_map(|l| l.rsplit("partitions=").next()?.trim().parse::<i64>().ok())
+                .sum()
+        };
+        count("partitions assigned") - count("partitions revoked")
+    };
 
     let mut a = start("worker-a", "a1.log")?;
     let b = start("worker-b", "b.log")?;
     produce_items(&producer, &raw_topic, 0..400).await?;
     tokio::task::block_in_place(|| wait_transformed(&brokers, &out_topic, 0..400, logs))?;
-    ensure!(assigned("a1.log") > 0 && assigned("b.log") > 0, "both workers should hold partitions");
+    // The group has settled once both hold partitions and together all four (the second join moves some).
+    pgm_test_support::wait::until("both workers holding partitions", Duration::from_secs(60), || async {
+        let (ha, hb) = (held("a1.log"), held("b.log"));
+        Ok((ha > 0 && hb > 0 && ha + hb == 4).then_some(()))
+    })
+    .await?;
     let (b_assigned, b_revoked) = (assigned("b.log"), lines("b.log", "partitions revoked"));
 
     a.kill()?;
