@@ -100,6 +100,12 @@ pub fn producer_config(kafka: &KafkaConfig, client_id: &str, max_message_bytes: 
     if !kafka.librdkafka.contains_key("message.max.bytes") {
         config.set("message.max.bytes", max_message_bytes.to_string());
     }
+    // What librdkafka holds until Kafka acknowledges it: 64 MiB instead of its default 1 GiB, so a huge row's parts
+    // are not still queued while the next huge row is decoded (capture peaked at 3.3x the row then, 2.5x without).
+    // Ordinary records stay far below it (capture's 50,000 in flight are about 35 MB).
+    if !kafka.librdkafka.contains_key("queue.buffering.max.kbytes") {
+        config.set("queue.buffering.max.kbytes", "65536");
+    }
     config
 }
 
