@@ -358,27 +358,28 @@ async fn open_queue(
     Ok(queues.remove(&key).expect("assigned"))
 }
 
-/// Adds the partitions to the assignment at the given offsets and gives each its own queue. The split must follow
-/// the assignment (assigning re-routes a partition to the main queue); a record fetched in between lands on the
-/// main queue, which the events task reports as stray, ending the session (a new one seeks from DB2's progress:
-/// nothing is skipped).
+/// Gives each partition its own queue, then adds the partitions to the assignment at the given offsets. The split
+/// comes first: it marks the partition's fetch queue as routed by the application, which the fetch start of the
+/// assignment leaves alone (librdkafka `rd_kafka_toppar_op_fetch_start`, `RD_KAFKA_Q_F_FWD_APP`), so no record can
+/// land on the main queue in between. Should one still arrive there, the events task reports it as stray and the
+/// session ends (a new one seeks from DB2's progress: nothing is skipped).
 fn assign(
     consumer: &Arc<StreamConsumer>,
     partitions: &BTreeMap<(String, i32), i64>,
 ) -> Result<HashMap<(String, i32), Queue>, ApplyError> {
     let mut list = TopicPartitionList::new();
+    let mut queues = HashMap::new();
     for ((topic, partition), from) in partitions {
         list.add_partition_offset(topic, *partition, Offset::Offset(*from))
             .map_err(|e| ApplyError::kafka(format!("{topic}[{partition}] offset {from}"), e))?;
-    }
-    consumer.incremental_assign(&list).map_err(|e| ApplyError::kafka("assigning partitions", e))?;
-    let mut queues = HashMap::new();
-    for ((topic, partition), from) in partitions {
         let queue = consumer.split_partition_queue(topic, *partition).ok_or_else(|| {
             ApplyError::Consumer(format!("cannot open a queue for {topic}[{partition}] (does the topic exist?)"))
         })?;
-        tracing::debug!(topic, partition, from, "partition opened");
         queues.insert((topic.clone(), *partition), queue);
+    }
+    consumer.incremental_assign(&list).map_err(|e| ApplyError::kafka("assigning partitions", e))?;
+    for ((topic, partition), from) in partitions {
+        tracing::debug!(topic, partition, from, "partition opened");
     }
     Ok(queues)
 }
