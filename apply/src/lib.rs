@@ -192,7 +192,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     // One thread: the reader, the writer and tokio-postgres's connection task pass every change and every DB2
     // round trip between them, which on several threads cost a wake-up across threads each time.
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         match cli.command {
             Command::Run { until } => run_service(config, until).await,
             Command::Pause => {
@@ -230,7 +230,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 Ok(())
             }
         }
-    })
+    });
+    // A blocking call still running (librdkafka's metadata request while no broker answers) does not hold the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(200));
+    result
 }
 
 /// A plain connection for the lifecycle commands (switch, cutover); errors name the command, the database and why.

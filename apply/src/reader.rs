@@ -28,6 +28,7 @@ use pgm_common::config::PipelineConfig;
 use pgm_common::envelope::{OutRecord, RawRecord, RecordOrigin, TxnRecord};
 use pgm_common::parts::{self, Assembler};
 use pgm_common::topics::Topics;
+use pgm_common::telemetry::Health;
 use pgm_common::{kafka, Position};
 use rdkafka::consumer::stream_consumer::StreamPartitionQueue;
 use rdkafka::consumer::{CommitMode, Consumer, DefaultConsumerContext, StreamConsumer};
@@ -46,6 +47,8 @@ const APPLY_CONSUMER_DEFAULTS: &[(&str, &str)] =
 
 /// How long to wait for a record before logging what apply is waiting for.
 const WAIT_WARNING: Duration = Duration::from_secs(30);
+/// How long apply waits for a topic or a transaction's records before its health says so (`waiting: …`).
+const WAIT_REPORT: Duration = Duration::from_secs(10);
 
 type Queue = StreamPartitionQueue<DefaultConsumerContext>;
 
@@ -115,8 +118,8 @@ pub struct Reader {
     /// Set when a record reached the main queue: this session can no longer see every record in order.
     stray: Arc<AtomicBool>,
     events: tokio::task::JoinHandle<()>,
-    /// Ends every wait for records or topics with [`ApplyError::Interrupted`].
-    shutdown: CancellationToken,
+    /// Ends every wait for records or topics with [`ApplyError::Interrupted`], and shows a long one in health.
+    waits: Waits,
 }
 
 impl Drop for Reader {
@@ -143,6 +146,7 @@ impl Reader {
         config: &PipelineConfig,
         txn_offset: i64,
         stored: HashMap<(String, i32), i64>,
+        health: Health,
         shutdown: CancellationToken,
     ) -> Result<Self, ApplyError> {
         let mut client = kafka::client_config(&config.kafka, "pgm-apply", kafka::CONSUMER_DEFAULTS);
@@ -165,7 +169,8 @@ impl Reader {
             );
         }
         let txn_topic = topics.txn();
-        wait_for_partition(&consumer, &txn_topic, 0, &shutdown).await?;
+        let waits = Waits { topics: topics.clone(), health: health.clone(), shutdown: shutdown.clone() };
+        waits.partition(&consumer, &txn_topic, 0).await?;
         // Open every partition known now in one assignment, so they all fetch at once: the txn topic, the
         // partitions DB2's progress names, and those of the configured tables' out topics that exist already.
         let existing: HashMap<String, usize> = metadata(&consumer, None)
@@ -225,7 +230,7 @@ impl Reader {
             stored,
             stray,
             events,
-            shutdown,
+            waits,
         })
     }
 
@@ -271,7 +276,7 @@ impl Reader {
             let key = (out, count.partition);
             if !self.parts.contains_key(&key) {
                 let from = self.stored.get(&key).copied().unwrap_or(0);
-                let queue = open_queue(&self.consumer, &key.0, key.1, from, &self.shutdown).await?;
+                let queue = open_queue(&self.consumer, &key.0, key.1, from, &self.waits).await?;
                 self.parts.insert(key.clone(), Part::new(&self.topics, &key.0, queue, from));
             }
             remaining.push((key, count.count));
@@ -299,7 +304,7 @@ impl Reader {
                 continue;
             }
             let part = self.parts.get_mut(key).expect("opened by cursor()");
-            let pos = peek(part, key, cursor.commit, *remaining, applied, &self.shutdown).await?;
+            let pos = peek(part, key, cursor.commit, *remaining, applied, &self.waits).await?;
             if best.is_none_or(|(_, b)| pos < b) {
                 best = Some((index, pos));
             }
@@ -350,9 +355,9 @@ async fn open_queue(
     topic: &str,
     partition: i32,
     from: i64,
-    shutdown: &CancellationToken,
+    waits: &Waits,
 ) -> Result<Queue, ApplyError> {
-    wait_for_partition(consumer, topic, partition, shutdown).await?;
+    waits.partition(consumer, topic, partition).await?;
     let key = (topic.to_owned(), partition);
     let mut queues = assign(consumer, &BTreeMap::from([(key.clone(), from)]))?;
     Ok(queues.remove(&key).expect("assigned"))
@@ -395,40 +400,82 @@ async fn metadata(
         .unwrap_or(Err(KafkaError::Canceled))
 }
 
-/// librdkafka does not start fetching a partition of a topic that did not exist when it was assigned, so apply
-/// waits until the topic is there (capture creates the txn topic, transform the out topics on first sight).
-async fn wait_for_partition(
-    consumer: &Arc<StreamConsumer>,
-    topic: &str,
-    partition: i32,
-    shutdown: &CancellationToken,
-) -> Result<(), ApplyError> {
-    let started = Instant::now();
-    let mut warned = started;
-    loop {
-        if shutdown.is_cancelled() {
-            return Err(ApplyError::Interrupted);
+/// What apply's waits need: the topic names to explain a wait, the health to show it, the stop to end it.
+struct Waits {
+    topics: Topics,
+    health: Health,
+    shutdown: CancellationToken,
+}
+
+/// A wait that has lasted past [`WAIT_REPORT`]: health says `waiting: …` and the log says it, again every
+/// [`WAIT_WARNING`]; health is cleared when the wait ends.
+struct Reported<'a> {
+    health: &'a Health,
+    started: Instant,
+    next_report: Instant,
+    reported: bool,
+}
+
+impl<'a> Reported<'a> {
+    fn new(health: &'a Health) -> Self {
+        let started = Instant::now();
+        Reported { health, started, next_report: started + WAIT_REPORT, reported: false }
+    }
+
+    /// When the wait is due a report, sets health to `what` and returns true (the caller logs).
+    fn due(&mut self, what: impl FnOnce() -> String) -> bool {
+        if Instant::now() < self.next_report {
+            return false;
         }
-        let metadata =
-            metadata(consumer, Some(topic)).await.map_err(|e| ApplyError::kafka(format!("metadata of {topic}"), e))?;
-        let found = metadata
-            .topics()
-            .iter()
-            .find(|t| t.name() == topic)
-            .is_some_and(|t| t.error().is_none() && t.partitions().iter().any(|p| p.id() == partition));
-        if found {
-            return Ok(());
+        self.next_report = Instant::now() + WAIT_WARNING;
+        self.health.set_waiting(what());
+        self.reported = true;
+        true
+    }
+
+    fn waited_s(&self) -> u64 {
+        self.started.elapsed().as_secs()
+    }
+}
+
+impl Drop for Reported<'_> {
+    fn drop(&mut self) {
+        if self.reported {
+            self.health.clear_waiting();
         }
-        if warned.elapsed() >= WAIT_WARNING {
-            warned = Instant::now();
-            tracing::warn!(
-                topic,
-                partition,
-                waited_s = started.elapsed().as_secs(),
-                "waiting for the topic to exist: are pgm-capture and pgm-transform running?"
-            );
+    }
+}
+
+impl Waits {
+    /// librdkafka does not start fetching a partition of a topic that did not exist when it was assigned, so apply
+    /// waits until the topic is there (capture creates the txn topic, transform the out topics on first sight).
+    async fn partition(&self, consumer: &Arc<StreamConsumer>, topic: &str, partition: i32) -> Result<(), ApplyError> {
+        let mut report = Reported::new(&self.health);
+        loop {
+            if self.shutdown.is_cancelled() {
+                return Err(ApplyError::Interrupted);
+            }
+            // librdkafka's metadata call blocks up to its timeout while no broker answers: a stop does not wait.
+            let metadata = tokio::select! {
+                _ = self.shutdown.cancelled() => return Err(ApplyError::Interrupted),
+                metadata = metadata(consumer, Some(topic)) => {
+                    metadata.map_err(|e| ApplyError::kafka(format!("metadata of {topic}"), e))?
+                }
+            };
+            let found = metadata
+                .topics()
+                .iter()
+                .find(|t| t.name() == topic)
+                .is_some_and(|t| t.error().is_none() && t.partitions().iter().any(|p| p.id() == partition));
+            if found {
+                return Ok(());
+            }
+            let what = || format!("{} does not exist yet", self.topics.describe(topic));
+            if report.due(what) {
+                tracing::warn!(topic, partition, waited_s = report.waited_s(), "waiting for {}", what());
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 
@@ -439,24 +486,31 @@ async fn peek(
     commit: Position,
     remaining: u64,
     applied: Position,
-    shutdown: &CancellationToken,
+    waits: &Waits,
 ) -> Result<Position, ApplyError> {
-    let started = Instant::now();
-    let mut warned = started;
+    let mut report = Reported::new(&waits.health);
     loop {
         if part.head.is_none() {
             let received = tokio::select! {
-                _ = shutdown.cancelled() => return Err(ApplyError::Interrupted),
-                received = tokio::time::timeout(Duration::from_secs(5), part.queue.recv()) => received,
+                _ = waits.shutdown.cancelled() => return Err(ApplyError::Interrupted),
+                received = tokio::time::timeout(Duration::from_secs(1), part.queue.recv()) => received,
             };
             let message = match received {
                 Err(_) => {
-                    if warned.elapsed() >= WAIT_WARNING {
-                        warned = Instant::now();
+                    let what = || {
+                        format!(
+                            "transaction {} (commit LSN) still needs {remaining} record(s) from {}[{partition}], \
+                             after offset {}",
+                            commit.commit_lsn,
+                            waits.topics.describe(topic),
+                            part.next_offset
+                        )
+                    };
+                    if report.due(what) {
                         tracing::warn!(
                             topic = %topic, partition, txn = %commit.commit_lsn, missing = remaining,
-                            waited_s = started.elapsed().as_secs(),
-                            "waiting for the transaction's records in this partition: are pgm-capture and pgm-transform running?"
+                            waited_s = report.waited_s(),
+                            "waiting: {}", what()
                         );
                     }
                     continue;

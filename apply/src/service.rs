@@ -57,7 +57,12 @@ pub async fn run(
                 );
                 return Ok(());
             }
-            Err(error) if error.is_transient() && !shutdown.is_cancelled() => {
+            // A stop requested while the session waited on a broker or DB2 that is away: no failure.
+            Err(error) if error.is_transient() && shutdown.is_cancelled() => {
+                tracing::info!(%error, "stopped while waiting; nothing of an unfinished transaction was written");
+                return Ok(());
+            }
+            Err(error) if error.is_transient() => {
                 if session.committed_groups > 0 {
                     backoff.reset();
                 }
@@ -208,7 +213,7 @@ impl<'a> Session<'a> {
             return Ok(());
         }
         progress::set_state(self.client(), &self.pipeline, "running", None).await?;
-        let mut reader = Reader::open(self.config, stored.txn_offset, stored.offsets, self.shutdown.clone()).await?;
+        let mut reader = Reader::open(self.config, stored.txn_offset, stored.offsets, self.health.clone(), self.shutdown.clone()).await?;
         if self.health.waiting_for().is_some() {
             tracing::info!("DB2 and the broker are reachable again; applying");
             self.health.clear_waiting();

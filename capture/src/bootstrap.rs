@@ -106,6 +106,8 @@ pub async fn run(config: &PipelineConfig, restart: bool) -> Result<Summary, Capt
             .map_err(source_err(format!("drop slot {slot}")))?;
         tracing::info!(slot, "dropped the slot of an interrupted bootstrap");
     }
+    // What `check` says of DB1, before a publication, a topic or the slot is made.
+    crate::check::preflight(&client, config).await?;
 
     let mut described = Vec::with_capacity(tables.len());
     for table in &tables {

@@ -17,6 +17,48 @@ fn sql_err(what: &str) -> impl Fn(tokio_postgres::Error) -> CaptureError + '_ {
 
 pub async fn run(config: &PipelineConfig) -> Result<Vec<Finding>, CaptureError> {
     let client = slot::connect(config).await?;
+    let mut findings = source(&client, config, Depth::Full).await?;
+    findings.extend(kafka_topics(config).await);
+    Ok(findings)
+}
+
+/// How far [`source`] looks. `run` and `bootstrap` check before they create anything, at every start, so they skip
+/// the two costly looks: the plugin probe (a temporary slot waits for DB1's running transactions; creating the real
+/// slot names a missing plugin just as well) and the scan of float columns for NaN (reads whole tables).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Depth {
+    Full,
+    Start,
+}
+
+/// What `run` and `bootstrap` check before they create a publication, a slot or a topic: the DB1 side of `check`.
+/// Every failure is definite and named with its fix; only all WAL senders being busy may pass (the one of a killed
+/// predecessor goes away by itself), so that is left to the retries.
+pub async fn preflight(client: &tokio_postgres::Client, config: &PipelineConfig) -> Result<(), CaptureError> {
+    let findings = source(client, config, Depth::Start).await?;
+    let failed: Vec<&Finding> = findings.iter().filter(|f| f.level == Level::Fail).collect();
+    if failed.is_empty() {
+        return Ok(());
+    }
+    let list: Vec<String> = failed.iter().map(|f| f.to_string()).collect();
+    let problem = format!(
+        "{} is not ready for capture ({} problem(s); `pgm-capture check` shows every finding):\n{}",
+        config.source.describe(),
+        failed.len(),
+        list.join("\n")
+    );
+    if failed.iter().all(|f| f.item == "max_wal_senders") {
+        return Err(CaptureError::Busy(problem));
+    }
+    Err(CaptureError::Config(problem))
+}
+
+/// DB1's findings: wal_level, privileges, slots and senders, the plugin, the slot, the tables, the publication.
+pub async fn source(
+    client: &tokio_postgres::Client,
+    config: &PipelineConfig,
+    depth: Depth,
+) -> Result<Vec<Finding>, CaptureError> {
     let mut findings = Vec::new();
 
     let wal_level: String = client.query_one("SHOW wal_level", &[]).await.map_err(sql_err("SHOW wal_level"))?.get(0);
@@ -87,7 +129,7 @@ pub async fn run(config: &PipelineConfig) -> Result<Vec<Finding>, CaptureError> 
     // The plugin loads: a temporary slot is the only test that cannot lie (needs a free slot and wal_level).
     let decoder = config.capture.decoder;
     let plugin = decoder.plugin();
-    if wal_level == "logical" && slots < max_slots && may_replicate {
+    if depth == Depth::Full && wal_level == "logical" && slots < max_slots && may_replicate {
         let probe = client
             .query_one(
                 "SELECT slot_name::text FROM pg_create_logical_replication_slot('pgm_check_' || pg_backend_pid(), $1, true)",
@@ -191,14 +233,13 @@ pub async fn run(config: &PipelineConfig) -> Result<Vec<Finding>, CaptureError> 
                 Some(format!("ALTER TABLE {table} ADD PRIMARY KEY (…); or ALTER TABLE {table} REPLICA IDENTITY FULL;")),
             ),
         });
-        if !float_columns.is_empty() && decoder == Decoder::Wal2json {
-            findings.push(special_floats(&client, &table, &float_columns).await?);
+        if depth == Depth::Full && !float_columns.is_empty() && decoder == Decoder::Wal2json {
+            findings.push(special_floats(client, &table, &float_columns).await?);
         }
     }
     if decoder == Decoder::Pgoutput {
-        findings.push(publication(&client, config).await?);
+        findings.push(publication(client, config).await?);
     }
-    findings.extend(kafka_topics(config).await);
     Ok(findings)
 }
 

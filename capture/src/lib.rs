@@ -100,6 +100,9 @@ pub enum CaptureError {
     Publication(String),
     #[error("replication stream out of order: {0}")]
     Stream(String),
+    /// DB1 is ready but has no room right now (every WAL sender busy): waiting may help.
+    #[error("{0}")]
+    Busy(String),
     #[error("pgm-capture bootstrap is copying for slot {slot} (DB1 pid {pid}): streaming starts once it has finished")]
     BootstrapRunning { slot: String, pid: String },
 }
@@ -108,7 +111,10 @@ impl CaptureError {
     pub fn is_transient(&self) -> bool {
         match self {
             CaptureError::Walsender(e) => e.is_transient(),
-            CaptureError::Kafka(_) | CaptureError::Delivery { .. } | CaptureError::BootstrapRunning { .. } => true,
+            CaptureError::Kafka(_)
+            | CaptureError::Delivery { .. }
+            | CaptureError::BootstrapRunning { .. }
+            | CaptureError::Busy(_) => true,
             CaptureError::Source { source, .. } => source.as_db_error().is_none(),
             CaptureError::Config(_)
             | CaptureError::Decode { .. }
@@ -141,7 +147,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run => tokio::runtime::Builder::new_current_thread().enable_all().build()?,
         _ => tokio::runtime::Builder::new_multi_thread().enable_all().build()?,
     };
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         match cli.command {
             Command::Run => run_stream(config).await,
             Command::Check => {
@@ -171,7 +177,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 Ok(())
             }
         }
-    })
+    });
+    // A blocking call still running (librdkafka's metadata request while no broker answers) does not hold the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(200));
+    result
 }
 
 async fn run_stream(config: pgm_common::config::PipelineConfig) -> anyhow::Result<()> {
@@ -196,16 +205,23 @@ async fn run_stream(config: pgm_common::config::PipelineConfig) -> anyhow::Resul
         librdkafka = ?pgm_common::kafka::describe_passthrough(&config.kafka),
         "pgm-capture starting"
     );
-    pgm_common::kafka::refuse_wrong_settings(&config.kafka, &shutdown).await?;
-    // Refuse before any topic is made when a table's updates and deletes would be lost (each attempt checks again).
-    if let Ok(client) = slot::connect(&config).await {
-        if let Err(error @ CaptureError::NoIdentity(_)) =
-            identity::refuse_tables_without_identity(&client, &config).await
-        {
-            tracing::error!(%error, "capture refused to start");
-            return Err(error.into());
+    // The stream's position on DB1 comes first, before anything waits on the broker: from here on every change is
+    // kept by the slot, whatever the broker does meanwhile.
+    let Some(start) = take_position(&config, &health, &shutdown).await? else {
+        return Ok(());
+    };
+    tracing::info!(
+        slot = %config.capture.slot,
+        position = %start.position,
+        created = start.created,
+        "{}",
+        if start.created {
+            "replication slot created: the stream begins at this position"
+        } else {
+            "the slot exists: the stream resumes at its confirmed position"
         }
-    }
+    );
+    pgm_common::kafka::refuse_wrong_settings(&config.kafka, &shutdown).await?;
     // Transient failures (DB1 restarting, the slot still held by a killed predecessor, the broker away) restart the
     // stream from the slot's confirmed position after a backoff; definite ones stop capture.
     let result = pgm_common::retry::until_definite(
@@ -238,6 +254,59 @@ async fn run_stream(config: pgm_common::config::PipelineConfig) -> anyhow::Resul
         tracing::error!(%error, "capture stopped");
     }
     Ok(result?)
+}
+
+/// Where the slot starts the stream, and whether this start made it.
+pub struct StreamStart {
+    pub position: pgm_common::Lsn,
+    pub created: bool,
+}
+
+/// Makes sure the stream has its place on DB1: the preflight (what `check` says of DB1), tables with an identity,
+/// the publication (pgoutput) and the slot. Waits out DB1 being away or busy; `None` when stopped meanwhile.
+async fn take_position(
+    config: &pgm_common::config::PipelineConfig,
+    health: &pgm_common::telemetry::Health,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> Result<Option<StreamStart>, CaptureError> {
+    let attempt = || async {
+        let mut conn = walsender::Walsender::connect(&config.source, "pgm-capture").await?;
+        slot::wait_for_no_bootstrap(&mut conn, &config.capture.slot).await?;
+        let client = slot::connect(config).await?;
+        check::preflight(&client, config).await?;
+        identity::refuse_tables_without_identity(&client, config).await?;
+        slot::ensure_publication(&client, config).await?;
+        slot::ensure_exists(&mut conn, config).await
+    };
+    let mut backoff = pgm_common::retry::Backoff::default();
+    loop {
+        let started = std::time::Instant::now();
+        let result = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return Ok(None),
+            result = attempt() => result,
+        };
+        match result {
+            Ok(start) => return Ok(Some(start)),
+            Err(error) if error.is_transient() => {
+                let wait = backoff.next_wait(started.elapsed());
+                health.set_waiting(format!("DB1: {error}"));
+                tracing::warn!(
+                    %error,
+                    source = %config.source.describe(),
+                    retry_in_ms = wait.as_millis() as u64,
+                    "cannot take the stream's position on DB1 yet; retrying"
+                );
+                if !pgm_common::retry::Backoff::sleep(wait, shutdown).await {
+                    return Ok(None);
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, "capture refused to start");
+                return Err(error);
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -12,25 +12,69 @@ fn literal(slot: &str) -> String {
 }
 
 /// Creates the slot (with the configured decoder's plugin) unless it exists; checks the plugin of an existing one.
-pub async fn ensure_exists(conn: &mut Walsender, config: &PipelineConfig) -> Result<(), CaptureError> {
+/// Returns where the stream starts: the new slot's consistent point, or the existing one's confirmed position.
+pub async fn ensure_exists(conn: &mut Walsender, config: &PipelineConfig) -> Result<crate::StreamStart, CaptureError> {
     let slot = config.capture.slot.as_str();
     let plugin = config.capture.decoder.plugin();
-    let rows = conn
-        .simple_query(&format!("SELECT plugin, database FROM pg_replication_slots WHERE slot_name = {}", literal(slot)))
-        .await?;
-    match rows.first() {
+    match existing(conn, slot).await? {
         None => {
-            let created = conn.create_slot(slot, plugin, false).await?;
-            tracing::info!(slot, consistent_point = %created.consistent_point, "replication slot created");
-            Ok(())
+            let created = conn.create_slot(slot, plugin, false).await.map_err(|e| plugin_missing(e, config))?;
+            Ok(crate::StreamStart { position: created.consistent_point, created: true })
         }
-        Some(row) if row.first().cloned().flatten().as_deref() != Some(plugin) => Err(CaptureError::Config(format!(
-            "slot {slot} exists with plugin {:?}, but capture.decoder is {plugin}: set capture.decoder to the slot's \
-             plugin, or drop the slot (pgm-capture slot drop) and bootstrap DB2 again, or set capture.slot to another name",
-            row.first().cloned().flatten()
+        Some((found, _)) if found.as_deref() != Some(plugin) => Err(CaptureError::Config(format!(
+            "slot {slot} exists with plugin {found:?}, but capture.decoder is {plugin}: set capture.decoder to the \
+             slot's plugin, or drop the slot (pgm-capture slot drop) and bootstrap DB2 again, or set capture.slot to \
+             another name"
         ))),
-        Some(_) => Ok(()),
+        Some((_, confirmed)) => Ok(crate::StreamStart { position: confirmed, created: false }),
     }
+}
+
+/// The slot must still be there once the stream has begun: a slot dropped behind capture's back took the changes
+/// not yet in Kafka with it, and making a new one would skip them without a word.
+pub async fn require_exists(conn: &mut Walsender, config: &PipelineConfig) -> Result<(), CaptureError> {
+    let slot = config.capture.slot.as_str();
+    match existing(conn, slot).await? {
+        Some(_) => Ok(()),
+        None => Err(CaptureError::Config(format!(
+            "slot {slot} no longer exists on {}: it was dropped while capture ran, and the changes it held that were \
+             not yet in Kafka are gone. Bootstrap DB2 again (pgm-apply reset, then pgm-capture bootstrap), or, if \
+             nothing was written to the tables meanwhile, create the slot with `pgm-capture slot create`",
+            config.source.describe()
+        ))),
+    }
+}
+
+/// The slot's plugin and confirmed position, if it exists.
+async fn existing(
+    conn: &mut Walsender,
+    slot: &str,
+) -> Result<Option<(Option<String>, pgm_common::Lsn)>, CaptureError> {
+    let rows = conn
+        .simple_query(&format!(
+            "SELECT plugin, confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = {}",
+            literal(slot)
+        ))
+        .await?;
+    let Some(row) = rows.first() else { return Ok(None) };
+    let confirmed = match row.get(1).cloned().flatten() {
+        Some(lsn) => lsn.parse().map_err(|_| CaptureError::Stream(format!("slot {slot}: confirmed_flush_lsn {lsn}")))?,
+        None => pgm_common::Lsn::ZERO,
+    };
+    Ok(Some((row.first().cloned().flatten(), confirmed)))
+}
+
+/// Creating the slot failed: when its plugin is missing, say which package brings it.
+fn plugin_missing(error: crate::walsender::WalsenderError, config: &PipelineConfig) -> CaptureError {
+    let text = error.to_string();
+    if text.contains("could not access file") || text.contains("58P01") {
+        return CaptureError::Config(format!(
+            "DB1 cannot load the output plugin {}: {text}; install the wal2json package of DB1's PostgreSQL version \
+             (Debian: postgresql-15-wal2json), or set capture.decoder = \"pgoutput\" (built in)",
+            config.capture.decoder.plugin()
+        ));
+    }
+    error.into()
 }
 
 /// Refuses (transiently: the run loop retries) while `pgm-capture bootstrap` is copying into this slot's pipeline.

@@ -83,7 +83,7 @@ pub async fn run(
     let catalog = crate::slot::connect(config).await?;
     crate::identity::refuse_tables_without_identity(&catalog, config).await?;
     crate::slot::ensure_publication(&catalog, config).await?;
-    crate::slot::ensure_exists(&mut conn, config).await?;
+    crate::slot::require_exists(&mut conn, config).await?;
     let mut decoder = StreamDecoder::new(config, catalog);
     let mut stream = conn.start_logical(&config.capture.slot, Lsn::ZERO, &plugin_options(config)).await?;
     tracing::info!(

@@ -62,6 +62,28 @@ impl Topics {
         Some(TableRef::new(unescape(schema)?, unescape(table)?))
     }
 
+    /// The table whose out topic this is (the inverse of [`Topics::out`]).
+    pub fn table_of_out(&self, out_topic: &str) -> Option<TableRef> {
+        self.table_of_raw(&format!("{}.raw.{}", self.prefix, out_topic.strip_prefix(&self.prefix)?.strip_prefix(".out.")?))
+    }
+
+    /// Who writes a topic of this prefix and for which table: for messages that tell a person what to start.
+    pub fn describe(&self, topic: &str) -> String {
+        if topic == self.txn() {
+            return format!("the txn topic {topic}, which pgm-capture creates and writes");
+        }
+        if let Some(table) = self.table_of_raw(topic) {
+            return format!("the raw topic {topic} of table {table}, which pgm-capture writes");
+        }
+        if let Some(table) = self.table_of_out(topic) {
+            return format!(
+                "the out topic {topic} of table {table}, which pgm-transform creates and writes (is it running? \
+                 `pgm-transform check` shows whether it refuses the rules)"
+            );
+        }
+        format!("topic {topic}")
+    }
+
     fn table_topic(&self, stage: &str, table: &TableRef) -> Result<String, TopicError> {
         let name = format!("{}.{stage}.{}.{}", self.prefix, escape(&table.schema), escape(&table.table));
         if name.len() > MAX_TOPIC_LEN {

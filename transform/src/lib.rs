@@ -63,7 +63,7 @@ pub enum TransformError {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let config = cli.global.start()?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         match cli.command {
             Command::Run => run_worker(config).await,
             Command::Check => {
@@ -100,7 +100,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 Ok(())
             }
         }
-    })
+    });
+    // A blocking call still running (librdkafka's metadata request while no broker answers) does not hold the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(200));
+    result
 }
 
 async fn run_worker(config: PipelineConfig) -> anyhow::Result<()> {
