@@ -27,11 +27,11 @@ use pgm_common::change::TableRef;
 use pgm_common::config::PipelineConfig;
 use pgm_common::envelope::{OutRecord, RawRecord, RecordOrigin, TxnRecord};
 use pgm_common::parts::{self, Assembler};
-use pgm_common::topics::Topics;
 use pgm_common::telemetry::Health;
+use pgm_common::topics::Topics;
 use pgm_common::{kafka, Position};
 use rdkafka::consumer::stream_consumer::StreamPartitionQueue;
-use rdkafka::consumer::{CommitMode, Consumer, DefaultConsumerContext, StreamConsumer};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
@@ -50,7 +50,8 @@ const WAIT_WARNING: Duration = Duration::from_secs(30);
 /// How long apply waits for a topic or a transaction's records before its health says so (`waiting: …`).
 const WAIT_REPORT: Duration = Duration::from_secs(10);
 
-type Queue = StreamPartitionQueue<DefaultConsumerContext>;
+type Consumer_ = StreamConsumer<kafka::ServiceContext>;
+type Queue = StreamPartitionQueue<kafka::ServiceContext>;
 
 /// Whether apply reads a table's raw topic (it passes the rules unchanged) instead of its out topic.
 type Passthrough = Box<dyn Fn(&TableRef) -> bool + Send + Sync>;
@@ -101,7 +102,7 @@ impl TxnCursor {
 }
 
 pub struct Reader {
-    consumer: Arc<StreamConsumer>,
+    consumer: Arc<Consumer_>,
     topics: Topics,
     /// Tables apply reads from their raw topics (they pass the rules unchanged and transform skips them).
     passthrough: Passthrough,
@@ -149,15 +150,18 @@ impl Reader {
         health: Health,
         shutdown: CancellationToken,
     ) -> Result<Self, ApplyError> {
-        let mut client = kafka::client_config(&config.kafka, "pgm-apply", kafka::CONSUMER_DEFAULTS);
+        let mut client = kafka::client_config(&config.kafka, "pgm-apply", kafka::Role::Consumer);
         for (key, value) in APPLY_CONSUMER_DEFAULTS {
             if !config.kafka.librdkafka.contains_key(*key) {
                 client.set(*key, *value);
             }
         }
         client.set("group.id", &config.apply.group_id);
-        let consumer: Arc<StreamConsumer> =
-            Arc::new(client.create().map_err(|e| ApplyError::kafka("cannot create the consumer", e))?);
+        let consumer: Arc<Consumer_> = Arc::new(
+            client
+                .create_with_context(kafka::ServiceContext)
+                .map_err(|e| ApplyError::kafka("cannot create the consumer", e))?,
+        );
         let topics = config.topics();
         let passthrough = passthrough(config)?;
         let raw_tables: Vec<String> =
@@ -214,7 +218,12 @@ impl Reader {
                         );
                         stray_seen.store(true, Ordering::Relaxed);
                     }
-                    Err(error) => tracing::warn!(%error, "Kafka consumer"),
+                    // The same errors reach the client context: one line per kind and interval is enough.
+                    Err(error) => {
+                        if let Some(held) = kafka::throttled(&format!("consumer {:?}", error.rdkafka_error_code())) {
+                            tracing::warn!(%error, held_back = held, "Kafka consumer");
+                        }
+                    }
                 }
             }
         });
@@ -351,7 +360,7 @@ fn passthrough(config: &PipelineConfig) -> Result<Passthrough, ApplyError> {
 
 /// Assigns one partition at `from` and gives it its own queue (once its topic exists).
 async fn open_queue(
-    consumer: &Arc<StreamConsumer>,
+    consumer: &Arc<Consumer_>,
     topic: &str,
     partition: i32,
     from: i64,
@@ -369,7 +378,7 @@ async fn open_queue(
 /// land on the main queue in between. Should one still arrive there, the events task reports it as stray and the
 /// session ends (a new one seeks from DB2's progress: nothing is skipped).
 fn assign(
-    consumer: &Arc<StreamConsumer>,
+    consumer: &Arc<Consumer_>,
     partitions: &BTreeMap<(String, i32), i64>,
 ) -> Result<HashMap<(String, i32), Queue>, ApplyError> {
     let mut list = TopicPartitionList::new();
@@ -390,10 +399,7 @@ fn assign(
 }
 
 /// The broker's metadata (a blocking librdkafka call) off the runtime's thread: apply runs on one thread.
-async fn metadata(
-    consumer: &Arc<StreamConsumer>,
-    topic: Option<&str>,
-) -> Result<rdkafka::metadata::Metadata, KafkaError> {
+async fn metadata(consumer: &Arc<Consumer_>, topic: Option<&str>) -> Result<rdkafka::metadata::Metadata, KafkaError> {
     let (consumer, topic) = (consumer.clone(), topic.map(str::to_owned));
     tokio::task::spawn_blocking(move || consumer.fetch_metadata(topic.as_deref(), Duration::from_secs(10)))
         .await
@@ -449,7 +455,7 @@ impl Drop for Reported<'_> {
 impl Waits {
     /// librdkafka does not start fetching a partition of a topic that did not exist when it was assigned, so apply
     /// waits until the topic is there (capture creates the txn topic, transform the out topics on first sight).
-    async fn partition(&self, consumer: &Arc<StreamConsumer>, topic: &str, partition: i32) -> Result<(), ApplyError> {
+    async fn partition(&self, consumer: &Arc<Consumer_>, topic: &str, partition: i32) -> Result<(), ApplyError> {
         let mut report = Reported::new(&self.health);
         loop {
             if self.shutdown.is_cancelled() {

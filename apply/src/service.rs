@@ -213,7 +213,9 @@ impl<'a> Session<'a> {
             return Ok(());
         }
         progress::set_state(self.client(), &self.pipeline, "running", None).await?;
-        let mut reader = Reader::open(self.config, stored.txn_offset, stored.offsets, self.health.clone(), self.shutdown.clone()).await?;
+        let mut reader =
+            Reader::open(self.config, stored.txn_offset, stored.offsets, self.health.clone(), self.shutdown.clone())
+                .await?;
         if self.health.waiting_for().is_some() {
             tracing::info!("DB2 and the broker are reachable again; applying");
             self.health.clear_waiting();

@@ -26,7 +26,6 @@ use pgm_common::topics::Topics;
 use pgm_common::{kafka, parts, Lsn, Position};
 use prometheus_client::metrics::counter::Counter;
 use rdkafka::admin::AdminClient;
-use rdkafka::client::DefaultClientContext;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseRecord, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode as Code;
@@ -69,7 +68,7 @@ pub struct Publisher {
     buffer: Vec<u8>,
     /// Values longer than this go as parts (`topics.max_message_bytes` less Kafka's framing).
     part_size: usize,
-    admin: Arc<AdminClient<DefaultClientContext>>,
+    admin: Arc<AdminClient<pgm_common::kafka::ServiceContext>>,
     /// `kafka.brokers`, for the fixes error messages print.
     brokers: String,
     topic_config: pgm_common::config::TopicsConfig,

@@ -46,10 +46,7 @@ pub async fn require_exists(conn: &mut Walsender, config: &PipelineConfig) -> Re
 }
 
 /// The slot's plugin and confirmed position, if it exists.
-async fn existing(
-    conn: &mut Walsender,
-    slot: &str,
-) -> Result<Option<(Option<String>, pgm_common::Lsn)>, CaptureError> {
+async fn existing(conn: &mut Walsender, slot: &str) -> Result<Option<(Option<String>, pgm_common::Lsn)>, CaptureError> {
     let rows = conn
         .simple_query(&format!(
             "SELECT plugin, confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = {}",
@@ -58,7 +55,9 @@ async fn existing(
         .await?;
     let Some(row) = rows.first() else { return Ok(None) };
     let confirmed = match row.get(1).cloned().flatten() {
-        Some(lsn) => lsn.parse().map_err(|_| CaptureError::Stream(format!("slot {slot}: confirmed_flush_lsn {lsn}")))?,
+        Some(lsn) => {
+            lsn.parse().map_err(|_| CaptureError::Stream(format!("slot {slot}: confirmed_flush_lsn {lsn}")))?
+        }
         None => pgm_common::Lsn::ZERO,
     };
     Ok(Some((row.first().cloned().flatten(), confirmed)))

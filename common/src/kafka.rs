@@ -9,7 +9,6 @@
 
 use rdkafka::admin::AdminClient;
 use rdkafka::client::ClientContext;
-use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -17,12 +16,107 @@ use rdkafka::producer::FutureProducer;
 
 use crate::config::KafkaConfig;
 
-/// Settings common to every client, then the role's defaults, then the user's `kafka.librdkafka` passthrough
-/// (which wins over both).
-pub fn client_config(kafka: &KafkaConfig, client_id: &str, role_defaults: &[(&str, &str)]) -> ClientConfig {
+/// What a client does: each gets its own defaults, and only the passthrough keys that apply to it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Producer,
+    Consumer,
+    /// Admin requests and metadata probes (librdkafka makes them producer handles that never produce).
+    Admin,
+}
+
+impl Role {
+    fn defaults(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            Role::Producer => PRODUCER_DEFAULTS,
+            Role::Consumer => CONSUMER_DEFAULTS,
+            Role::Admin => &[],
+        }
+    }
+
+    /// Whether a `kafka.librdkafka` key is for this kind of client. librdkafka warns about a consumer property
+    /// given to a producer (`CONFWARN … will be ignored by this producer instance`) and the other way round, on
+    /// every start: each client gets only its own (librdkafka's CONFIGURATION.md marks them C and P).
+    fn takes(self, key: &str) -> bool {
+        match self {
+            Role::Producer => !CONSUMER_ONLY.contains(&key),
+            Role::Consumer => !PRODUCER_ONLY.contains(&key),
+            Role::Admin => !CONSUMER_ONLY.contains(&key) && !PRODUCER_ONLY.contains(&key),
+        }
+    }
+}
+
+/// librdkafka's consumer-only properties (CONFIGURATION.md, librdkafka 2.12).
+const CONSUMER_ONLY: &[&str] = &[
+    "group.id",
+    "group.instance.id",
+    "partition.assignment.strategy",
+    "session.timeout.ms",
+    "heartbeat.interval.ms",
+    "group.protocol.type",
+    "group.protocol",
+    "group.remote.assignor",
+    "coordinator.query.interval.ms",
+    "max.poll.interval.ms",
+    "enable.auto.commit",
+    "auto.commit.interval.ms",
+    "enable.auto.offset.store",
+    "queued.min.messages",
+    "queued.max.messages.kbytes",
+    "fetch.wait.max.ms",
+    "fetch.queue.backoff.ms",
+    "fetch.message.max.bytes",
+    "max.partition.fetch.bytes",
+    "fetch.max.bytes",
+    "fetch.min.bytes",
+    "fetch.error.backoff.ms",
+    "offset.store.method",
+    "isolation.level",
+    "enable.partition.eof",
+    "check.crcs",
+    "auto.commit.enable",
+    "auto.offset.reset",
+    "offset.store.path",
+    "offset.store.sync.interval.ms",
+    "consume.callback.max.messages",
+];
+
+/// librdkafka's producer-only properties (CONFIGURATION.md, librdkafka 2.12).
+const PRODUCER_ONLY: &[&str] = &[
+    "transactional.id",
+    "transaction.timeout.ms",
+    "enable.idempotence",
+    "enable.gapless.guarantee",
+    "queue.buffering.max.messages",
+    "queue.buffering.max.kbytes",
+    "queue.buffering.max.ms",
+    "linger.ms",
+    "message.send.max.retries",
+    "retries",
+    "queue.buffering.backpressure.threshold",
+    "compression.codec",
+    "compression.type",
+    "compression.level",
+    "batch.num.messages",
+    "batch.size",
+    "delivery.report.only.error",
+    "sticky.partitioning.linger.ms",
+    "request.required.acks",
+    "acks",
+    "request.timeout.ms",
+    "message.timeout.ms",
+    "delivery.timeout.ms",
+    "queuing.strategy",
+    "produce.offset.report",
+    "partitioner",
+];
+
+/// Settings common to every client, then the role's defaults, then the user's `kafka.librdkafka` passthrough keys
+/// that apply to the role (which win over both).
+pub fn client_config(kafka: &KafkaConfig, client_id: &str, role: Role) -> ClientConfig {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", &kafka.brokers).set("client.id", client_id);
-    for (key, value) in CLIENT_DEFAULTS.iter().chain(role_defaults) {
+    for (key, value) in CLIENT_DEFAULTS.iter().chain(role.defaults()) {
         config.set(*key, *value);
     }
     config.set("security.protocol", kafka.security_protocol.as_librdkafka());
@@ -44,7 +138,7 @@ pub fn client_config(kafka: &KafkaConfig, client_id: &str, role_defaults: &[(&st
         config.set("sasl.username", kafka.sasl_username.as_deref().unwrap_or_default());
         config.set("sasl.password", kafka.sasl_password.expose());
     }
-    for (key, value) in &kafka.librdkafka {
+    for (key, value) in kafka.librdkafka.iter().filter(|(key, _)| role.takes(key)) {
         config.set(key, value);
     }
     config
@@ -89,14 +183,14 @@ pub const CONSUMER_DEFAULTS: &[(&str, &str)] = &[
     ("queued.max.messages.kbytes", "16384"),
 ];
 
-pub fn producer(kafka: &KafkaConfig, client_id: &str) -> Result<FutureProducer, KafkaError> {
-    client_config(kafka, client_id, PRODUCER_DEFAULTS).create()
+pub fn producer(kafka: &KafkaConfig, client_id: &str) -> Result<FutureProducer<ServiceContext>, KafkaError> {
+    client_config(kafka, client_id, Role::Producer).create_with_context(ServiceContext)
 }
 
 /// A pipeline producer's configuration: [`PRODUCER_DEFAULTS`], and librdkafka's own record limit set to the topics'
 /// (`topics.max_message_bytes`; librdkafka's default, 1000000, is below Kafka's), so that a full part passes.
 pub fn producer_config(kafka: &KafkaConfig, client_id: &str, max_message_bytes: i32) -> ClientConfig {
-    let mut config = client_config(kafka, client_id, PRODUCER_DEFAULTS);
+    let mut config = client_config(kafka, client_id, Role::Producer);
     if !kafka.librdkafka.contains_key("message.max.bytes") {
         config.set("message.max.bytes", max_message_bytes.to_string());
     }
@@ -111,7 +205,7 @@ pub fn producer_config(kafka: &KafkaConfig, client_id: &str, max_message_bytes: 
 
 /// A consumer group member's configuration; create it with a context of your own for rebalance hooks.
 pub fn consumer_config(kafka: &KafkaConfig, client_id: &str, group_id: &str) -> ClientConfig {
-    let mut config = client_config(kafka, client_id, CONSUMER_DEFAULTS);
+    let mut config = client_config(kafka, client_id, Role::Consumer);
     config.set("group.id", group_id);
     config
 }
@@ -120,9 +214,99 @@ pub fn consumer(kafka: &KafkaConfig, client_id: &str, group_id: &str) -> Result<
     consumer_config(kafka, client_id, group_id).create()
 }
 
-pub fn admin(kafka: &KafkaConfig, client_id: &str) -> Result<AdminClient<DefaultClientContext>, KafkaError> {
-    client_config(kafka, client_id, &[]).create()
+pub fn admin(kafka: &KafkaConfig, client_id: &str) -> Result<AdminClient<ServiceContext>, KafkaError> {
+    client_config(kafka, client_id, Role::Admin).create_with_context(ServiceContext)
 }
+
+/// How often one kind of librdkafka complaint reaches the service's log. While a broker is away librdkafka reports
+/// every failed connection (hundreds a minute, from each client); the service says once per backoff step what it
+/// waits for, and this keeps librdkafka's own lines to one per kind and interval, with the count left out.
+const LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Admits a log line of kind `key` at most once per [`LOG_INTERVAL`]; `Some(n)` when admitted, `n` being how many
+/// of that kind were held back since the last one.
+pub fn throttled(key: &str) -> Option<u64> {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    use std::time::Instant;
+    static SEEN: OnceLock<Mutex<HashMap<String, (Instant, u64)>>> = OnceLock::new();
+    let mut seen = SEEN.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+    match seen.get_mut(key) {
+        Some((last, held)) if last.elapsed() < LOG_INTERVAL => {
+            *held += 1;
+            None
+        }
+        Some((last, held)) => {
+            let admitted = *held;
+            (*last, *held) = (Instant::now(), 0);
+            Some(admitted)
+        }
+        None => {
+            seen.insert(key.to_owned(), (Instant::now(), 0));
+            Some(0)
+        }
+    }
+}
+
+/// Whether a librdkafka error only says that brokers are away (which the services wait out and report themselves).
+pub fn is_transport(code: Option<RDKafkaErrorCode>) -> bool {
+    matches!(
+        code,
+        Some(
+            RDKafkaErrorCode::AllBrokersDown
+                | RDKafkaErrorCode::BrokerTransportFailure
+                | RDKafkaErrorCode::Resolve
+                | RDKafkaErrorCode::MessageTimedOut
+                | RDKafkaErrorCode::RequestTimedOut
+        )
+    )
+}
+
+/// librdkafka's global error, for a client context: throttled per error code ([`throttled`]); a broker being away
+/// is a warning (the service waits), anything else an error.
+pub fn report_client_error(error: &KafkaError, reason: &str) {
+    let code = error.rdkafka_error_code();
+    let Some(held) = throttled(&format!("error {code:?}")) else { return };
+    if is_transport(code) {
+        tracing::warn!(%error, held_back = held, "librdkafka: {reason}");
+    } else {
+        tracing::error!(%error, held_back = held, "librdkafka: {reason}");
+    }
+}
+
+/// librdkafka's log line, for a client context: warnings and worse throttled per facility ([`throttled`]).
+pub fn report_client_log(level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
+    use rdkafka::config::RDKafkaLogLevel as L;
+    match level {
+        L::Emerg | L::Alert | L::Critical | L::Error | L::Warning => {
+            let Some(held) = throttled(&format!("log {facility}")) else { return };
+            if matches!(level, L::Warning) {
+                tracing::warn!(facility, held_back = held, "librdkafka: {message}");
+            } else {
+                tracing::error!(facility, held_back = held, "librdkafka: {message}");
+            }
+        }
+        L::Notice | L::Info => tracing::info!(facility, "librdkafka: {message}"),
+        L::Debug => tracing::debug!(facility, "librdkafka: {message}"),
+    }
+}
+
+/// The context of the services' plain clients: librdkafka's errors and log lines go to the service's log,
+/// throttled ([`report_client_error`], [`report_client_log`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ServiceContext;
+
+impl ClientContext for ServiceContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
+        report_client_log(level, facility, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        report_client_error(&error, reason);
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for ServiceContext {}
 
 /// Why the brokers could not be used, and whether waiting can help.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -170,7 +354,7 @@ pub fn reach(
     timeout: std::time::Duration,
     cancel: &tokio_util::sync::CancellationToken,
 ) -> Result<(), ReachError> {
-    let probe: BaseConsumer<ErrorRecorder> = client_config(kafka, "pgm-reach", &[])
+    let probe: BaseConsumer<ErrorRecorder> = client_config(kafka, "pgm-reach", Role::Admin)
         .create_with_context(ErrorRecorder::default())
         .map_err(|e| ReachError::Refused(format!("kafka client settings ([kafka]): {e}")))?;
     // Short attempts, so that a refusal ends the wait early.
@@ -293,12 +477,31 @@ mod tests {
 
     #[test]
     fn passthrough_wins_and_secrets_are_masked() {
-        let config = client_config(&kafka(), "t", PRODUCER_DEFAULTS);
+        let config = client_config(&kafka(), "t", Role::Producer);
         assert_eq!(config.get("enable.idempotence"), Some("true"));
         assert_eq!(config.get("bootstrap.servers"), Some("127.0.0.1:1"));
         assert_eq!(config.get("acks"), Some("1"));
         let shown = describe_passthrough(&kafka());
         assert!(shown.contains(&("sasl.password".into(), "***".into())));
         assert!(shown.contains(&("acks".into(), "1".into())));
+    }
+
+    #[test]
+    fn each_client_gets_only_the_passthrough_keys_of_its_role() {
+        let mut kafka = kafka();
+        kafka.librdkafka.insert("session.timeout.ms".into(), "6000".into());
+        kafka.librdkafka.insert("linger.ms".into(), "7".into());
+        kafka.librdkafka.insert("socket.keepalive.enable".into(), "true".into());
+        let producer = client_config(&kafka, "t", Role::Producer);
+        assert_eq!(producer.get("session.timeout.ms"), None);
+        assert_eq!(producer.get("linger.ms"), Some("7"));
+        let consumer = client_config(&kafka, "t", Role::Consumer);
+        assert_eq!(consumer.get("session.timeout.ms"), Some("6000"));
+        assert_eq!(consumer.get("linger.ms"), None);
+        let admin = client_config(&kafka, "t", Role::Admin);
+        assert_eq!((admin.get("session.timeout.ms"), admin.get("linger.ms")), (None, None));
+        for config in [producer, consumer, admin] {
+            assert_eq!(config.get("socket.keepalive.enable"), Some("true"));
+        }
     }
 }

@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
 use crate::config::TopicsConfig;
@@ -132,7 +131,7 @@ pub fn audit(topic: &str, settings: &[(String, Option<String>)], config: &Topics
 /// Makes `topic` ready: creates it with [`creation_settings`], or, when it exists, checks its partition count and
 /// [`audit`]s its settings. A misfit is a definite error naming the topic, the setting and the fix.
 pub async fn ensure(
-    admin: &Arc<AdminClient<DefaultClientContext>>,
+    admin: &Arc<AdminClient<crate::kafka::ServiceContext>>,
     brokers: &str,
     topic: &str,
     partitions: i32,
@@ -209,7 +208,7 @@ pub async fn ensure(
 
 /// The [`audit`] of an existing topic, its settings read from the broker.
 pub async fn describe_and_audit(
-    admin: &AdminClient<DefaultClientContext>,
+    admin: &AdminClient<crate::kafka::ServiceContext>,
     topic: &str,
     config: &TopicsConfig,
 ) -> Result<Vec<Misfit>, TopicSetupError> {

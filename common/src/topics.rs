@@ -64,7 +64,11 @@ impl Topics {
 
     /// The table whose out topic this is (the inverse of [`Topics::out`]).
     pub fn table_of_out(&self, out_topic: &str) -> Option<TableRef> {
-        self.table_of_raw(&format!("{}.raw.{}", self.prefix, out_topic.strip_prefix(&self.prefix)?.strip_prefix(".out.")?))
+        self.table_of_raw(&format!(
+            "{}.raw.{}",
+            self.prefix,
+            out_topic.strip_prefix(&self.prefix)?.strip_prefix(".out.")?
+        ))
     }
 
     /// Who writes a topic of this prefix and for which table: for messages that tell a person what to start.

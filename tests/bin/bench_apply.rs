@@ -234,7 +234,7 @@ async fn main() -> anyhow::Result<()> {
 
     let dir = tempfile::tempdir()?;
     let kafka = KafkaConfig::new(brokers.clone());
-    let producer: FutureProducer = kafka::client_config(&kafka, "bench", kafka::PRODUCER_DEFAULTS)
+    let producer: FutureProducer = kafka::client_config(&kafka, "bench", kafka::Role::Producer)
         .set("queue.buffering.max.messages", "100000")
         .set("linger.ms", "20")
         .create()?;

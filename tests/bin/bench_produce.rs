@@ -63,7 +63,7 @@ async fn main() -> anyhow::Result<()> {
     admin.create_topics(&new, &AdminOptions::new()).await?;
     let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let producer: ThreadedProducer<Counting> =
-        kafka::client_config(&kafka_config, "bench-produce", kafka::PRODUCER_DEFAULTS)
+        kafka::client_config(&kafka_config, "bench-produce", kafka::Role::Producer)
             .create_with_context(Counting(ok.clone(), failed.clone()))?;
     let payload = vec![b'x'; 300];
     let pid = std::process::id();
@@ -104,13 +104,13 @@ async fn main() -> anyhow::Result<()> {
     // The broker's cost of one idle consumer holding every partition (20 partitions of 4 topics plus the txn
     // topic): what a pipeline's consumers cost the broker while DB1 is idle.
     use rdkafka::consumer::{BaseConsumer, Consumer};
-    let consumer: BaseConsumer = kafka::client_config(&kafka_config, "bench-idle", kafka::CONSUMER_DEFAULTS)
+    let consumer: BaseConsumer = kafka::client_config(&kafka_config, "bench-idle", kafka::Role::Consumer)
         .set("group.id", "bench-idle")
         .create()?;
     let assignment = every_partition(&topics, rdkafka::Offset::End)?;
     let broker_pid = broker.pid().context("broker pid")?;
     // First the broker's cost of reading every record once (what apply and transform do), then of idling.
-    let reader: BaseConsumer = kafka::client_config(&kafka_config, "bench-read", kafka::CONSUMER_DEFAULTS)
+    let reader: BaseConsumer = kafka::client_config(&kafka_config, "bench-read", kafka::Role::Consumer)
         .set("group.id", "bench-read")
         .create()?;
     let all = every_partition(&topics, rdkafka::Offset::Beginning)?;

@@ -95,8 +95,8 @@ async fn a_first_start_with_the_broker_down_loses_no_write() -> anyhow::Result<(
     let stack = Stack::new(BINS, broker.brokers(), options).await?;
     broker.kill()?;
     let capture = stack.spawn(Service::Capture, &["run"])?;
-    let _transform = stack.spawn(Service::Transform, &["run"])?;
-    let _apply = stack.spawn(Service::Apply, &["run"])?;
+    let transform = stack.spawn(Service::Transform, &["run"])?;
+    let apply = stack.spawn(Service::Apply, &["run"])?;
     // Capture takes its place on DB1 while the broker is still down.
     let db1 = stack.source().await?;
     wait::until("capture's slot on DB1, with the broker down", Duration::from_secs(30), || async {
@@ -139,6 +139,19 @@ async fn a_first_start_with_the_broker_down_loses_no_write() -> anyhow::Result<(
         log.contains("replication slot created: the stream begins at this position"),
         "capture did not say where the stream begins:\n{log}"
     );
+    // While the broker was away each service said so in a few lines, not one per failed connection; and no client
+    // was given a setting of the other kind (the stack passes consumer settings in kafka.librdkafka).
+    for (name, log) in [("capture", capture.log()), ("transform", transform.log()), ("apply", apply.log())] {
+        let noise = log
+            .lines()
+            .filter(|l| {
+                ["AllBrokersDown", "BrokerTransportFailure", "Connection refused"].iter().any(|e| l.contains(e))
+            })
+            .count();
+        eprintln!("{name}: {noise} log lines about the absent broker");
+        ensure!(noise <= 30, "{name} wrote {noise} lines about the absent broker:\n{log}");
+        ensure!(!log.contains("CONFWARN"), "{name} was given a setting that is not for its kind of client:\n{log}");
+    }
     eprintln!("first start with the broker down: {written} single-row transactions, all on DB2");
     Ok(())
 }

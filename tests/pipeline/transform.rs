@@ -193,7 +193,10 @@ fn raw_record(i: u64) -> RawRecord {
 }
 
 /// The 4-partition raw topic of `public.items` and a producer with the pipeline's defaults.
-async fn items_raw_topic(brokers: &str, prefix: &str) -> anyhow::Result<(String, rdkafka::producer::FutureProducer)> {
+async fn items_raw_topic(
+    brokers: &str,
+    prefix: &str,
+) -> anyhow::Result<(String, rdkafka::producer::FutureProducer<kafka::ServiceContext>)> {
     let kafka_config = KafkaConfig::new(brokers.to_owned());
     let raw_topic = format!("{prefix}.raw.public.items");
     let admin = kafka::admin(&kafka_config, "tests")?;
@@ -403,7 +406,7 @@ async fn a_poison_record_stops_the_worker_and_it_resumes_there_after_the_rule_is
 
 /// Produces raw records `range` round-robin over the 4 partitions and waits for their acknowledgements.
 async fn produce_items(
-    producer: &rdkafka::producer::FutureProducer,
+    producer: &rdkafka::producer::FutureProducer<kafka::ServiceContext>,
     raw_topic: &str,
     range: std::ops::Range<u64>,
 ) -> anyhow::Result<()> {
@@ -464,7 +467,7 @@ struct ItemsGroup {
     dir: tempfile::TempDir,
     config: PathBuf,
     raw_topic: String,
-    producer: rdkafka::producer::FutureProducer,
+    producer: rdkafka::producer::FutureProducer<kafka::ServiceContext>,
     out_topic: String,
 }
 

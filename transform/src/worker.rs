@@ -70,7 +70,15 @@ impl WorkerError {
 /// Commits what is stored before partitions are taken away, so the next owner starts where this one stopped.
 pub struct RebalanceCommit;
 
-impl ClientContext for RebalanceCommit {}
+impl ClientContext for RebalanceCommit {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
+        kafka::report_client_log(level, facility, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        kafka::report_client_error(&error, reason);
+    }
+}
 
 impl ConsumerContext for RebalanceCommit {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -98,7 +106,7 @@ type Ack = Pin<Box<dyn Future<Output = Result<(String, i32, i64), WorkerError>> 
 
 pub struct Worker {
     consumer: StreamConsumer<RebalanceCommit>,
-    producer: FutureProducer,
+    producer: FutureProducer<kafka::ServiceContext>,
     program: Arc<Program>,
     metrics: TransformMetrics,
     config: PipelineConfig,
@@ -156,8 +164,8 @@ impl Worker {
             }
             raw_topics = Some(names);
         }
-        let producer =
-            kafka::producer_config(&config.kafka, "pgm-transform", config.topics.max_message_bytes).create()?;
+        let producer = kafka::producer_config(&config.kafka, "pgm-transform", config.topics.max_message_bytes)
+            .create_with_context(kafka::ServiceContext)?;
         Ok(Worker {
             consumer,
             producer,
