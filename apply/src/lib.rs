@@ -253,7 +253,16 @@ pub async fn connect_target(config: &PipelineConfig) -> Result<tokio_postgres::C
         .target
         .connect("pgm-apply")
         .await
-        .map_err(|source| ApplyError::Connect { target: config.target.describe(), source })?;
+        .map_err(|source| {
+            if source.password_missing() {
+                return ApplyError::Refused(format!(
+                    "DB2 {} asks for a password and none is configured: set PGM__TARGET__PASSWORD (or \
+                     target.password in the file)",
+                    config.target.describe()
+                ));
+            }
+            ApplyError::Connect { target: config.target.describe(), source }
+        })?;
     progress::prepare(&client, &config.topics.prefix).await?;
     Ok(client)
 }

@@ -131,7 +131,12 @@ pub fn connect_error(
     pg: &pgm_common::config::PgConfig,
 ) -> impl FnOnce(pgm_common::config::ConnectError) -> CaptureError {
     let what = format!("connect to {}", pg.describe());
+    let describe = pg.describe();
     move |error| match error {
+        missing if missing.password_missing() => CaptureError::Config(format!(
+            "DB1 {describe} asks for a password and none is configured: set PGM__SOURCE__PASSWORD (or \
+             source.password in the file)"
+        )),
         pgm_common::config::ConnectError::Pg(source) => CaptureError::Source { what, source },
         tls @ pgm_common::config::ConnectError::Tls { .. } => CaptureError::Config(tls.to_string()),
     }

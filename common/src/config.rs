@@ -101,9 +101,15 @@ impl ConnectError {
             ConnectError::Tls { .. } => false,
             ConnectError::Pg(error) => match error.as_db_error() {
                 Some(db) => !["28", "3D"].iter().any(|class| db.code().code().starts_with(class)),
-                None => !error.to_string().contains("password missing"),
+                None => !self.password_missing(),
             },
         }
+    }
+
+    /// The server asked for a password and none was configured (tokio-postgres says so only in its error's cause).
+    pub fn password_missing(&self) -> bool {
+        matches!(self, ConnectError::Pg(error) if error.as_db_error().is_none()
+            && describe_pg_error(error).contains("password missing"))
     }
 }
 

@@ -150,5 +150,35 @@ async fn every_service_connects_over_verify_full_tls_to_a_tls_only_cluster() -> 
     ensure!(verify.status.success() && report.contains("1 of 1 tables equal"), "verify over TLS: {report}");
     eprintln!("tls: {} encrypted service connections: {seen:?}", seen.len());
     drop((capture, transform, apply));
+
+    // No DB2 password given: a definite error, so apply exits at once naming the variable to set.
+    let started = std::time::Instant::now();
+    let mut apply = Command::new(env!("CARGO_BIN_EXE_pgm-test-apply"))
+        .arg("--config")
+        .arg(&config)
+        .arg("run")
+        .env("PGM__SOURCE__PASSWORD", PASSWORD)
+        .env_remove("PGM__TARGET__PASSWORD")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log("apply-no-password"))?)
+        .spawn()?;
+    let status = loop {
+        if let Some(status) = apply.try_wait()? {
+            break Some(status);
+        }
+        if started.elapsed() > Duration::from_secs(10) {
+            let _ = apply.kill();
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let took = started.elapsed();
+    let stderr = std::fs::read_to_string(log("apply-no-password"))?;
+    eprintln!("apply without DB2's password: {} ms, {status:?}", took.as_millis());
+    ensure!(status.is_some_and(|s| !s.success()), "apply did not stop with an error within 10 s:\n{stderr}");
+    ensure!(
+        stderr.contains("PGM__TARGET__PASSWORD") && !stderr.contains("PGM__SOURCE__PASSWORD"),
+        "the error does not name DB2's password variable:\n{stderr}"
+    );
     Ok(())
 }
