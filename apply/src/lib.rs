@@ -128,12 +128,10 @@ pub enum ApplyError {
     Interrupted,
 }
 
-/// DB2 refused a statement: position(s), table, key columns and the SQL error — never row values.
+/// DB2 refused a statement, or an update or delete found no row: position(s), table, key columns and the SQL error —
+/// never row values.
 #[derive(Debug, thiserror::Error)]
-#[error(
-    "DB2 refused the {op} of {table} (key {key}) at source position {at}: {sql_error}. Nothing after the last \
-         committed transaction was marked applied; fix DB2 (or the rules) and restart pgm-apply to continue from there"
-)]
+#[error("{}", self.describe())]
 pub struct StatementFailure {
     pub op: String,
     pub table: TableRef,
@@ -143,6 +141,28 @@ pub struct StatementFailure {
     pub sql_error: String,
     /// The statement wrote one change, so `at` is exact.
     pub single: bool,
+    /// An update or delete found no row in DB2 (`apply.on_missing_row = "error"`, the default).
+    pub missing_row: bool,
+}
+
+impl StatementFailure {
+    fn describe(&self) -> String {
+        let StatementFailure { op, table, key, at, sql_error, .. } = self;
+        if self.missing_row {
+            return format!(
+                "the {op} of {table} (key {key}) at source position {at} found no row in DB2 ({sql_error}): DB2 has \
+                 diverged from DB1 (rows changed or deleted on DB2 behind apply's back, or DB2 was not bootstrapped \
+                 from DB1). Nothing after the last committed transaction was marked applied. Fix: bootstrap DB2 \
+                 again (pgm-apply reset, then pgm-capture bootstrap), or set apply.on_missing_row = \"warn\" to skip \
+                 such changes knowingly (counted in pgm_apply_missing_rows_total and by pgm-apply status)"
+            );
+        }
+        format!(
+            "DB2 refused the {op} of {table} (key {key}) at source position {at}: {sql_error}. Nothing after the last \
+             committed transaction was marked applied; fix DB2 (or the rules) and restart pgm-apply to continue from \
+             there"
+        )
+    }
 }
 
 impl ApplyError {
@@ -302,7 +322,7 @@ async fn status(config: &PipelineConfig) -> anyhow::Result<()> {
         .query_one(
             &format!(
                 "SELECT applied_lsn::text, applied_end_lsn::text, applied_commit_time::text, {}, \
-                        paused, state, last_error, updated_at::text \
+                        paused, state, last_error, updated_at::text, skipped_missing, last_skipped \
                  FROM pgm.apply_progress WHERE pipeline = $1",
                 progress::LAG_SECONDS_SQL
             ),
@@ -337,6 +357,15 @@ async fn status(config: &PipelineConfig) -> anyhow::Result<()> {
     println!("committed    {} on DB1", commit_time.as_deref().unwrap_or("-"));
     println!("lag          {}, {lag_bytes}", lag_s.map_or("unknown".to_owned(), |s| format!("{s:.1} s")));
     println!("last error   {}", row.get::<_, Option<String>>(6).as_deref().unwrap_or("-"));
+    let skipped: i64 = row.get(8);
+    if skipped > 0 || config.apply.on_missing_row == pgm_common::config::OnMissingRow::Warn {
+        println!(
+            "skipped      {skipped} update(s)/delete(s) that found no row in DB2 (apply.on_missing_row = {}; \
+             pgm_apply_missing_rows_total); last: {}",
+            config.apply.on_missing_row.as_str(),
+            row.get::<_, Option<String>>(9).as_deref().unwrap_or("-")
+        );
+    }
     println!("updated      {}", row.get::<_, String>(7));
     Ok(())
 }

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! pgm.apply_progress  one row per pipeline (topics.prefix): applied position, its end LSN and commit time,
-//!                     txn-topic offset, last heartbeat, paused, state, last error
+//!                     txn-topic offset, last heartbeat, paused, state, last error, updates/deletes skipped
+//!                     for finding no row (on_missing_row = "warn") and the last of them
 //! pgm.apply_offsets   (pipeline, topic, partition) → next offset to read
 //! pgm.apply_messages  logical decoding messages apply has passed (cutover markers), in the same transaction
 //! ```
@@ -34,6 +35,8 @@ CREATE TABLE IF NOT EXISTS pgm.apply_progress (
     last_error text,
     updated_at timestamptz NOT NULL DEFAULT now()
 );
+ALTER TABLE pgm.apply_progress ADD COLUMN IF NOT EXISTS skipped_missing bigint NOT NULL DEFAULT 0,
+    ADD COLUMN IF NOT EXISTS last_skipped text;
 CREATE TABLE IF NOT EXISTS pgm.apply_offsets (
     pipeline text NOT NULL,
     topic text NOT NULL,
@@ -73,6 +76,9 @@ pub struct Advance<'a> {
     pub txn_offset: i64,
     /// The next offset of every out partition read so far.
     pub positions: &'a BTreeMap<(String, i32), i64>,
+    /// Updates and deletes this transaction skipped for finding no row, and the last one's description.
+    pub skipped: u64,
+    pub last_skipped: Option<&'a str>,
 }
 
 /// What the progress row says after an advance.
@@ -146,6 +152,7 @@ pub async fn advance(client: &Client, pipeline: &str, to: &Advance<'_>) -> Resul
                  heartbeat_lsn = coalesce($7::text::pg_lsn, heartbeat_lsn), \
                  heartbeat_at = coalesce(to_timestamp($8::float8), heartbeat_at), \
                  state = CASE WHEN paused THEN 'paused' ELSE 'running' END, last_error = NULL, \
+                 skipped_missing = skipped_missing + $9, last_skipped = coalesce($10, last_skipped), \
                  updated_at = clock_timestamp() \
              WHERE pipeline = $1 \
              RETURNING paused, extract(epoch FROM applied_commit_time)::float8",
@@ -158,6 +165,8 @@ pub async fn advance(client: &Client, pipeline: &str, to: &Advance<'_>) -> Resul
                 &to.txn_offset,
                 &heartbeat_lsn,
                 &heartbeat_ms,
+                &(to.skipped as i64),
+                &to.last_skipped,
             ],
         )
         .await

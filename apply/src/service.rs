@@ -404,6 +404,8 @@ impl<'a> Session<'a> {
                 heartbeat: self.heartbeat,
                 txn_offset: reader.txn_next,
                 positions: &positions,
+                skipped: writer.skipped.values().sum(),
+                last_skipped: writer.last_skipped.as_deref(),
             },
         )
         .await?;
@@ -421,6 +423,9 @@ impl<'a> Session<'a> {
         self.client().batch_execute("COMMIT").await.map_err(ApplyError::db)?;
         self.metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
         reader.commit_to_kafka(&positions);
+        for (table, skipped) in &writer.skipped {
+            self.metrics.missing_rows.get_or_create(&crate::metrics::TableLabel::new(table)).inc_by(*skipped);
+        }
 
         self.metrics.group_transactions.observe(self.group_txns as f64);
         self.metrics.transactions.inc_by(self.group_txns as u64);

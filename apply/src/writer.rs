@@ -86,6 +86,10 @@ pub struct Writer {
     /// Rows and bytes written in the open DB2 transaction.
     pub rows: usize,
     pub bytes: usize,
+    /// Updates and deletes the open DB2 transaction skipped for finding no row (`on_missing_row = "warn"`), per
+    /// table, and the last one's description: recorded with the progress, counted once the transaction commits.
+    pub skipped: HashMap<TableRef, u64, ahash::RandomState>,
+    pub last_skipped: Option<String>,
 }
 
 fn key_values(row: &Row, key: &[String], table: &TableRef, pos: Position) -> Result<Vec<Option<String>>, ApplyError> {
@@ -111,6 +115,8 @@ impl Writer {
             metrics,
             rows: 0,
             bytes: 0,
+            skipped: HashMap::default(),
+            last_skipped: None,
         }
     }
 
@@ -128,6 +134,8 @@ impl Writer {
     pub fn reset_counts(&mut self) {
         self.rows = 0;
         self.bytes = 0;
+        self.skipped.clear();
+        self.last_skipped = None;
     }
 
     pub async fn push(&mut self, client: &Client, pos: Position, op: TargetOp) -> Result<(), ApplyError> {
@@ -294,28 +302,35 @@ impl Writer {
         let touches_existing = !matches!(batch.kind, Kind::Insert | Kind::Upsert);
         if touches_existing && (changed as usize) < batch.rows {
             let missing = batch.rows - changed as usize;
-            self.metrics
-                .missing_rows
-                .get_or_create(&crate::metrics::TableLabel::new(&batch.table))
-                .inc_by(missing as u64);
             let at = if batch.first == batch.last {
                 batch.first.to_string()
             } else {
                 format!("{} .. {}", batch.first, batch.last)
             };
             if self.on_missing_row == OnMissingRow::Error {
-                return Err(ApplyError::Target(format!(
-                    "{missing} of {} {}s of {} at source position {at} found no row in DB2: DB2 has diverged from DB1 \
-                     (was it bootstrapped? were rows changed by hand?); nothing after the last committed transaction \
-                     was applied. Set apply.on_missing_row = \"warn\" to skip such changes",
-                    batch.rows,
-                    kind_name(batch.kind),
-                    batch.table
-                )));
+                // A batch is replayed one change per statement first (as for a refused statement), so that the
+                // error names the one change exactly.
+                return Err(ApplyError::Statement(Box::new(crate::StatementFailure {
+                    op: kind_name(batch.kind).to_owned(),
+                    table: batch.table.clone(),
+                    key: batch.key.join(", "),
+                    at,
+                    sql_error: format!("{missing} of {} found no row in DB2", batch.rows),
+                    single: batch.first == batch.last,
+                    missing_row: true,
+                })));
             }
+            *self.skipped.entry(batch.table.clone()).or_default() += missing as u64;
+            self.last_skipped = Some(format!(
+                "{missing} {}(s) of {} (key {}) at {at}",
+                kind_name(batch.kind),
+                batch.table,
+                batch.key.join(", ")
+            ));
             tracing::warn!(
                 table = %batch.table, at = %at, missing, op = kind_name(batch.kind),
-                "changes found no row in DB2 and were skipped (as PostgreSQL's apply does); DB2 may have diverged"
+                "changes found no row in DB2 and were skipped (apply.on_missing_row = \"warn\"); DB2 has diverged \
+                 from DB1 there"
             );
         }
         self.metrics.statement_seconds.observe(started.elapsed().as_secs_f64());
@@ -515,6 +530,7 @@ fn statement_error(
         at,
         sql_error,
         single: first == last,
+        missing_row: false,
     }))
 }
 

@@ -543,8 +543,8 @@ pub struct ApplyConfig {
     /// Replication origin that marks apply's writes in DB2's WAL; default `pgm_<topics.prefix>`.
     #[serde(default)]
     pub origin: Option<String>,
-    /// An update or delete whose row is not in DB2: `warn` (log, count, go on — as PostgreSQL's own apply does)
-    /// or `error` (stop: DB2 has diverged from DB1).
+    /// An update or delete whose row is not in DB2: `error` (the default: stop, naming the change — DB2 has
+    /// diverged from DB1, and going on would hide it) or `warn` (log, count, go on — as PostgreSQL's own apply does).
     #[serde(default)]
     pub on_missing_row: OnMissingRow,
 }
@@ -552,9 +552,18 @@ pub struct ApplyConfig {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OnMissingRow {
-    #[default]
     Warn,
+    #[default]
     Error,
+}
+
+impl OnMissingRow {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnMissingRow::Warn => "warn",
+            OnMissingRow::Error => "error",
+        }
+    }
 }
 
 fn default_apply_group() -> String {
@@ -586,7 +595,7 @@ impl Default for ApplyConfig {
             group_bytes: default_group_bytes(),
             group_ms: default_group_ms(),
             origin: None,
-            on_missing_row: OnMissingRow::Warn,
+            on_missing_row: OnMissingRow::Error,
         }
     }
 }

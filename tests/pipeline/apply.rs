@@ -511,15 +511,45 @@ async fn a_broken_target_stops_apply_with_a_clear_error_and_it_converges_after_t
     stack.wait_marker("fixed", Duration::from_secs(60)).await?;
     stack.assert_same(&TABLES).await?;
 
-    // A row removed from DB2 by hand: the update that needs it is reported (by position, not value) and skipped.
+    // A row removed from DB2 by hand, then one source transaction updates it and two others: by default apply stops
+    // at exactly that update (a batch is replayed change by change to find it), names table, key, position and the
+    // fix, and applies nothing of the transaction.
     db2.batch_execute("DELETE FROM accounts WHERE id = 3").await?;
-    db1.batch_execute("UPDATE accounts SET balance = 1 WHERE id = 3").await?;
+    let balances = || async {
+        let rows = db2.query("SELECT balance::text FROM accounts WHERE id IN (2, 4) ORDER BY id", &[]).await?;
+        anyhow::Ok(rows.iter().map(|r| r.get::<_, String>(0)).collect::<Vec<_>>())
+    };
+    let before = balances().await?;
+    db1.batch_execute("UPDATE accounts SET balance = balance + 1 WHERE id IN (2, 3, 4)").await?;
+    let mut apply = apply;
+    let status = tokio::task::block_in_place(|| wait_exit(&mut apply, Duration::from_secs(60)))?;
+    let log = apply.log();
+    ensure!(!status.success(), "apply went on past an update that found no row:\n{log}");
+    let line = log.lines().find(|l| l.contains("found no row in DB2") && l.contains("ERROR")).unwrap_or_default();
+    for expected in ["update of \"public\".\"accounts\"", "key id", "source position", "on_missing_row", "bootstrap"] {
+        ensure!(line.contains(expected), "{expected:?} missing from the error:\n{log}");
+    }
+    ensure!(!line.contains(" .. "), "the change is not named exactly: {line}");
+    ensure!(balances().await? == before, "part of the failing transaction was applied");
+    let status = stack.run(Service::Apply, &["status"])?;
+    ensure!(
+        stdout(&status).contains("failed") && stdout(&status).contains("found no row in DB2"),
+        "status:\n{}",
+        stdout(&status)
+    );
+
+    // `warn`, chosen knowingly: the update is skipped, the others applied, and the skip is counted and shown.
+    let apply = stack.spawn_with_env(Service::Apply, &["run"], &[("PGM__APPLY__ON_MISSING_ROW", "warn")])?;
     stack.marker("diverged").await?;
     stack.wait_marker("diverged", Duration::from_secs(60)).await?;
+    ensure!(balances().await? != before, "the other updates of the transaction were not applied");
     let log = apply.log();
     ensure!(
-        log.contains("found no row in DB2") && !log.contains("balance = 1"),
-        "the missing row went unreported:\n{log}"
+        log.contains("found no row in DB2 and were skipped") && !log.contains("balance = 1"),
+        "the skipped update went unreported:\n{log}"
     );
+    ensure!(apply.metric_sum("pgm_apply_missing_rows_total")? == 1.0, "{}", apply.get("/metrics")?);
+    let status = stack.command(Service::Apply, &["status"]).env("PGM__APPLY__ON_MISSING_ROW", "warn").output()?;
+    ensure!(stdout(&status).contains("skipped      1 update(s)/delete(s)"), "status:\n{}", stdout(&status));
     Ok(())
 }
