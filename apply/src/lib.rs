@@ -52,11 +52,15 @@ pub enum Command {
     /// Move the applied position back (or forward) for a deliberate replay; apply must be stopped.
     Reset {
         /// An LSN (`16/B374D848`: transactions committed at or before it count as applied) or a position key.
-        #[arg(long)]
-        to: String,
+        #[arg(long, required_unless_present = "drop_origin")]
+        to: Option<String>,
         /// Reset even when DB2 already holds changes after that position (they would be applied again).
         #[arg(long)]
         force: bool,
+        /// Drop the pipeline's replication origin on DB2 (it holds one of DB2's max_replication_slots states; the
+        /// next run makes it again). For a pipeline that is finished or abandoned.
+        #[arg(long)]
+        drop_origin: bool,
     },
     /// Standby switch: DB2 is a streaming physical standby of DB1. Create capture's slot on DB1, promote DB2 once it
     /// has replayed past the slot's consistent point, and record in DB2 where apply starts. No copy needed.
@@ -233,7 +237,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 Ok(())
             }
             Command::Status => status(&config).await,
-            Command::Reset { to, force } => reset(&config, &to, force).await,
+            Command::Reset { to, force, drop_origin } => reset(&config, to.as_deref(), force, drop_origin).await,
             Command::Cutover { dry_run } => cutover::run(&config, dry_run).await,
             Command::Switch { replay_timeout_s } => {
                 let done = switch::run(&config, std::time::Duration::from_secs(replay_timeout_s)).await?;
@@ -269,20 +273,16 @@ async fn connect_plain(
 
 /// A connection to DB2 with the pipeline's `pgm` schema and progress row in place.
 pub async fn connect_target(config: &PipelineConfig) -> Result<tokio_postgres::Client, ApplyError> {
-    let client = config
-        .target
-        .connect("pgm-apply")
-        .await
-        .map_err(|source| {
-            if source.password_missing() {
-                return ApplyError::Refused(format!(
-                    "DB2 {} asks for a password and none is configured: set PGM__TARGET__PASSWORD (or \
+    let client = config.target.connect("pgm-apply").await.map_err(|source| {
+        if source.password_missing() {
+            return ApplyError::Refused(format!(
+                "DB2 {} asks for a password and none is configured: set PGM__TARGET__PASSWORD (or \
                      target.password in the file)",
-                    config.target.describe()
-                ));
-            }
-            ApplyError::Connect { target: config.target.describe(), source }
-        })?;
+                config.target.describe()
+            ));
+        }
+        ApplyError::Connect { target: config.target.describe(), source }
+    })?;
     progress::prepare(&client, &config.topics.prefix).await?;
     Ok(client)
 }
@@ -379,13 +379,27 @@ async fn source_lsn(config: &PipelineConfig) -> Result<Lsn, String> {
     row.get::<_, String>(0).parse::<Lsn>().map_err(|e| e.to_string())
 }
 
-async fn reset(config: &PipelineConfig, to: &str, force: bool) -> anyhow::Result<()> {
-    let to = parse_position(to)?;
+async fn reset(config: &PipelineConfig, to: Option<&str>, force: bool, drop_origin: bool) -> anyhow::Result<()> {
+    let to = to.map(parse_position).transpose()?;
     let client = connect(config).await?;
     let pipeline = &config.topics.prefix;
     if !progress::try_lock(&client, pipeline).await? {
         anyhow::bail!("pgm-apply is running for pipeline {pipeline:?}: stop it before a reset");
     }
+    if drop_origin {
+        let origin = config.apply_origin();
+        let dropped = client
+            .execute(
+                "SELECT pg_replication_origin_drop($1) WHERE pg_replication_origin_oid($1) IS NOT NULL",
+                &[&origin],
+            )
+            .await?;
+        println!(
+            "pipeline {pipeline:?}: replication origin {origin:?} {}",
+            if dropped > 0 { "dropped (its replication state on DB2 is free)" } else { "did not exist" }
+        );
+    }
+    let Some(to) = to else { return Ok(()) };
     let stored = progress::load(&client, pipeline).await?;
     if stored.applied > to && !force {
         anyhow::bail!(

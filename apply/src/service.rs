@@ -174,7 +174,7 @@ impl<'a> Session<'a> {
         client
             .execute("SELECT pg_replication_origin_create($1) WHERE pg_replication_origin_oid($1) IS NULL", &[&origin])
             .await
-            .map_err(|e| origin_error(e, &origin))?;
+            .map_err(|e| origin_error(e, &origin, None))?;
         // The previous session's backend may still hold the origin for a moment after a crash.
         loop {
             match client.execute("SELECT pg_replication_origin_session_setup($1)", &[&origin]).await {
@@ -185,7 +185,10 @@ impl<'a> Session<'a> {
                 {
                     tokio::time::sleep(Duration::from_millis(250)).await;
                 }
-                Err(e) => return Err(origin_error(e, &origin)),
+                Err(e) => {
+                    let leftovers = leftover_origins(&client, &origin).await;
+                    return Err(origin_error(e, &origin, Some(leftovers)));
+                }
             }
         }
         client.batch_execute("SET session_replication_role = replica").await.map_err(|e| {
@@ -492,10 +495,46 @@ impl<'a> Session<'a> {
     }
 }
 
-fn origin_error(error: tokio_postgres::Error, origin: &str) -> ApplyError {
+/// Other pipelines' origins on DB2 that still hold a replication state (`pgm_%`, with progress), and the limit.
+async fn leftover_origins(client: &Client, origin: &str) -> (String, Vec<String>) {
+    let limit = client
+        .query_one("SELECT current_setting('max_replication_slots')", &[])
+        .await
+        .map(|r| r.get::<_, String>(0))
+        .unwrap_or_else(|_| "?".into());
+    let names = client
+        .query(
+            "SELECT o.roname FROM pg_replication_origin o JOIN pg_replication_origin_status s ON s.local_id = o.roident \
+             WHERE o.roname LIKE 'pgm\\_%' AND o.roname <> $1 ORDER BY 1",
+            &[&origin],
+        )
+        .await
+        .map(|rows| rows.iter().map(|r| r.get::<_, String>(0)).collect())
+        .unwrap_or_default();
+    (limit, names)
+}
+
+fn origin_error(error: tokio_postgres::Error, origin: &str, leftovers: Option<(String, Vec<String>)>) -> ApplyError {
+    let message = error.as_db_error().map_or_else(|| error.to_string(), |db| db.message().to_owned());
+    // 53400: every replication state slot is taken (origins with progress and replication slots share them).
+    if error.code() == Some(&tokio_postgres::error::SqlState::CONFIGURATION_LIMIT_EXCEEDED) {
+        let (limit, names) = leftovers.unwrap_or_else(|| ("?".into(), Vec::new()));
+        let others = if names.is_empty() {
+            "none of them is another pg-migrator pipeline's (pgm_*): see pg_replication_origin_status and \
+             pg_replication_slots"
+                .to_owned()
+        } else {
+            format!("{} of them belong to other pg-migrator pipelines: {}", names.len(), names.join(", "))
+        };
+        return ApplyError::Refused(format!(
+            "DB2 has no free replication state for origin {origin:?} ({message}): its max_replication_slots ({limit}) \
+             are all taken by replication slots and replication origins with progress; {others}. Drop those no \
+             longer needed (`pgm-apply reset --drop-origin` with that pipeline's config, or SELECT \
+             pg_replication_origin_drop('<name>') on DB2), or raise max_replication_slots on DB2 (a restart)"
+        ));
+    }
     ApplyError::Refused(format!(
-        "cannot use replication origin {origin:?} on DB2 ({}): apply's user needs superuser, or GRANT EXECUTE on \
-         pg_replication_origin_create/_session_setup/_xact_setup; or set apply.origin",
-        error.as_db_error().map_or_else(|| error.to_string(), |db| db.message().to_owned())
+        "cannot use replication origin {origin:?} on DB2 ({message}): apply's user needs superuser, or GRANT EXECUTE \
+         on pg_replication_origin_create/_session_setup/_xact_setup; or set apply.origin"
     ))
 }

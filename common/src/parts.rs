@@ -136,6 +136,11 @@ impl Assembler {
         self.count == 0
     }
 
+    /// The sequence in progress: its key, the parts received and how many it has.
+    pub fn progress(&self) -> Option<(&[u8], u32, u32)> {
+        (self.count > 0).then(|| (self.key.as_slice(), self.next.saturating_sub(1), self.count))
+    }
+
     /// Bytes held for a sequence in progress.
     pub fn pending_bytes(&self) -> usize {
         self.buffer.len()

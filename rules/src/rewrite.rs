@@ -260,7 +260,12 @@ fn compile_target(
             .collect::<Result<_, _>>()?,
     };
     if key.is_empty() {
-        return Err("no target key: the source has no primary key; set key = [...]".into());
+        return Err(format!(
+            "no target key: {source} has no primary key, so this target must say which of its columns identify a row: \
+             set key = [\"column\", …] in this [[table.target]] (columns unique on DB2). If the table needs no \
+             change, delete its rule instead: a table without a rule passes unchanged, keyless ones included (apply \
+             finds their rows by the whole old row)"
+        ));
     }
     for k in &key {
         if !feeds(k) {
@@ -558,4 +563,38 @@ fn cell_text(cell: Cell<'_>) -> Option<String> {
 
 fn cell_datum(cell: Cell<'_>) -> Datum {
     cell_text(cell).map_or(Datum::Null, Datum::Text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::{ColumnInfo, TableInfo};
+
+    #[test]
+    fn a_rule_for_a_keyless_table_says_how_to_write_it_or_that_none_is_needed() {
+        let column = |name: &str| ColumnInfo {
+            name: name.into(),
+            type_name: "text".into(),
+            type_oid: 25,
+            not_null: false,
+            has_default: false,
+        };
+        let mut source = Catalog::default();
+        source.tables.insert(
+            TableRef::new("public", "log"),
+            TableInfo { columns: vec![column("at"), column("line")], key: Vec::new(), replica_full: true },
+        );
+        let rules =
+            RulesFile::from_toml_str("[[table]]\nsource = \"public.log\"\n[[table.target]]\ntable = \"public.log\"\n")
+                .unwrap();
+        let error = Program::compile(&rules, &source).err().expect("no key: refused").to_string();
+        for expected in ["\"public\".\"log\" has no primary key", "set key = [", "delete its rule"] {
+            assert!(error.contains(expected), "{expected:?} missing from: {error}");
+        }
+        let keyed = RulesFile::from_toml_str(
+            "[[table]]\nsource = \"public.log\"\n[[table.target]]\ntable = \"public.log\"\nkey = [\"at\", \"line\"]\n",
+        )
+        .unwrap();
+        assert!(Program::compile(&keyed, &source).is_ok());
+    }
 }

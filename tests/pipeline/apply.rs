@@ -553,3 +553,46 @@ async fn a_broken_target_stops_apply_with_a_clear_error_and_it_converges_after_t
     ensure!(stdout(&status).contains("skipped      1 update(s)/delete(s)"), "status:\n{}", stdout(&status));
     Ok(())
 }
+
+/// DB2's replication states all taken by other pipelines' leftover origins: apply names the setting and the
+/// origins; `pgm-apply reset --drop-origin` frees a finished pipeline's state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exhausted_replication_states_on_db2_are_named_and_reset_frees_the_pipelines_origin() -> anyhow::Result<()> {
+    let stack = stack("").await?;
+    let db2 = stack.target().await?;
+    let limit: String = db2.query_one("SHOW max_replication_slots", &[]).await?.get(0);
+    let limit: usize = limit.parse()?;
+    for i in 0..limit {
+        let name = format!("pgm_old_{i}");
+        db2.execute("SELECT pg_replication_origin_create($1)", &[&name]).await?;
+        db2.execute("SELECT pg_replication_origin_advance($1, '0/1')", &[&name]).await?;
+    }
+    let mut apply = stack.spawn(Service::Apply, &["run"])?;
+    let status = tokio::task::block_in_place(|| wait_exit(&mut apply, Duration::from_secs(60)))?;
+    let log = apply.log();
+    ensure!(!status.success(), "apply started without a replication state:\n{log}");
+    for expected in [format!("max_replication_slots ({limit})"), "pgm_old_0, pgm_old_1".into(), "--drop-origin".into()]
+    {
+        ensure!(log.contains(&expected), "{expected:?} missing from the error:\n{log}");
+    }
+    ensure!(!log.contains("needs superuser"), "a superuser was told to get privileges:\n{log}");
+
+    // One leftover dropped: apply runs and holds its origin's state; once stopped, reset frees it.
+    db2.execute("SELECT pg_replication_origin_drop('pgm_old_0')", &[]).await?;
+    let mut apply = stack.spawn(Service::Apply, &["run"])?;
+    let origin = format!("pgm_{}", stack.prefix);
+    let exists = || async {
+        let row = db2.query_opt("SELECT 1 FROM pg_replication_origin WHERE roname = $1", &[&origin]).await?;
+        anyhow::Ok(row.is_some())
+    };
+    pgm_test_support::wait::until("apply's origin on DB2", Duration::from_secs(60), || async {
+        Ok(exists().await?.then_some(()))
+    })
+    .await
+    .with_context(|| apply.log())?;
+    apply.kill9()?;
+    let out = stack.run(Service::Apply, &["reset", "--drop-origin"])?;
+    ensure!(out.status.success() && stdout(&out).contains("dropped"), "{}", stdout(&out));
+    ensure!(!exists().await?, "the origin is still there after reset --drop-origin");
+    Ok(())
+}

@@ -11,6 +11,7 @@ mod kafka_topics;
 mod large_rows;
 mod lifecycle;
 mod passthrough;
+mod records;
 mod smoke;
 mod tls;
 mod transform;

@@ -157,14 +157,40 @@ key = ["nope"]
     ] {
         assert!(findings.contains(expected), "{expected:?} missing from:\n{findings}");
     }
+
+    // `run` makes the same checks before it reads a record: it stops at once, with the same findings.
+    let mut worker = start_worker(&config, &dir.path().join("run.log"))?;
+    let status = tokio::task::block_in_place(|| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = worker.try_wait()? {
+                return anyhow::Ok(Some(status));
+            }
+            if std::time::Instant::now() > deadline {
+                worker.kill()?;
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    })?;
+    let log = std::fs::read_to_string(dir.path().join("run.log"))?;
+    assert!(status.is_some_and(|s| !s.success()), "run started with rules check refuses:\n{log}");
+    for expected in ["writes column \"legacy_flags\"", "target table \"public\".\"clientz\" does not exist"] {
+        assert!(log.contains(expected), "{expected:?} missing from run's refusal:\n{log}");
+    }
     Ok(())
 }
 
-/// A cluster with a database holding `items(id bigint PRIMARY KEY, price_cents <price_type>, name text)`.
+/// A cluster with a database holding `items(id bigint PRIMARY KEY, price_cents <price_type>, name text)` and the
+/// target of the tests' rules, `products` (a worker checks its rules against DB2 at start; the tests use the one
+/// database as DB1 and DB2).
 async fn items_database(price_type: &str) -> anyhow::Result<(PgCluster, String)> {
     let pg = PgCluster::start()?;
     let db = pg.create_database("items").await?;
-    let create = format!("CREATE TABLE items (id bigint PRIMARY KEY, price_cents {price_type}, name text)");
+    let create = format!(
+        "CREATE TABLE items (id bigint PRIMARY KEY, price_cents {price_type}, name text);
+         CREATE TABLE products (id bigint PRIMARY KEY, price_cents {price_type}, name text, price numeric, label text);"
+    );
     pg.connect(&db).await?.batch_execute(&create).await?;
     Ok((pg, db))
 }
@@ -601,5 +627,42 @@ async fn a_restarted_static_worker_takes_its_partitions_back_and_nobody_elses_mo
         worker.kill()?;
         worker.wait()?;
     }
+    Ok(())
+}
+
+/// A record sent in parts whose last parts never come (capture died between them and is not back): the worker's
+/// health says what it waits for, naming the table, the position and the setting, instead of `ok`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_whose_parts_stop_coming_shows_in_health_with_table_and_position() -> anyhow::Result<()> {
+    let (pg, db) = items_database("bigint").await?;
+    let brokers = shared_brokers()?;
+    let prefix = unique("tparts");
+    let dir = tempfile::tempdir()?;
+    let config = write_config(dir.path(), &pg, (&db, &db), &brokers, &prefix, None, &["public.items"])?;
+    let (raw_topic, producer) = items_raw_topic(&brokers, &prefix).await?;
+    let raw = raw_record(7);
+    let payload = serde_json::to_vec(&raw)?;
+    let key = raw.pos.to_key();
+    let size = payload.len().div_ceil(3);
+    // Parts 1 and 2 of 3.
+    for (index, slice) in payload.chunks(size).enumerate().take(2) {
+        let headers = pgm_common::parts::headers(index, 3).context("a part has a header")?;
+        let record = FutureRecord::to(&raw_topic).partition(0).key(&key).payload(slice).headers(headers);
+        producer.send(record, Duration::from_secs(10)).await.map_err(|(e, _)| e)?;
+    }
+    let worker = pgm_test_support::stack::Running {
+        child: start_worker(&config, &dir.path().join("worker.log"))?,
+        log: dir.path().join("worker.log"),
+    };
+    let health =
+        pgm_test_support::wait::until("the worker to report the missing part", Duration::from_secs(60), || async {
+            Ok(worker.healthz().ok().filter(|body| body.starts_with("waiting: ")))
+        })
+        .await
+        .with_context(|| worker.log())?;
+    for expected in ["\"public\".\"items\"", key.as_str(), "came in 3 parts; 2 arrived", "pgm-capture"] {
+        ensure!(health.contains(expected), "{expected:?} missing from the worker's health: {health}");
+    }
+    ensure!(worker.log().contains("waiting: the record of"), "no log line:\n{}", worker.log());
     Ok(())
 }

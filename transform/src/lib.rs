@@ -106,10 +106,70 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     result
 }
 
+/// What `check` says, at start: the rules compile against DB1 and fit DB2's tables. A worker must not start
+/// rewriting records into a schema that cannot take them. Waits out DB1 or DB2 being away (`None` when stopped
+/// meanwhile); any failed check stops the worker with every finding and its fix.
+async fn preflight(
+    config: &PipelineConfig,
+    health: &pgm_common::telemetry::Health,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> anyhow::Result<Option<rewrite::Program>> {
+    let rules = pgm_rules::load_rules(config)?;
+    let mut backoff = pgm_common::retry::Backoff::default();
+    loop {
+        let started = std::time::Instant::now();
+        let attempt = async {
+            let source = pgm_rules::load_catalog(&config.source).await?;
+            let target = pgm_rules::load_catalog(&config.target).await?;
+            let findings = check::run(&rules, &config.tables(), &source, &target);
+            let failed: Vec<String> = findings
+                .iter()
+                .filter(|f| f.level == pgm_common::findings::Level::Fail)
+                .map(|f| f.to_string())
+                .collect();
+            if !failed.is_empty() {
+                return Err(pgm_rules::CompileError::Refused(format!(
+                    "the rules do not fit DB1 and DB2 ({} problem(s); `pgm-transform check` shows every finding):\n{}",
+                    failed.len(),
+                    failed.join("\n")
+                )));
+            }
+            compile(config).await
+        };
+        let result = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return Ok(None),
+            result = attempt => result,
+        };
+        match result {
+            Ok(program) => {
+                health.clear_waiting();
+                return Ok(Some(program));
+            }
+            Err(pgm_rules::CompileError::Catalog { db, source }) if source.is_transient() => {
+                let wait = backoff.next_wait(started.elapsed());
+                let problem = format!("cannot read the catalog of {db}: {source}");
+                health.set_waiting(problem.clone());
+                tracing::warn!(
+                    problem,
+                    retry_in_ms = wait.as_millis() as u64,
+                    "the rules are checked against DB1 and DB2 before the first record; waiting"
+                );
+                if !pgm_common::retry::Backoff::sleep(wait, shutdown).await {
+                    return Ok(None);
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, "transform refused to start");
+                return Err(error.into());
+            }
+        }
+    }
+}
+
 async fn run_worker(config: PipelineConfig) -> anyhow::Result<()> {
     let shutdown = tokio_util::sync::CancellationToken::new();
     pgm_common::telemetry::shutdown_on_signals(shutdown.clone());
-    let program = std::sync::Arc::new(compile(&config).await?);
     let metrics = metrics::TransformMetrics::default();
     let health = pgm_common::telemetry::Health::default();
     let (bound, _server) = pgm_common::telemetry::serve_metrics(
@@ -121,6 +181,10 @@ async fn run_worker(config: PipelineConfig) -> anyhow::Result<()> {
     )
     .await?;
     tracing::info!(metrics = %bound, group = %config.transform.group_id, "pgm-transform starting");
+    let Some(program) = preflight(&config, &health, &shutdown).await? else {
+        return Ok(());
+    };
+    let program = std::sync::Arc::new(program);
     pgm_common::kafka::refuse_wrong_settings(&config.kafka, &shutdown).await?;
     // Transient faults (the broker away or restarting, a delivery that timed out) start the worker again from the
     // group's committed offsets after a backoff (what it reprocesses carries the same keys); definite ones stop it.

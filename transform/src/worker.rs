@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::stream::{FuturesOrdered, StreamExt};
 use pgm_common::config::PipelineConfig;
@@ -66,6 +66,10 @@ impl WorkerError {
         }
     }
 }
+
+/// How long a record sent in parts may wait for its next part before health says so, and how often the log repeats it.
+const PARTS_WAIT: Duration = Duration::from_secs(10);
+const PARTS_REPORT: Duration = Duration::from_secs(30);
 
 /// Commits what is stored before partitions are taken away, so the next owner starts where this one stopped.
 pub struct RebalanceCommit;
@@ -250,6 +254,21 @@ impl Worker {
         }
     }
 
+    /// A record whose parts stopped coming for [`PARTS_WAIT`]: what health and the log say about it.
+    fn stuck_parts(&self, seen: &HashMap<(String, i32), Instant>) -> Option<String> {
+        let ((topic, partition), assembler) =
+            self.assembling.iter().find(|(slot, _)| seen.get(*slot).is_some_and(|at| at.elapsed() >= PARTS_WAIT))?;
+        let (key, received, count) = assembler.progress()?;
+        let table = self.config.topics().table_of_raw(topic).map_or_else(|| topic.clone(), |t| t.to_string());
+        Some(format!(
+            "the record of {table} at position {} in {topic}[{partition}] came in {count} parts; {received} arrived, \
+             and no further part for {} s: is pgm-capture running? (a restarted capture sends it again from part 1; \
+             parts are cut at topics.max_message_bytes)",
+            String::from_utf8_lossy(key),
+            seen.get(&(topic.clone(), *partition)).map_or(0, |at| at.elapsed().as_secs())
+        ))
+    }
+
     pub async fn run(mut self, health: Health, shutdown: CancellationToken) -> Result<(), WorkerError> {
         if self.raw_topics.as_ref().is_some_and(Vec::is_empty) {
             tracing::info!(
@@ -261,6 +280,11 @@ impl Worker {
         }
         let mut in_flight: FuturesOrdered<Ack> = FuturesOrdered::new();
         let mut broker_away = false;
+        // A record sent in parts whose next part has not come for PARTS_WAIT: health says so (capture died between
+        // parts and has not come back; a restarted capture sends the record again from its first part).
+        let mut parts_stuck = false;
+        let mut parts_reported = Instant::now() - PARTS_REPORT;
+        let mut part_seen: HashMap<(String, i32), Instant> = HashMap::new();
         let mut commit_timer = tokio::time::interval(Duration::from_secs(1));
         commit_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let result = loop {
@@ -288,6 +312,18 @@ impl Worker {
                     if let Err(error) = self.consumer.commit_consumer_state(CommitMode::Async) {
                         tracing::debug!(%error, "commit (nothing stored yet is fine)");
                     }
+                    let stuck = self.stuck_parts(&part_seen);
+                    if let Some(what) = stuck {
+                        health.set_waiting(what.clone());
+                        if parts_reported.elapsed() >= PARTS_REPORT {
+                            parts_reported = Instant::now();
+                            tracing::warn!("waiting: {what}");
+                        }
+                        parts_stuck = true;
+                    } else if parts_stuck {
+                        parts_stuck = false;
+                        health.clear_waiting();
+                    }
                 }
                 // 4. Input.
                 message = self.consumer.recv(), if in_flight.len() < MAX_IN_FLIGHT => {
@@ -311,7 +347,7 @@ impl Worker {
                         }
                         Err(error) => return Err(error.into()),
                     };
-                    if broker_away || health.waiting_for().is_some() {
+                    if broker_away || (health.waiting_for().is_some() && !parts_stuck) {
                         tracing::info!("the broker is back");
                         health.clear_waiting();
                         broker_away = false;
@@ -331,6 +367,9 @@ impl Worker {
                         let idle = assembler.is_idle();
                         if idle {
                             self.assembling.remove(&slot);
+                            part_seen.remove(&slot);
+                        } else {
+                            part_seen.insert(slot, Instant::now());
                         }
                         // A part before the last: nothing to write or acknowledge yet. Its offset is never stored, so
                         // a restart reads the record again from its first part.
