@@ -585,6 +585,40 @@ async fn check_reports_each_misconfiguration_with_its_fix() -> anyhow::Result<()
         run_check(&check_config(dir.path(), replica.port(), "postgres", "postgres", &[], "r")?)
     })?;
     assert!(!ok && out.contains("FAIL  wal_level") && out.contains("ALTER SYSTEM SET wal_level = logical"), "{out}");
+    // run and bootstrap make the same checks before they create anything: no publication, no topic, no slot.
+    let on_replica = replica.connect("postgres").await?;
+    on_replica.batch_execute("CREATE TABLE t (id int PRIMARY KEY)").await?;
+    let prefix = unique("pre");
+    let config = check_config(dir.path(), replica.port(), "postgres", "postgres", &["public.t"], "r2")?;
+    std::fs::write(
+        &config,
+        std::fs::read_to_string(&config)? + &format!("decoder = \"pgoutput\"\n[topics]\nprefix = \"{prefix}\"\n"),
+    )?;
+    for command in ["run", "bootstrap"] {
+        let out = tokio::task::block_in_place(|| {
+            Command::new(env!("CARGO_BIN_EXE_pgm-test-capture"))
+                .arg("--config")
+                .arg(&config)
+                .arg(command)
+                .stdin(Stdio::null())
+                .output()
+        })?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success()
+                && stderr.contains("FAIL  wal_level")
+                && stderr.contains("ALTER SYSTEM SET wal_level = logical"),
+            "{command} on wal_level = replica:\n{stderr}"
+        );
+    }
+    let publications: i64 = on_replica.query_one("SELECT count(*) FROM pg_publication", &[]).await?.get(0);
+    let slots: i64 = on_replica.query_one("SELECT count(*) FROM pg_replication_slots", &[]).await?.get(0);
+    let brokers = shared_brokers()?;
+    let topics = tokio::task::block_in_place(|| list_topics(&brokers, &prefix))?;
+    assert!(
+        publications == 0 && slots == 0 && topics.is_empty(),
+        "left behind: {publications} publication(s), {slots} slot(s), topics {topics:?}"
+    );
 
     // No free replication slot.
     let full = PgCluster::start_with(&[("max_replication_slots", "1")])?;
