@@ -80,7 +80,7 @@ pub enum CaptureError {
     },
     #[error("kafka: {0}")]
     Kafka(#[source] rdkafka::error::KafkaError),
-    #[error("kafka did not accept the record at {pos} for {topic}[{partition}]: {error}; nothing after it was confirmed to the slot, a restart resumes there")]
+    #[error("kafka did not accept the record at {pos} for {topic}[{partition}]: {error}{}; nothing after it was confirmed to the slot, a restart resumes there", pgm_common::kafka::delivery_fix(error, topic))]
     Delivery { topic: String, partition: i32, pos: pgm_common::Position, error: rdkafka::error::KafkaError },
     #[error("cannot decode the wal2json message at WAL {wal_start}: {source}")]
     Decode {

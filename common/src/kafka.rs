@@ -223,6 +223,20 @@ pub fn admin(kafka: &KafkaConfig, client_id: &str) -> Result<AdminClient<Service
 /// waits for, and this keeps librdkafka's own lines to one per kind and interval, with the count left out.
 const LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// What to add to a delivery error: for a record the topic refused as too large, the setting to change (the
+/// service retries, so fixing the topic is enough); nothing otherwise.
+pub fn delivery_fix(error: &KafkaError, topic: &str) -> String {
+    if error.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageSizeTooLarge) {
+        return format!(
+            " (the record is larger than topic {topic} or the broker accepts: raise the topic's max.message.bytes to \
+             at least topics.max_message_bytes — kafka-configs.sh --alter --entity-type topics --entity-name {topic} \
+             --add-config max.message.bytes=<topics.max_message_bytes> — or lower topics.max_message_bytes to the \
+             topic's, so records are cut into parts that fit; retrying until then)"
+        );
+    }
+    String::new()
+}
+
 /// Admits a log line of kind `key` at most once per [`LOG_INTERVAL`]; `Some(n)` when admitted, `n` being how many
 /// of that kind were held back since the last one.
 pub fn throttled(key: &str) -> Option<u64> {
@@ -484,6 +498,15 @@ mod tests {
         let shown = describe_passthrough(&kafka());
         assert!(shown.contains(&("sasl.password".into(), "***".into())));
         assert!(shown.contains(&("acks".into(), "1".into())));
+    }
+
+    #[test]
+    fn a_record_too_large_for_its_topic_names_the_setting() {
+        let too_large = KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge);
+        let fix = delivery_fix(&too_large, "p.raw.public.docs");
+        assert!(fix.contains("max.message.bytes") && fix.contains("topics.max_message_bytes"), "{fix}");
+        assert!(fix.contains("--entity-name p.raw.public.docs"), "{fix}");
+        assert_eq!(delivery_fix(&KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut), "t"), "");
     }
 
     #[test]

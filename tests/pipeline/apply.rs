@@ -468,9 +468,14 @@ async fn until_stops_exactly_and_pause_survives_a_restart() -> anyhow::Result<()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_target_stops_apply_with_a_clear_error_and_it_converges_after_the_fix() -> anyhow::Result<()> {
     let stack = stack("").await?;
-    let _pipeline = start_pipeline(&stack)?;
+    let pipeline = start_pipeline(&stack)?;
     let db1 = stack.source().await?;
     let db2 = stack.target().await?;
+    // Transform checks its rules against DB2 at start (and would refuse the dropped column): break DB2 after that.
+    pgm_test_support::wait::until("transform's start checks", Duration::from_secs(60), || async {
+        Ok(pipeline.1.log().contains("rules checked against DB1 and DB2").then_some(()))
+    })
+    .await?;
     db2.batch_execute("ALTER TABLE accounts DROP COLUMN note").await?;
     let mut apply = stack.spawn(Service::Apply, &["run"])?;
     for id in 1..=5i64 {

@@ -144,6 +144,7 @@ async fn preflight(
         match result {
             Ok(program) => {
                 health.clear_waiting();
+                tracing::info!("rules checked against DB1 and DB2");
                 return Ok(Some(program));
             }
             Err(pgm_rules::CompileError::Catalog { db, source }) if source.is_transient() => {

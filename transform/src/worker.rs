@@ -48,7 +48,8 @@ pub enum WorkerError {
     #[error("{0}; fix the rule and restart: the worker resumes at this record")]
     Rewrite(#[from] crate::rewrite::RewriteError),
     #[error(
-        "output for {topic}[{partition}] offset {offset} was not acknowledged: {error}; its offset was not committed"
+        "output for {topic}[{partition}] offset {offset} was not acknowledged: {error}{}; its offset was not \
+         committed", kafka::delivery_fix(error, &topic.replacen(".raw.", ".out.", 1))
     )]
     Delivery { topic: String, partition: i32, offset: i64, error: KafkaError },
     #[error("configuration: {0}")]
