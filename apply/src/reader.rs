@@ -494,7 +494,8 @@ async fn peek(
     applied: Position,
     waits: &Waits,
 ) -> Result<Position, ApplyError> {
-    let mut report = Reported::new(&waits.health);
+    // Made on the first empty receive only: this runs for every change.
+    let mut report: Option<Reported> = None;
     loop {
         if part.head.is_none() {
             let received = tokio::select! {
@@ -512,6 +513,7 @@ async fn peek(
                             part.next_offset
                         )
                     };
+                    let report = report.get_or_insert_with(|| Reported::new(&waits.health));
                     if report.due(what) {
                         tracing::warn!(
                             topic = %topic, partition, txn = %commit.commit_lsn, missing = remaining,

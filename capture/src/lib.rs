@@ -283,35 +283,20 @@ async fn take_position(
         slot::ensure_publication(&client, config).await?;
         slot::ensure_exists(&mut conn, config).await
     };
-    let mut backoff = pgm_common::retry::Backoff::default();
-    loop {
-        let started = std::time::Instant::now();
-        let result = tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => return Ok(None),
-            result = attempt() => result,
-        };
-        match result {
-            Ok(start) => return Ok(Some(start)),
-            Err(error) if error.is_transient() => {
-                let wait = backoff.next_wait(started.elapsed());
-                health.set_waiting(format!("DB1: {error}"));
-                tracing::warn!(
-                    %error,
-                    source = %config.source.describe(),
-                    retry_in_ms = wait.as_millis() as u64,
-                    "cannot take the stream's position on DB1 yet; retrying"
-                );
-                if !pgm_common::retry::Backoff::sleep(wait, shutdown).await {
-                    return Ok(None);
-                }
-            }
-            Err(error) => {
-                tracing::error!(%error, "capture refused to start");
-                return Err(error);
-            }
-        }
+    let result = pgm_common::retry::until_value(shutdown, attempt, CaptureError::is_transient, |error, wait| {
+        health.set_waiting(format!("DB1: {error}"));
+        tracing::warn!(
+            %error,
+            source = %config.source.describe(),
+            retry_in_ms = wait.as_millis() as u64,
+            "cannot take the stream's position on DB1 yet; retrying"
+        )
+    })
+    .await;
+    if let Err(error) = &result {
+        tracing::error!(%error, "capture refused to start");
     }
+    result
 }
 
 #[cfg(test)]

@@ -77,6 +77,39 @@ where
     }
 }
 
+/// Like [`until_definite`] for an attempt that yields a value and has nothing in flight (a check, a connection, a
+/// slot made): a shutdown also ends a running attempt, dropping it. `Ok(None)` when stopped.
+pub async fn until_value<T, E, Fut>(
+    shutdown: &CancellationToken,
+    mut attempt: impl FnMut() -> Fut,
+    is_transient: impl Fn(&E) -> bool,
+    mut warn: impl FnMut(&E, Duration),
+) -> Result<Option<T>, E>
+where
+    Fut: Future<Output = Result<T, E>>,
+{
+    let mut backoff = Backoff::default();
+    loop {
+        let started = Instant::now();
+        let result = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return Ok(None),
+            result = attempt() => result,
+        };
+        match result {
+            Ok(value) => return Ok(Some(value)),
+            Err(error) if is_transient(&error) => {
+                let wait = backoff.next_wait(started.elapsed());
+                warn(&error, wait);
+                if !Backoff::sleep(wait, shutdown).await {
+                    return Ok(None);
+                }
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -43,9 +43,14 @@ pub async fn compile(config: &PipelineConfig) -> Result<rewrite::Program, Compil
     let rules = load_rules(config)?;
     let source =
         if rules.tables.is_empty() { catalog::Catalog::default() } else { load_catalog(&config.source).await? };
-    let program = rewrite::Program::compile(&rules, &source)?;
+    compile_with(&rules, &source)
+}
+
+/// [`compile`] from rules and DB1's catalog already loaded.
+pub fn compile_with(rules: &rules::RulesFile, source: &catalog::Catalog) -> Result<rewrite::Program, CompileError> {
+    let program = rewrite::Program::compile(rules, source)?;
     let refused: Vec<String> = program
-        .filters_needing_full_identity(&source)
+        .filters_needing_full_identity(source)
         .into_iter()
         .filter(|(table, _)| !source.tables.get(table).is_some_and(|t| t.replica_full))
         .map(|(table, rule)| format!("rule {rule}: its filter reads non-key columns, so updates must carry the old row: run ALTER TABLE {table} REPLICA IDENTITY FULL on DB1"))

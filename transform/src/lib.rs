@@ -115,55 +115,42 @@ async fn preflight(
     shutdown: &tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<Option<rewrite::Program>> {
     let rules = pgm_rules::load_rules(config)?;
-    let mut backoff = pgm_common::retry::Backoff::default();
-    loop {
-        let started = std::time::Instant::now();
-        let attempt = async {
-            let source = pgm_rules::load_catalog(&config.source).await?;
-            let target = pgm_rules::load_catalog(&config.target).await?;
-            let findings = check::run(&rules, &config.tables(), &source, &target);
-            let failed: Vec<String> = findings
-                .iter()
-                .filter(|f| f.level == pgm_common::findings::Level::Fail)
-                .map(|f| f.to_string())
-                .collect();
-            if !failed.is_empty() {
-                return Err(pgm_rules::CompileError::Refused(format!(
-                    "the rules do not fit DB1 and DB2 ({} problem(s); `pgm-transform check` shows every finding):\n{}",
-                    failed.len(),
-                    failed.join("\n")
-                )));
-            }
-            compile(config).await
-        };
-        let result = tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => return Ok(None),
-            result = attempt => result,
-        };
-        match result {
-            Ok(program) => {
-                health.clear_waiting();
+    let attempt = || async {
+        let source = pgm_rules::load_catalog(&config.source).await?;
+        let target = pgm_rules::load_catalog(&config.target).await?;
+        let findings = check::run(&rules, &config.tables(), &source, &target);
+        let failed: Vec<String> =
+            findings.iter().filter(|f| f.level == pgm_common::findings::Level::Fail).map(|f| f.to_string()).collect();
+        if !failed.is_empty() {
+            return Err(pgm_rules::CompileError::Refused(format!(
+                "the rules do not fit DB1 and DB2 ({} problem(s); `pgm-transform check` shows every finding):\n{}",
+                failed.len(),
+                failed.join("\n")
+            )));
+        }
+        pgm_rules::compile_with(&rules, &source)
+    };
+    let catalog_away = |error: &pgm_rules::CompileError| matches!(error, pgm_rules::CompileError::Catalog { source, .. } if source.is_transient());
+    let result = pgm_common::retry::until_value(shutdown, attempt, catalog_away, |error, wait| {
+        health.set_waiting(error.to_string());
+        tracing::warn!(
+            %error,
+            retry_in_ms = wait.as_millis() as u64,
+            "the rules are checked against DB1 and DB2 before the first record; waiting"
+        )
+    })
+    .await;
+    match result {
+        Ok(program) => {
+            health.clear_waiting();
+            if program.is_some() {
                 tracing::info!("rules checked against DB1 and DB2");
-                return Ok(Some(program));
             }
-            Err(pgm_rules::CompileError::Catalog { db, source }) if source.is_transient() => {
-                let wait = backoff.next_wait(started.elapsed());
-                let problem = format!("cannot read the catalog of {db}: {source}");
-                health.set_waiting(problem.clone());
-                tracing::warn!(
-                    problem,
-                    retry_in_ms = wait.as_millis() as u64,
-                    "the rules are checked against DB1 and DB2 before the first record; waiting"
-                );
-                if !pgm_common::retry::Backoff::sleep(wait, shutdown).await {
-                    return Ok(None);
-                }
-            }
-            Err(error) => {
-                tracing::error!(%error, "transform refused to start");
-                return Err(error.into());
-            }
+            Ok(program)
+        }
+        Err(error) => {
+            tracing::error!(%error, "transform refused to start");
+            Err(error.into())
         }
     }
 }
