@@ -16,6 +16,9 @@ PG_BIN=${PGM_PG_BIN:-/usr/lib/postgresql/15/bin}
 PGM_CACHE=${PGM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/pg-migrator}
 # Keep in step with kafka.version in compose/kafka/pom.xml.
 KAFKA_VERSION=4.4.0
+# The benchmark's Debezium (compose/debezium/pom.xml: debezium.version, connect.version); fetched by compose/bench only.
+DEBEZIUM_VERSION=3.6.0.Final
+CONNECT_VERSION=4.3.2
 
 log() { printf '[%s] %s\n' "$(basename "$0")" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -30,6 +33,14 @@ kafka_libs() {
   local libs="$PGM_CACHE/kafka-$KAFKA_VERSION/libs"
   [ -f "$libs/kafka_2.13-$KAFKA_VERSION.jar" ] && [ -f "$PGM_CACHE/kafka-$KAFKA_VERSION/complete" ] || return 1
   echo "$libs"
+}
+
+# The folder of the benchmark's Kafka Connect worker and Debezium plugins (compose/debezium/install fetches them);
+# fails when they are not there.
+debezium_home() {
+  local home="$PGM_CACHE/debezium-$DEBEZIUM_VERSION-connect-$CONNECT_VERSION"
+  [ -f "$home/complete" ] || return 1
+  echo "$home"
 }
 
 # Whether a Kafka broker on 127.0.0.1:$1 answers a Metadata request (v4) with itself in the broker list: an open

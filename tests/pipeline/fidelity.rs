@@ -10,44 +10,32 @@ use std::time::Duration;
 use crate::BINS;
 use anyhow::{ensure, Context};
 use pgm_test_support::broker::shared_brokers;
+use pgm_test_support::every_type;
 use pgm_test_support::stack::{Options, Running, Service, Stack};
 use tokio_postgres::Client;
 
-/// The same DDL on DB1 and DB2 (identity migration).
-const SCHEMA: &str = r#"
-CREATE SCHEMA "Ünï ""Sch""";
-CREATE TYPE "Ünï ""Sch"""."Mood" AS ENUM ('sad', 'ok', 'happy ☺');
-CREATE DOMAIN "Ünï ""Sch""".posint AS integer CHECK (VALUE > 0);
-CREATE DOMAIN "Ünï ""Sch""".code5 AS char(5);
-CREATE DOMAIN "Ünï ""Sch""".money_num AS numeric;
-CREATE TYPE "Ünï ""Sch""".pair AS (a int, b text, c numeric);
-CREATE TABLE "Ünï ""Sch"""."Order ""Items"" Ä" (
+/// The custom types' schema (non-ASCII, with a quote).
+const SCH: &str = r#""Ünï ""Sch""""#;
+
+/// The same DDL on DB1 and DB2 (identity migration): the every-type table, a keyless copy, and the char/bit tables.
+fn schema() -> &'static str {
+    let ddl = format!(
+        r#"CREATE SCHEMA {SCH};
+{types}CREATE TABLE {TABLE} (
   "Key" char(3) PRIMARY KEY,
-  "select" smallint, "Int" integer, "BIG" bigint,
-  num numeric, num_ps numeric(12,4), mny money, dnum "Ünï ""Sch""".money_num,
-  r4 real, r8 double precision,
-  "tëxt" text, ch char(5), vc varchar(10), "user" varchar,
-  bin bytea, flag boolean,
-  d date, t time, t3 time(3), ttz timetz, ts timestamp, ts0 timestamp(0), tstz timestamptz, tstz2 timestamptz(2),
-  iv interval, iv_ym interval year to month, iv_s interval second(2),
-  u uuid, j json, jb jsonb, x xml,
-  arr_i int[], arr_t text[], arr_c char(2)[], arr_n numeric(5,2)[], arr_b bit(2)[],
-  r_i int4range, r_n numrange, r_ts tstzrange, r_d daterange, r_8 int8range, r_tsl tsrange,
-  mr int4multirange, mr_d datemultirange,
-  ip inet, net cidr, mac macaddr, mac8 macaddr8,
-  pt point, ln line, ls lseg, bx box, pth path, pg polygon, ci circle,
-  b4 bit(4), vb varbit(10),
-  tv tsvector, tq tsquery,
-  mood "Ünï ""Sch"""."Mood", pos "Ünï ""Sch""".posint, c5 "Ünï ""Sch""".code5, pr "Ünï ""Sch""".pair,
-  lsn pg_lsn, o oid,
-  doc text
+  {columns}
 );
-ALTER TABLE "Ünï ""Sch"""."Order ""Items"" Ä" ALTER COLUMN doc SET STORAGE EXTERNAL;
-CREATE TABLE "Ünï ""Sch"""."keyless ""full""" (LIKE "Ünï ""Sch"""."Order ""Items"" Ä");
-ALTER TABLE "Ünï ""Sch"""."keyless ""full""" REPLICA IDENTITY FULL;
+ALTER TABLE {TABLE} ALTER COLUMN doc SET STORAGE EXTERNAL;
+CREATE TABLE {KEYLESS} (LIKE {TABLE});
+ALTER TABLE {KEYLESS} REPLICA IDENTITY FULL;
 CREATE TABLE public.c (id int PRIMARY KEY, ch char(5), bt bit(4));
 CREATE TABLE public.ck (code char(3) PRIMARY KEY, v int);
-"#;
+"#,
+        types = every_type::custom_types(SCH),
+        columns = every_type::column_definitions(SCH),
+    );
+    Box::leak(ddl.into_boxed_str())
+}
 
 const TABLE: &str = r#""Ünï ""Sch"""."Order ""Items"" Ä""#;
 const TABLE_INCLUDE: &str = "Ünï \"Sch\".Order \"Items\" Ä";
@@ -60,45 +48,13 @@ const BARE_FLOAT_COLUMNS: [&str; 4] = ["num", "num_ps", "r4", "r8"];
 
 /// One row of every type. `special` puts NaN/±Infinity/-0 where the types allow them; otherwise ordinary values.
 fn insert(key: &str, special: bool) -> String {
-    let (num, num_ps, r4, r8) = if special {
-        ("'NaN'", "'NaN'", "'Infinity'", "'-Infinity'")
-    } else {
-        (
-            "(repeat('9', 600) || '.' || repeat('1', 400))::numeric",
-            "'-12345678.1234'",
-            "'-0'",
-            "'1.7976931348623157e308'",
-        )
-    };
-    format!(
-        r#"INSERT INTO {TABLE} VALUES (
-  '{key}', -32768, 2147483647, -9223372036854775808,
-  {num}, {num_ps}, '-92233720368547758.08', {dnum}, {r4}, {r8},
-  E'tab\there ü 🎉 "quote" \\ back ''single'' \u200b zero-width\nnew line', 'ab', 'ünï', 'x',
-  '\x00ff10'::bytea, true,
-  '0044-03-15 BC', '24:00:00', '12:34:56.789', '23:59:59.999999-15:59', 'infinity', '2026-01-01 12:00:00',
-  '2026-03-01 12:00:00.123456+05:30', '-infinity',
-  '1 year 2 mons -3 days 04:05:06.789', '-5 years 3 months', '12.34 seconds',
-  'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '{{"b": 1,  "a": [1, 2.50, "x"], "a": 2}}', '{{"z": 1.500, "a": null, "u": "ü\n"}}',
-  '<r a="1">ü &amp; <b/></r>',
-  '{{{{1,NULL}},{{3,4}}}}', '{{"a,b","c\"d",NULL,"NULL",""}}', '{{ab,c}}', '{{1.5,NaN}}', '{{10,01}}',
-  '[1,10)', '(1.5,2.25]', '[2026-01-01 00:00+00,infinity)', 'empty', '(,5]', '[2026-01-01,2026-02-01)',
-  '{{[1,3),[5,7)}}', '{{}}',
-  '2001:db8::1/64', '10.0.0.0/8', '08:00:2b:01:02:03', '08:00:2b:01:02:03:04:05',
-  '(1.5,-2)', '{{1,-1,0}}', '[(0,0),(1,1)]', '(1,1),(0,0)', '[(0,0),(1,1),(2,0)]', '((0,0),(1,1),(1,0))', '<(0,0),1.5>',
-  B'1010', B'101',
-  'a fat cat:1A sat', 'fat & (rat | cat)',
-  'happy ☺', 42, 'ab', '(1,"x, y",NaN)',
-  '16/B374D848', 4294967295,
-  repeat('ü', 60000))"#,
-        dnum = if special { "'NaN'" } else { "'0.10'" },
-    )
+    format!("INSERT INTO {TABLE} VALUES ('{key}', {})", every_type::row_values(special))
 }
 
 async fn fidelity_stack(decoder: &str, bootstrap_rows: bool) -> anyhow::Result<Stack> {
     let options = Options {
-        source_schema: SCHEMA,
-        target_schema: SCHEMA,
+        source_schema: schema(),
+        target_schema: schema(),
         tables: &INCLUDE,
         rules: None,
         partitions: 2,

@@ -13,6 +13,7 @@
 
 pub mod broker;
 pub mod certs;
+pub mod every_type;
 pub mod kafka;
 pub mod names;
 pub mod pg;

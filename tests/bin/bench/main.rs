@@ -1,5 +1,5 @@
-//! pg-migrator against PostgreSQL's native logical replication, side by side, in one run. Prints figures; asserts
-//! nothing about time.
+//! pg-migrator against PostgreSQL's native logical replication and Debezium (PostgreSQL source + JDBC sink on Kafka
+//! Connect), side by side, in one run. Prints figures; asserts nothing about time.
 //!
 //!   compose/bench [--quick] [--only WORKLOAD:MODE] [--replicators NAMES] [--out FILE]
 //!                                             (builds the release binaries, then runs this)
@@ -8,8 +8,8 @@
 //!
 //! Workloads on DB1: (a) pgbench's built-in tpcb-like script (history with REPLICA IDENTITY FULL), (b) many
 //! single-row transactions (pgbench with a one-INSERT script), (c) one transaction of many rows.
-//! Replicators: native publication/subscription; pg-migrator with identity rules; pg-migrator with a rename and a
-//! computed column. Each run has its own Apache Kafka broker (compose/kafka/broker) and the pipeline's Kafka client
+//! Replicators: native publication/subscription; Debezium (debezium.rs; only when compose/bench installed it);
+//! pg-migrator with identity rules; pg-migrator with a rename and a computed column. Each run has its own Apache Kafka broker (compose/kafka/broker) and the pipeline's Kafka client
 //! defaults.
 //! Modes: backlog drain (replication stopped during the load, then the catch-up is timed) and live (replication
 //! running during a fixed-rate load; lag sampled every 100 ms from a ticker row DB1 updates every 100 ms).
@@ -28,6 +28,8 @@ use pgm_test_support::pg::bin_dir;
 use pgm_test_support::process_usage;
 use pgm_test_support::stack::{Binaries, Options, Running, Service, Stack};
 use serde_json::json;
+
+mod debezium;
 
 const BASE_SCHEMA: &str = "
 CREATE TABLE singles (id bigserial PRIMARY KEY, v text NOT NULL);
@@ -80,14 +82,21 @@ enum Workload {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Replicator {
     Native,
+    Debezium,
     Identity,
     Rules,
 }
 
 impl Replicator {
+    /// pg-migrator's capture → transform → apply.
+    fn pipeline(self) -> bool {
+        matches!(self, Replicator::Identity | Replicator::Rules)
+    }
+
     fn name(self) -> &'static str {
         match self {
             Replicator::Native => "native",
+            Replicator::Debezium => "debezium",
             Replicator::Identity => "pgm identity",
             Replicator::Rules => "pgm rename+computed",
         }
@@ -181,12 +190,18 @@ struct Measured {
 }
 
 struct Run<'a> {
+    /// Debezium's Connect worker (Debezium runs only). First: it is dropped (and its log kept) before the stack's
+    /// folder, which holds its log, is removed.
+    connect: Option<debezium::Connect>,
     stack: Stack,
     /// The run's own broker (a shared one accumulates every run's topics and slows down).
     broker: Option<Broker>,
     replicator: Replicator,
     workload: Workload,
+    mode: Mode,
     sizes: &'a Sizes,
+    /// Where logs worth keeping after the run go (Debezium's worker log).
+    logs: PathBuf,
     services: Vec<(Service, Running)>,
     cpu_start: BTreeMap<String, f64>,
     /// Broker records and bytes written by the services (from their metrics), by service pid, at the mark.
@@ -194,7 +209,13 @@ struct Run<'a> {
 }
 
 impl<'a> Run<'a> {
-    async fn new(replicator: Replicator, workload: Workload, sizes: &'a Sizes) -> anyhow::Result<Run<'a>> {
+    async fn new(
+        replicator: Replicator,
+        workload: Workload,
+        mode: Mode,
+        sizes: &'a Sizes,
+        logs: PathBuf,
+    ) -> anyhow::Result<Run<'a>> {
         let rules = (replicator == Replicator::Rules).then_some(RULES);
         // Extra `"key" = "value"` lines for `[kafka.librdkafka]`, to try client settings without a rebuild.
         let librdkafka: &'static str =
@@ -243,6 +264,13 @@ impl<'a> Run<'a> {
                     stack.db1_name
                 ))
                 .await?;
+        } else if replicator == Replicator::Debezium {
+            // As for native replication, the publication is made beforehand (the source does not create it), and
+            // so are the topics (one partition per table), so the warm-up covers them as it does for pg-migrator.
+            let tables = TABLES.join(", ");
+            stack.source().await?.batch_execute(&format!("CREATE PUBLICATION dbz_pub FOR TABLE {tables}")).await?;
+            let topics: Vec<String> = TABLES.iter().map(|t| debezium::topic(t)).collect();
+            create_topics(&stack.brokers, &topics).await?;
         } else {
             stack.create_slot()?;
         }
@@ -251,8 +279,11 @@ impl<'a> Run<'a> {
             broker,
             replicator,
             workload,
+            mode,
             sizes,
+            logs,
             services: Vec::new(),
+            connect: None,
             cpu_start: BTreeMap::new(),
             traffic_start: BTreeMap::new(),
         })
@@ -260,7 +291,23 @@ impl<'a> Run<'a> {
 
     /// Transform and apply of pg-migrator: consumers, idle until capture (the replication proper) runs.
     fn start_consumers(&mut self) -> anyhow::Result<()> {
-        if self.replicator != Replicator::Native {
+        if self.replicator == Replicator::Debezium {
+            let (keyed, keyless): (Vec<String>, Vec<String>) =
+                TABLES.iter().map(|t| t.to_string()).partition(|t| t != "public.pgbench_history");
+            let setup = debezium::Setup {
+                brokers: &self.stack.brokers,
+                db1: (self.stack.db1.port(), &self.stack.db1_name),
+                db2: (self.stack.db2.port(), &self.stack.db2_name),
+                keyed: &keyed,
+                keyless: &keyless,
+                values: false,
+                keep_log: self.logs.join(format!("debezium-{:?}-{:?}.log", self.workload, self.mode).to_lowercase()),
+            };
+            let connect = debezium::Connect::start(&setup, &self.stack.dir.path().join("connect"))?;
+            connect.start_sinks(true)?;
+            self.connect = Some(connect);
+        }
+        if self.replicator.pipeline() {
             for service in [Service::Transform, Service::Apply] {
                 self.services.push((service, self.stack.spawn(service, &["run"])?));
             }
@@ -273,6 +320,19 @@ impl<'a> Run<'a> {
     async fn start_replication(&mut self) -> anyhow::Result<()> {
         if self.replicator == Replicator::Native {
             self.stack.target().await?.batch_execute("ALTER SUBSCRIPTION bench_sub ENABLE").await?;
+        } else if let Some(connect) = &mut self.connect {
+            connect.start_source()?;
+            // The source makes its slot when it first starts: changes written before that are not in it.
+            let db1 = self.stack.source().await?;
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while db1
+                .query_opt("SELECT 1 FROM pg_replication_slots WHERE slot_name = 'dbz' AND active", &[])
+                .await?
+                .is_none()
+            {
+                ensure!(Instant::now() < deadline, "Debezium's source made no slot in 60 s:\n{}", connect.log_tail());
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
         } else {
             self.services.push((Service::Capture, self.stack.spawn(Service::Capture, &["run"])?));
         }
@@ -297,6 +357,9 @@ impl<'a> Run<'a> {
                 pids.insert("apply worker (DB2)".into(), row.get::<_, Option<i32>>(0).unwrap_or_default() as u32);
             }
         } else {
+            if let Some(connect) = &self.connect {
+                pids.insert("connect".into(), connect.pid());
+            }
             for (service, running) in &self.services {
                 pids.insert(format!("{service:?}").to_lowercase(), running.child.id());
             }
@@ -405,16 +468,41 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
+    /// Waits until the marker is on DB2 and, for Debezium, until DB2 holds every change before it: Debezium
+    /// applies each table's topic in its own order, so the marker's arrival says nothing of the other tables. Its
+    /// end is when DB2's fingerprint of the workload's tables (counts and sums) equals DB1's, polled every 250 ms.
     async fn wait_marker(&self, id: i32, timeout: Duration) -> anyhow::Result<()> {
         let db2 = self.stack.target().await?;
+        // Debezium gets less time than pg-migrator before its run is given up and reported as unfinished.
+        let timeout = if self.connect.is_some() { timeout.min(Duration::from_secs(900)) } else { timeout };
         let deadline = Instant::now() + timeout;
+        let mut checked = Instant::now();
+        let logs = || match &self.connect {
+            Some(connect) => connect.log_tail(),
+            None => self.stack.logs(),
+        };
         loop {
             if db2.query_opt("SELECT 1 FROM bench_marker WHERE id = $1", &[&id]).await?.is_some() {
-                return Ok(());
+                break;
             }
-            ensure!(Instant::now() < deadline, "marker {id} not on DB2 after {timeout:?}:\n{}", self.stack.logs());
+            ensure!(Instant::now() < deadline, "marker {id} not on DB2 after {timeout:?}:\n{}", logs());
+            if let Some(connect) = self.connect.as_ref().filter(|_| checked.elapsed() > Duration::from_secs(2)) {
+                let failed = connect.failures()?;
+                ensure!(failed.is_empty(), "{}", failed.join("; "));
+                checked = Instant::now();
+            }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        if let Some(connect) = &self.connect {
+            let want = fingerprint(&self.stack.source().await?, self.workload).await?;
+            while fingerprint(&db2, self.workload).await? != want {
+                ensure!(Instant::now() < deadline, "DB2 not caught up with DB1 after {timeout:?}:\n{}", logs());
+                let failed = connect.failures()?;
+                ensure!(failed.is_empty(), "{}", failed.join("; "));
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+        Ok(())
     }
 
     /// DB2 equals DB1 for the tables the workload wrote (under the rules for the rules variant).
@@ -477,6 +565,18 @@ impl<'a> Run<'a> {
                 ensure!(Instant::now() < deadline, "the subscription's walsender did not stop");
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
+        } else if let Some(connect) = &self.connect {
+            connect.stop_source()?;
+            let db1 = self.stack.source().await?;
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while db1
+                .query_opt("SELECT 1 FROM pg_replication_slots WHERE slot_name = 'dbz' AND active", &[])
+                .await?
+                .is_some()
+            {
+                ensure!(Instant::now() < deadline, "Debezium's source did not let go of its slot in 60 s");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
         } else {
             self.services.retain(|(service, _)| *service != Service::Capture);
         }
@@ -507,7 +607,7 @@ impl<'a> Run<'a> {
         let catch_up = Instant::now();
         // Where the time goes in pg-migrator: when capture has the whole backlog acknowledged by Kafka (the slot's
         // confirmed_flush_lsn passes the marker) versus when apply has it in DB2.
-        let capture_done = if self.replicator == Replicator::Native {
+        let capture_done = if !self.replicator.pipeline() {
             None
         } else {
             let target: String = db1.query_one("SELECT pg_current_wal_lsn()::text", &[]).await?.get(0);
@@ -557,7 +657,7 @@ impl<'a> Run<'a> {
         self.marker(0).await?;
         self.wait_marker(0, Duration::from_secs(120)).await?;
         if self.replicator != Replicator::Native {
-            // What the pipeline costs while DB1 is idle (consumers polling, heartbeats).
+            // What the pipeline (or Debezium's worker) and the broker cost while DB1 is idle (consumers polling, heartbeats).
             self.mark_cpu().await?;
             let idle_s = self.sizes.idle_seconds;
             tokio::time::sleep(Duration::from_secs(idle_s)).await;
@@ -588,10 +688,11 @@ impl<'a> Run<'a> {
         );
         // Where the lag is: WAL that capture has not had acknowledged by Kafka yet (the slot's confirmed_flush_lsn
         // behind DB1's WAL end), sampled like the ticker. Native has no slot of ours: no samples.
+        // Native has no slot of ours, and Debezium's slot moves only with its offset flushes: no samples.
         let slot_sampler = sample(
             self.stack.source().await?,
             "SELECT max(pg_current_wal_lsn() - confirmed_flush_lsn)::float8 FROM pg_replication_slots \
-             WHERE slot_type = 'logical' AND slot_name NOT LIKE 'bench_sub%'",
+             WHERE slot_type = 'logical' AND slot_name NOT LIKE 'bench_sub%' AND slot_name <> 'dbz'",
             stop.clone(),
         );
         let started = Instant::now();
@@ -645,6 +746,37 @@ impl<'a> Run<'a> {
             equal,
         })
     }
+}
+
+/// Counts and sums of the tables a workload writes (its marker rows too): equal on DB1 and DB2 once every change
+/// of the workload is on DB2. Cheap enough to poll (one scan of each table).
+async fn fingerprint(client: &tokio_postgres::Client, workload: Workload) -> anyhow::Result<String> {
+    let sql = match workload {
+        Workload::Pgbench => {
+            "SELECT concat_ws('/', (SELECT sum(abalance) FROM pgbench_accounts), (SELECT sum(tbalance) FROM pgbench_tellers), \
+             (SELECT sum(bbalance) FROM pgbench_branches), (SELECT count(*) FROM pgbench_history), \
+             (SELECT sum(delta) FROM pgbench_history), (SELECT count(*) FROM bench_marker))"
+        }
+        Workload::Singles => {
+            "SELECT concat_ws('/', (SELECT count(*) FROM singles), (SELECT max(id) FROM singles), (SELECT count(*) FROM bench_marker))"
+        }
+        Workload::Big => "SELECT concat_ws('/', (SELECT count(*) FROM big), (SELECT count(*) FROM bench_marker))",
+    };
+    Ok(client.query_one(sql, &[]).await?.get(0))
+}
+
+/// Creates topics of one partition each (Debezium's layout), before its source runs.
+async fn create_topics(brokers: &str, topics: &[String]) -> anyhow::Result<()> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> =
+        rdkafka::ClientConfig::new().set("bootstrap.servers", brokers).create()?;
+    let new: Vec<NewTopic> = topics.iter().map(|t| NewTopic::new(t, 1, TopicReplication::Fixed(1))).collect();
+    for result in admin.create_topics(&new, &AdminOptions::new()).await? {
+        if let Err((topic, code)) = result {
+            anyhow::bail!("creating topic {topic}: {code}");
+        }
+    }
+    Ok(())
 }
 
 /// Runs `sql` (one float8 or NULL) every 100 ms until `stop`; the non-NULL values.
@@ -714,14 +846,24 @@ async fn main() -> anyhow::Result<()> {
     // `--replicators identity,rename` (parts of the names) runs some replicators only; ratios need `native`.
     let replicators_only =
         args.iter().position(|a| a == "--replicators").and_then(|i| args.get(i + 1)).map(|o| o.to_lowercase());
-    let replicators = [Replicator::Native, Replicator::Identity, Replicator::Rules];
+    let debezium = debezium::home().is_some();
+    if !debezium {
+        println!(
+            "Debezium: not installed, its runs are left out (compose/bench installs it: compose/debezium/install)"
+        );
+    }
+    let replicators: Vec<Replicator> =
+        [Replicator::Native, Replicator::Debezium, Replicator::Identity, Replicator::Rules]
+            .into_iter()
+            .filter(|r| debezium || *r != Replicator::Debezium)
+            .collect();
     let mut plan: Vec<(Workload, Mode, Replicator)> = Vec::new();
     for workload in [Workload::Pgbench, Workload::Singles, Workload::Big] {
         for mode in [Mode::Backlog, Mode::Live] {
             if workload == Workload::Big && mode == Mode::Live {
                 continue; // one transaction: there is no rate to hold
             }
-            for replicator in replicators {
+            for &replicator in &replicators {
                 let name = format!("{workload:?}:{mode:?}").to_lowercase();
                 let picked =
                     replicators_only.as_ref().is_none_or(|r| r.split(',').any(|r| replicator.name().contains(r)));
@@ -733,9 +875,10 @@ async fn main() -> anyhow::Result<()> {
     }
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!(
-        "pg-migrator vs native logical replication — {} run, {cpus} CPUs, PostgreSQL 15 ×2, Apache Kafka {}",
+        "pg-migrator vs native logical replication and Debezium — {} run, {cpus} CPUs, PostgreSQL 15 ×2, Apache Kafka {}{}",
         if quick { "quick" } else { "full" },
-        broker_label()
+        broker_label(),
+        if debezium { format!(", {}", debezium::version()) } else { String::new() }
     );
     println!(
         "{:<9} {:<7} {:<22} {:>9} {:>8} {:>10} {:>8} {:>8} {:>9}  {:<5}  processes (CPU s / peak RSS MiB)",
@@ -743,11 +886,32 @@ async fn main() -> anyhow::Result<()> {
     );
     let mut results = Vec::new();
     let mut native_rate: BTreeMap<(String, String), f64> = BTreeMap::new();
+    let mut debezium_rate: BTreeMap<(String, String), f64> = BTreeMap::new();
     for (workload, mode, replicator) in plan {
-        let run = Run::new(replicator, workload, &sizes).await?;
+        let run = Run::new(replicator, workload, mode, &sizes, out.with_extension("logs")).await?;
         let measured = match mode {
-            Mode::Backlog => run.backlog().await?,
-            Mode::Live => run.live(sizes.live_changes_per_s, sizes.live_seconds).await?,
+            Mode::Backlog => run.backlog().await,
+            Mode::Live => run.live(sizes.live_changes_per_s, sizes.live_seconds).await,
+        };
+        // A Debezium run that cannot finish (an error, or not caught up in time) is reported, and the run goes on.
+        let measured = match measured {
+            Ok(measured) => measured,
+            Err(error) if replicator == Replicator::Debezium => {
+                let error = format!("{error:#}");
+                let first = error.lines().next().unwrap_or_default();
+                println!(
+                    "{:<9} {:<7} {:<22} did not finish: {first}",
+                    format!("{workload:?}"),
+                    format!("{mode:?}"),
+                    replicator.name()
+                );
+                results.push(json!({
+                    "workload": format!("{workload:?}"), "mode": format!("{mode:?}"), "replicator": replicator.name(),
+                    "finished": false, "error": error,
+                }));
+                continue;
+            }
+            Err(error) => return Err(error),
         };
         // Backlog: the catch-up's throughput. Live: first change committed → last applied.
         let rate = match mode {
@@ -755,17 +919,20 @@ async fn main() -> anyhow::Result<()> {
             Mode::Live => measured.changes as f64 / measured.end_to_end_s,
         };
         let key = (format!("{workload:?}"), format!("{mode:?}"));
-        if replicator == Replicator::Native {
-            native_rate.insert(key.clone(), rate);
+        match replicator {
+            Replicator::Native => drop(native_rate.insert(key.clone(), rate)),
+            Replicator::Debezium => drop(debezium_rate.insert(key.clone(), rate)),
+            _ => {}
         }
         let ratio = native_rate.get(&key).map(|n| rate / n);
+        let ratio_debezium = debezium_rate.get(&key).filter(|_| replicator.pipeline()).map(|d| rate / d);
         let processes: Vec<String> = measured
             .processes
             .iter()
             .map(|(n, (cpu, rss))| format!("{n} {cpu:.1}/{:.0}", *rss as f64 / 1024.0))
             .collect();
         println!(
-            "{:<9} {:<7} {:<22} {:>9} {:>8.1} {:>10.0} {:>8} {:>8} {:>9}  {:<5}  {}{}",
+            "{:<9} {:<7} {:<22} {:>9} {:>8.1} {:>10.0} {:>8} {:>8} {:>9}  {:<5}  {}{}{}",
             format!("{workload:?}"),
             format!("{mode:?}"),
             replicator.name(),
@@ -777,21 +944,28 @@ async fn main() -> anyhow::Result<()> {
             ms(measured.lag_at_stop),
             if measured.equal.is_ok() { "yes" } else { "NO" },
             processes.join(", "),
-            ratio
-                .filter(|_| replicator != Replicator::Native)
-                .map_or(String::new(), |r| format!("  ratio pipeline/native: {r:.2}")),
+            ratio.filter(|_| replicator != Replicator::Native).map_or(String::new(), |r| match replicator {
+                Replicator::Debezium => format!("  ratio debezium/native: {r:.2}"),
+                _ => format!("  ratio pipeline/native: {r:.2}"),
+            }),
+            ratio_debezium.map_or(String::new(), |r| format!(", pipeline/debezium: {r:.2}")),
         );
         let per_change = |cpu: f64| cpu * 1e6 / measured.changes.max(1) as f64;
         if replicator != Replicator::Native {
             let cpu: Vec<String> =
                 measured.processes.iter().map(|(n, (cpu, _))| format!("{n} {:.0}", per_change(*cpu))).collect();
             let (records, bytes) = measured.traffic;
-            println!(
-                "          per change: CPU µs {}; broker records {:.2}, bytes {:.0}",
-                cpu.join(", "),
-                records / measured.changes.max(1) as f64,
-                bytes / measured.changes.max(1) as f64
-            );
+            // Debezium's records and bytes are not counted (no metrics endpoint read here).
+            let traffic = if replicator.pipeline() {
+                format!(
+                    "; broker records {:.2}, bytes {:.0}",
+                    records / measured.changes.max(1) as f64,
+                    bytes / measured.changes.max(1) as f64
+                )
+            } else {
+                String::new()
+            };
+            println!("          per change: CPU µs {}{traffic}", cpu.join(", "));
         }
         if let Err(diff) = &measured.equal {
             println!("          DB2 differs from DB1: {diff}");
@@ -799,17 +973,18 @@ async fn main() -> anyhow::Result<()> {
         results.push(json!({
             "workload": format!("{workload:?}"), "mode": format!("{mode:?}"), "replicator": replicator.name(),
             "changes": measured.changes, "seconds": measured.seconds, "end_to_end_seconds": measured.end_to_end_s,
-            "changes_per_second": rate, "ratio_to_native": ratio,
+            "finished": true, "changes_per_second": rate, "ratio_to_native": ratio, "ratio_to_debezium": ratio_debezium,
             "lag_p50_ms": measured.lag_p50.map(|s| s * 1000.0), "lag_p99_ms": measured.lag_p99.map(|s| s * 1000.0),
             "lag_at_stop_ms": measured.lag_at_stop.map(|s| s * 1000.0),
             "db2_equals_db1": measured.equal.is_ok(), "difference": measured.equal.err(),
             "processes": measured.processes.iter().map(|(n, (cpu, rss))| json!({"name": n, "cpu_seconds": cpu, "cpu_us_per_change": per_change(*cpu), "peak_rss_kb": rss})).collect::<Vec<_>>(),
-            "broker_records_per_change": measured.traffic.0 / measured.changes.max(1) as f64,
-            "broker_bytes_per_change": measured.traffic.1 / measured.changes.max(1) as f64,
+            "broker_records_per_change": replicator.pipeline().then(|| measured.traffic.0 / measured.changes.max(1) as f64),
+            "broker_bytes_per_change": replicator.pipeline().then(|| measured.traffic.1 / measured.changes.max(1) as f64),
         }));
     }
     let document = json!({
         "quick": quick, "cpus": cpus, "postgresql": "15", "broker": format!("Apache Kafka {}", broker_label()),
+        "debezium": debezium.then(debezium::version),
         "sizes": {"pgbench_scale": sizes.scale, "pgbench_transactions": sizes.pgbench_txns, "singles": sizes.singles,
                   "big_rows": sizes.big_rows, "live_changes_per_s": sizes.live_changes_per_s, "live_seconds": sizes.live_seconds},
         "runs": results,
