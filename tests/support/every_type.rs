@@ -118,7 +118,7 @@ impl Column {
 
     /// A plain lower-case name for a table of this column alone (`tëxt` → `txt`, `"select"` → `select`).
     pub fn plain_name(&self) -> String {
-        self.name.chars().filter(char::is_ascii_alphanumeric).collect::<String>().to_lowercase()
+        self.name.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '_').collect::<String>().to_lowercase()
     }
 }
 

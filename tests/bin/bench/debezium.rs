@@ -38,6 +38,8 @@ pub struct Setup<'a> {
     pub keyless: &'a [String],
     /// The value comparison's extra settings (`values.*`) apply.
     pub values: bool,
+    /// The value-keeping modes (`exact.*`) apply too.
+    pub exact: bool,
     /// Where the worker's log is copied when the worker ends (its folder is the run's, removed with it).
     pub keep_log: PathBuf,
 }
@@ -76,10 +78,11 @@ fn settings(
     for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
         let (key, value) =
             line.split_once('=').with_context(|| format!("{}: not key=value: {line}", path.display()))?;
-        let (part, key) = match key.strip_prefix("values.") {
-            Some(rest) if setup.values => rest.split_once('.'),
-            Some(_) => continue,
-            None => key.split_once('.'),
+        let (part, key) = match (key.strip_prefix("values."), key.strip_prefix("exact.")) {
+            (Some(rest), _) if setup.values => rest.split_once('.'),
+            (_, Some(rest)) if setup.exact => rest.split_once('.'),
+            (Some(_), _) | (_, Some(_)) => continue,
+            _ => key.split_once('.'),
         }
         .with_context(|| format!("{}: no part in {key}", path.display()))?;
         let value = fill.iter().fold(value.to_owned(), |v, (from, to)| v.replace(from, to));
@@ -173,10 +176,24 @@ impl Connect {
     }
 
     fn create(&self, part: &str) -> anyhow::Result<()> {
-        let config: serde_json::Map<String, serde_json::Value> =
+        self.create_as(part, part, &[])
+    }
+
+    /// Creates connector `name` from the settings of `part`, some of them replaced.
+    fn create_as(&self, part: &str, name: &str, overrides: &[(&str, String)]) -> anyhow::Result<()> {
+        let mut config: serde_json::Map<String, serde_json::Value> =
             self.parts.get(part).into_iter().flatten().map(|(k, v)| (k.clone(), v.clone().into())).collect();
-        self.rest("POST", "/connectors", Some(&serde_json::json!({"name": part, "config": config})))?;
+        for (key, value) in overrides {
+            config.insert((*key).to_owned(), value.clone().into());
+        }
+        self.rest("POST", "/connectors", Some(&serde_json::json!({"name": name, "config": config})))?;
         Ok(())
+    }
+
+    /// A sink of its own for one table (`sink-<table>`, without the schema), so that its failure stops no other.
+    pub fn start_sink_for(&self, table: &str) -> anyhow::Result<()> {
+        let name = format!("sink-{}", table.rsplit('.').next().unwrap_or(table));
+        self.create_as("sink", &name, &[("topics", topic(table))])
     }
 
     /// The sinks (consumers; idle until the source writes).
@@ -219,9 +236,14 @@ impl Connect {
             for (unit, state) in units {
                 if state["state"] == "FAILED" {
                     let trace = state["trace"].as_str().unwrap_or_default();
-                    let cause =
-                        trace.lines().filter(|l| !l.trim_start().starts_with("at ")).take(3).collect::<Vec<_>>();
-                    failed.push(format!("{name} {unit} FAILED: {}", cause.join(" | ")));
+                    // The innermost cause says what went wrong; the outer lines say only that the task stopped.
+                    let cause = trace
+                        .lines()
+                        .filter(|l| l.starts_with("Caused by: ") || !l.starts_with(char::is_whitespace))
+                        .last()
+                        .unwrap_or_default()
+                        .trim_start_matches("Caused by: ");
+                    failed.push(format!("{name} {unit} FAILED: {cause}"));
                 }
             }
         }

@@ -30,6 +30,7 @@ use pgm_test_support::stack::{Binaries, Options, Running, Service, Stack};
 use serde_json::json;
 
 mod debezium;
+mod values;
 
 const BASE_SCHEMA: &str = "
 CREATE TABLE singles (id bigserial PRIMARY KEY, v text NOT NULL);
@@ -301,6 +302,7 @@ impl<'a> Run<'a> {
                 keyed: &keyed,
                 keyless: &keyless,
                 values: false,
+                exact: false,
                 keep_log: self.logs.join(format!("debezium-{:?}-{:?}.log", self.workload, self.mode).to_lowercase()),
             };
             let connect = debezium::Connect::start(&setup, &self.stack.dir.path().join("connect"))?;
@@ -982,12 +984,26 @@ async fn main() -> anyhow::Result<()> {
             "broker_bytes_per_change": replicator.pipeline().then(|| measured.traffic.1 / measured.changes.max(1) as f64),
         }));
     }
+    // Values side by side (with `--only values`, or in a whole run).
+    let mut value_results = Vec::new();
+    if only.as_ref().is_none_or(|o| "values".contains(o.as_str())) {
+        let mut tools = vec![values::Tool::Pgm("pgoutput"), values::Tool::Pgm("wal2json")];
+        if debezium {
+            tools.push(values::Tool::Debezium { exact: false });
+            tools.push(values::Tool::Debezium { exact: true });
+        }
+        for tool in tools {
+            value_results.push((tool, values::run(tool, bins()?, &out.with_extension("logs")).await?));
+        }
+    }
+    let values_json = (!value_results.is_empty()).then(|| values::report(&value_results));
     let document = json!({
         "quick": quick, "cpus": cpus, "postgresql": "15", "broker": format!("Apache Kafka {}", broker_label()),
         "debezium": debezium.then(debezium::version),
         "sizes": {"pgbench_scale": sizes.scale, "pgbench_transactions": sizes.pgbench_txns, "singles": sizes.singles,
                   "big_rows": sizes.big_rows, "live_changes_per_s": sizes.live_changes_per_s, "live_seconds": sizes.live_seconds},
         "runs": results,
+        "values": values_json,
     });
     std::fs::write(&out, serde_json::to_string_pretty(&document)?)?;
     println!("results: {}", out.display());
