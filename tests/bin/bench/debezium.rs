@@ -239,8 +239,7 @@ impl Connect {
                     // The innermost cause says what went wrong; the outer lines say only that the task stopped.
                     let cause = trace
                         .lines()
-                        .filter(|l| l.starts_with("Caused by: ") || !l.starts_with(char::is_whitespace))
-                        .last()
+                        .rfind(|l| l.starts_with("Caused by: ") || !l.starts_with(char::is_whitespace))
                         .unwrap_or_default()
                         .trim_start_matches("Caused by: ");
                     failed.push(format!("{name} {unit} FAILED: {cause}"));

@@ -150,7 +150,8 @@ pub async fn run(
             stack.wait_marker("values", Duration::from_secs(120)).await?;
         }
         // Each table is its own topic and sink: wait until every table has both rows updated, or until nothing
-        // has moved for 20 s (a failed sink or a skipped event never arrives).
+        // has moved for 10 s (a failed sink or a skipped event never arrives; the rest arrive within a second or
+        // two of each other).
         Some(_) => {
             let mut last = (0, Instant::now());
             loop {
@@ -164,7 +165,7 @@ pub async fn run(
                 }
                 if done != last.0 {
                     last = (done, Instant::now());
-                } else if last.1.elapsed() > Duration::from_secs(20) {
+                } else if last.1.elapsed() > Duration::from_secs(10) {
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(500)).await;
