@@ -886,11 +886,13 @@ async fn main() -> anyhow::Result<()> {
         "{:<9} {:<7} {:<22} {:>9} {:>8} {:>10} {:>8} {:>8} {:>9}  {:<5}  processes (CPU s / peak RSS MiB)",
         "workload", "mode", "replicator", "changes", "secs", "changes/s", "lag p50", "lag p99", "stop lag", "equal"
     );
+    // Logs worth reading after the run (Debezium's worker, one file per run), outside the repository's tracked files.
+    let logs = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench-logs");
     let mut results = Vec::new();
     let mut native_rate: BTreeMap<(String, String), f64> = BTreeMap::new();
     let mut debezium_rate: BTreeMap<(String, String), f64> = BTreeMap::new();
     for (workload, mode, replicator) in plan {
-        let run = Run::new(replicator, workload, mode, &sizes, out.with_extension("logs")).await?;
+        let run = Run::new(replicator, workload, mode, &sizes, logs.clone()).await?;
         let measured = match mode {
             Mode::Backlog => run.backlog().await,
             Mode::Live => run.live(sizes.live_changes_per_s, sizes.live_seconds).await,
@@ -1000,7 +1002,7 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         for tool in tools {
-            value_results.push((tool, values::run(tool, bins()?, &out.with_extension("logs")).await?));
+            value_results.push((tool, values::run(tool, bins()?, &logs).await?));
         }
     }
     let values_json = (!value_results.is_empty()).then(|| values::report(&value_results));
@@ -1014,5 +1016,8 @@ async fn main() -> anyhow::Result<()> {
     });
     std::fs::write(&out, serde_json::to_string_pretty(&document)?)?;
     println!("results: {}", out.display());
+    if debezium {
+        println!("Debezium's worker logs: {}", logs.display());
+    }
     Ok(())
 }
