@@ -205,22 +205,42 @@ impl Connect {
         Ok(())
     }
 
-    /// The source: created the first time, resumed after [`Connect::stop_source`].
-    pub fn start_source(&mut self) -> anyhow::Result<()> {
+    /// The source: created the first time (it makes its slot then: changes written before are not in it),
+    /// resumed after [`Connect::stop_source`]. Returns when its slot on DB1 (`db1`) is in use.
+    pub async fn start_source(&mut self, db1: &tokio_postgres::Client) -> anyhow::Result<()> {
         if self.source_created {
             self.rest("PUT", "/connectors/source/resume", None)?;
         } else {
             self.create("source")?;
             self.source_created = true;
         }
-        Ok(())
+        self.wait_slot(db1, true).await
     }
 
-    /// Stops the source's task (Connect's STOPPED state: the task ends, its replication connection closes, its
-    /// configuration and offsets stay).
-    pub fn stop_source(&self) -> anyhow::Result<()> {
+    /// Stops the source's task (Connect's STOPPED state: the task ends, its configuration and offsets stay).
+    /// Returns when its replication connection has let go of the slot.
+    pub async fn stop_source(&self, db1: &tokio_postgres::Client) -> anyhow::Result<()> {
         self.rest("PUT", "/connectors/source/stop", None)?;
-        Ok(())
+        self.wait_slot(db1, false).await
+    }
+
+    /// Waits until the source's slot (`slot.name` = dbz) is in use, or no longer.
+    async fn wait_slot(&self, db1: &tokio_postgres::Client, active: bool) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let row =
+                db1.query_opt("SELECT 1 FROM pg_replication_slots WHERE slot_name = 'dbz' AND active", &[]).await?;
+            if row.is_some() == active {
+                return Ok(());
+            }
+            let what = if active { "take up" } else { "let go of" };
+            ensure!(
+                Instant::now() < deadline,
+                "Debezium's source did not {what} its slot in 60 s:\n{}",
+                self.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Connectors or tasks that failed, each with the first lines of its error.

@@ -318,23 +318,12 @@ impl<'a> Run<'a> {
     }
 
     /// Native: the subscription is enabled (its walsender and apply worker start). pg-migrator: capture starts
-    /// reading the slot.
+    /// reading the slot. Debezium: the source connector starts (or resumes) and takes its slot.
     async fn start_replication(&mut self) -> anyhow::Result<()> {
         if self.replicator == Replicator::Native {
             self.stack.target().await?.batch_execute("ALTER SUBSCRIPTION bench_sub ENABLE").await?;
         } else if let Some(connect) = &mut self.connect {
-            connect.start_source()?;
-            // The source makes its slot when it first starts: changes written before that are not in it.
-            let db1 = self.stack.source().await?;
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while db1
-                .query_opt("SELECT 1 FROM pg_replication_slots WHERE slot_name = 'dbz' AND active", &[])
-                .await?
-                .is_none()
-            {
-                ensure!(Instant::now() < deadline, "Debezium's source made no slot in 60 s:\n{}", connect.log_tail());
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            connect.start_source(&self.stack.source().await?).await?;
         } else {
             self.services.push((Service::Capture, self.stack.spawn(Service::Capture, &["run"])?));
         }
@@ -553,7 +542,8 @@ impl<'a> Run<'a> {
         Ok(Ok(()))
     }
 
-    /// Native: the subscription is disabled (and its walsender gone). pg-migrator: capture is killed.
+    /// Native: the subscription is disabled (and its walsender gone). pg-migrator: capture is killed. Debezium: the
+    /// source connector is stopped (and its slot let go).
     async fn stop_replication(&mut self) -> anyhow::Result<()> {
         if self.replicator == Replicator::Native {
             self.stack.target().await?.batch_execute("ALTER SUBSCRIPTION bench_sub DISABLE").await?;
@@ -568,17 +558,7 @@ impl<'a> Run<'a> {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         } else if let Some(connect) = &self.connect {
-            connect.stop_source()?;
-            let db1 = self.stack.source().await?;
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while db1
-                .query_opt("SELECT 1 FROM pg_replication_slots WHERE slot_name = 'dbz' AND active", &[])
-                .await?
-                .is_some()
-            {
-                ensure!(Instant::now() < deadline, "Debezium's source did not let go of its slot in 60 s");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            connect.stop_source(&self.stack.source().await?).await?;
         } else {
             self.services.retain(|(service, _)| *service != Service::Capture);
         }

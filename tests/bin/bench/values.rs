@@ -12,7 +12,6 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::ensure;
 use pgm_test_support::broker::{shared_brokers, Broker};
 use pgm_test_support::every_type::{self, Column, COLUMNS};
 use pgm_test_support::stack::{Options, Service, Stack};
@@ -122,16 +121,7 @@ pub async fn run(
             for table in &tables {
                 worker.start_sink_for(table)?;
             }
-            worker.start_source()?;
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while db1
-                .query_opt("SELECT 1 FROM pg_replication_slots WHERE slot_name = 'dbz' AND active", &[])
-                .await?
-                .is_none()
-            {
-                ensure!(Instant::now() < deadline, "Debezium's source made no slot in 60 s:\n{}", worker.log_tail());
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            worker.start_source(&db1).await?;
             connect = Some(worker);
         }
     }
