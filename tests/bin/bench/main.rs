@@ -119,6 +119,8 @@ struct Sizes {
     live_seconds: u64,
     /// How long the pipeline's idle cost is measured before a live load.
     idle_seconds: u64,
+    /// pg-migrator's runs share one broker.
+    shared_broker: bool,
 }
 
 fn bins() -> anyhow::Result<Binaries> {
@@ -233,8 +235,11 @@ impl<'a> Run<'a> {
         };
         // Native replication gets no broker: a JVM starting beside it (JIT threads, GC) would slow the baseline the
         // ratios divide by (it did: 44,898 instead of about 90,000 changes/s on the pgbench backlog).
+        // A quick run's pg-migrator runs share one broker (starting a JVM per run is most of a quick run's time);
+        // Debezium's topic and group names are fixed, so its runs always get their own.
         let broker = match (replicator, std::env::var("PGM_TEST_BROKERS")) {
             (Replicator::Native, _) | (_, Ok(_)) => None,
+            (r, _) if r.pipeline() && sizes.shared_broker => None,
             (_, Err(_)) => Some(Broker::start()?),
         };
         let brokers = match (&broker, replicator) {
@@ -811,6 +816,7 @@ async fn main() -> anyhow::Result<()> {
             live_changes_per_s: 1_000,
             live_seconds: 3,
             idle_seconds: 1,
+            shared_broker: true,
         }
     } else {
         Sizes {
@@ -821,6 +827,7 @@ async fn main() -> anyhow::Result<()> {
             live_changes_per_s: 5_000,
             live_seconds: 20,
             idle_seconds: 3,
+            shared_broker: false,
         }
     };
     // `--only pgbench:backlog` (or any part of `workload:mode`) runs a subset.
