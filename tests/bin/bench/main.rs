@@ -9,8 +9,9 @@
 //! Workloads on DB1: (a) pgbench's built-in tpcb-like script (history with REPLICA IDENTITY FULL), (b) many
 //! single-row transactions (pgbench with a one-INSERT script), (c) one transaction of many rows.
 //! Replicators: native publication/subscription; Debezium (debezium.rs; only when compose/bench installed it);
-//! pg-migrator with identity rules; pg-migrator with a rename and a computed column. Each run has its own Apache Kafka broker (compose/kafka/broker) and the pipeline's Kafka client
-//! defaults.
+//! pg-migrator with identity rules; pg-migrator with a rename and a computed column. Each pg-migrator and Debezium
+//! run has its own Apache Kafka broker (compose/kafka/broker; a quick run's pg-migrator runs share one);
+//! pg-migrator runs with the pipeline's Kafka client defaults. Then the values side by side (values.rs).
 //! Modes: backlog drain (replication stopped during the load, then the catch-up is timed) and live (replication
 //! running during a fixed-rate load; lag sampled every 100 ms from a ticker row DB1 updates every 100 ms).
 //! Every run has fresh clusters; the end of a run is a marker row written on DB1 after the load, seen on DB2.
