@@ -12,6 +12,7 @@
 //! loop, `metrics` names what is measured. Operator commands (pause, resume, status, reset) are below.
 
 pub mod catalog;
+pub mod chunks;
 pub mod cutover;
 pub mod metrics;
 pub mod progress;

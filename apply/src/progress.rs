@@ -6,6 +6,7 @@
 //!                     for finding no row (on_missing_row = "warn") and the last of them
 //! pgm.apply_offsets   (pipeline, topic, partition) → next offset to read
 //! pgm.apply_messages  logical decoding messages apply has passed (cutover markers), in the same transaction
+//! pgm.bootstrap_chunks the snapshot bootstrap's chunks DB2 holds, each written in the chunk's own transaction
 //! ```
 //!
 //! The position and offsets are written in the same DB2 transaction as the rows they cover, so after any crash
@@ -43,6 +44,18 @@ CREATE TABLE IF NOT EXISTS pgm.apply_offsets (
     partition integer NOT NULL,
     next_offset bigint NOT NULL,
     PRIMARY KEY (pipeline, topic, partition)
+);
+CREATE TABLE IF NOT EXISTS pgm.bootstrap_chunks (
+    pipeline text NOT NULL,
+    consistent_point pg_lsn NOT NULL,
+    chunk integer NOT NULL,
+    attempt integer NOT NULL,
+    source_table text,
+    rows bigint NOT NULL,
+    snapshot_lsn pg_lsn NOT NULL,
+    started_at timestamptz NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    PRIMARY KEY (pipeline, consistent_point, chunk)
 );
 CREATE TABLE IF NOT EXISTS pgm.apply_messages (
     pipeline text NOT NULL,

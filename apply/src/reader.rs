@@ -93,11 +93,20 @@ impl Part {
 pub struct TxnCursor {
     pub commit: Position,
     remaining: Vec<((String, i32), u64)>,
+    /// A bootstrap chunk: only ordinals in `(lo, hi)` of the commit LSN are its records; lower ones belong to
+    /// chunks before it (or to an interrupted attempt) and are passed over.
+    window: Option<(u64, u64)>,
 }
 
 impl TxnCursor {
     pub fn is_done(&self) -> bool {
         self.remaining.iter().all(|(_, n)| *n == 0)
+    }
+
+    /// Restricts the cursor to one bootstrap chunk's ordinals `(lo, hi)`.
+    pub fn within(mut self, lo: u64, hi: u64) -> Self {
+        self.window = Some((lo, hi));
+        self
     }
 }
 
@@ -290,7 +299,7 @@ impl Reader {
             }
             remaining.push((key, count.count));
         }
-        Ok(TxnCursor { commit, remaining })
+        Ok(TxnCursor { commit, remaining, window: None })
     }
 
     fn check_stray(&self) -> Result<(), ApplyError> {
@@ -313,7 +322,7 @@ impl Reader {
                 continue;
             }
             let part = self.parts.get_mut(key).expect("opened by cursor()");
-            let pos = peek(part, key, cursor.commit, *remaining, applied, &self.waits).await?;
+            let pos = peek(part, key, cursor.commit, cursor.window, *remaining, applied, &self.waits).await?;
             if best.is_none_or(|(_, b)| pos < b) {
                 best = Some((index, pos));
             }
@@ -490,6 +499,7 @@ async fn peek(
     part: &mut Part,
     (topic, partition): &(String, i32),
     commit: Position,
+    window: Option<(u64, u64)>,
     remaining: u64,
     applied: Position,
     waits: &Waits,
@@ -541,7 +551,18 @@ async fn peek(
         }
         let head = part.head.as_ref().expect("filled above");
         let pos = head.record.pos;
-        let repeat = pos <= applied || part.last_taken.is_some_and(|last| pos <= last);
+        let mut repeat = pos <= applied || part.last_taken.is_some_and(|last| pos <= last);
+        if let Some((lo, hi)) = window.filter(|_| pos.commit_lsn == commit.commit_lsn) {
+            if pos.ordinal >= hi {
+                return Err(ApplyError::Stream(format!(
+                    "{topic}[{partition}] at offset {}: found {pos}, a later bootstrap chunk's record, while the chunk \
+                     at ordinals {lo}… still has {remaining} record(s) in this partition: records are missing from \
+                     the out topic. Nothing of this chunk was written.",
+                    head.offset
+                )));
+            }
+            repeat |= pos.ordinal <= lo;
+        }
         if repeat || pos.commit_lsn < commit.commit_lsn {
             part.next_offset = head.offset + 1;
             part.head = None;

@@ -22,6 +22,7 @@ use pgm_common::{Lsn, Position};
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
+use crate::chunks::{ChunkRecord, Chunks};
 use crate::metrics::ApplyMetrics;
 use crate::progress::{self, Advance};
 use crate::reader::Reader;
@@ -114,6 +115,8 @@ struct Session<'a> {
     /// When DB2 was last known current with the source (Unix seconds): commit time applied or heartbeat reached.
     current_at: f64,
     seen_end: Lsn,
+    /// The snapshot bootstrap's chunks being written on their own connections.
+    chunks: Chunks,
 }
 
 enum Next {
@@ -130,6 +133,7 @@ impl<'a> Session<'a> {
         shutdown: CancellationToken,
         precise: usize,
     ) -> Self {
+        let chunks = Chunks::new(config, metrics.clone());
         Session {
             config,
             pipeline: config.topics.prefix.clone(),
@@ -149,6 +153,7 @@ impl<'a> Session<'a> {
             heartbeat: None,
             current_at: 0.0,
             seen_end: Lsn::ZERO,
+            chunks,
         }
     }
 
@@ -273,8 +278,34 @@ impl<'a> Session<'a> {
         writer: &mut Writer,
         messages: &mut Vec<(Position, String, String)>,
     ) -> Result<Next, ApplyError> {
+        // The stream's records are applied only once every bootstrap chunk before them is committed.
+        if !matches!(record, TxnRecord::Begin { .. } | TxnRecord::Snapshot { .. } | TxnRecord::Chunk { .. }) {
+            self.chunks.finish().await?;
+        }
         match record {
-            TxnRecord::Begin { .. } => {}
+            TxnRecord::Begin { .. } | TxnRecord::Snapshot { .. } => {}
+            TxnRecord::Chunk { consistent_point, attempt, seq, chunk, table, snapshot_lsn, rows, counts, .. } => {
+                if Position::new(Lsn(consistent_point.0 - 1), Position::COMMIT) <= self.applied {
+                    return Ok(Next::Continue); // a bootstrap DB2 has passed
+                }
+                if self.group_started.is_some() {
+                    if let Next::Stop = self.commit_group(reader, writer).await? {
+                        return Ok(Next::Stop);
+                    }
+                }
+                let record = ChunkRecord {
+                    consistent_point,
+                    attempt,
+                    seq,
+                    chunk,
+                    table: table.map(|t| t.to_string()),
+                    snapshot_lsn,
+                    rows,
+                    counts,
+                };
+                let client = self.client.as_ref().expect("connected");
+                self.chunks.apply(client, record, reader, self.applied, &self.shutdown).await?;
+            }
             TxnRecord::Message { pos, transactional: true, prefix, content, .. } => {
                 if pos > self.applied && !messages.iter().any(|(p, _, _)| *p == pos) {
                     messages.push((pos, prefix, content));

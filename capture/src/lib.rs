@@ -41,7 +41,8 @@ pub enum Command {
     /// Create the slot with an exported snapshot and copy every configured table in that snapshot into the raw
     /// topics (before the stream), so DB2 can start empty. Then run `pgm-capture run`.
     Bootstrap {
-        /// The slot exists from an interrupted bootstrap: drop it and copy again.
+        /// Drop the slot (and an interrupted bootstrap's chunks) and copy everything again. Without it an interrupted
+        /// bootstrap resumes: only the chunks not yet in Kafka are copied.
         #[arg(long)]
         restart: bool,
     },
@@ -162,10 +163,22 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Command::Bootstrap { restart } => {
                 let summary = bootstrap::run(&config, restart).await?;
+                let resumed = if summary.attempt > 1 {
+                    format!(
+                        " (attempt {}: {} chunks were in Kafka already{})",
+                        summary.attempt,
+                        summary.chunks_before,
+                        summary.caught_up_to.map_or(String::new(), |l| format!("; stream caught up to {l}"))
+                    )
+                } else {
+                    String::new()
+                };
                 println!(
-                    "bootstrap: {} rows of {} tables in {:.1} s; slot {} starts the stream at {}: now run `pgm-capture run`",
+                    "bootstrap: {} rows of {} tables in {} chunks, {:.1} s{resumed}; slot {} starts the stream at {}: \
+                     now run `pgm-capture run`",
                     summary.rows,
                     summary.tables,
+                    summary.chunks_copied,
                     summary.elapsed.as_secs_f64(),
                     config.capture.slot,
                     summary.consistent_point
@@ -238,7 +251,7 @@ async fn run_stream(config: pgm_common::config::PipelineConfig) -> anyhow::Resul
                 _ = shutdown.cancelled() => return Ok(()),
                 publisher = publisher::Publisher::new(&config, metrics.clone()) => publisher?,
             };
-            stream::run(&config, publisher, metrics.clone(), &health, shutdown.clone()).await
+            stream::run(&config, publisher, metrics.clone(), &health, shutdown.clone(), None).await
         },
         CaptureError::is_transient,
         |error, wait| {
@@ -278,6 +291,7 @@ async fn take_position(
         let mut conn = walsender::Walsender::connect(&config.source, "pgm-capture").await?;
         slot::wait_for_no_bootstrap(&mut conn, &config.capture.slot).await?;
         let client = slot::connect(config).await?;
+        slot::refuse_unfinished_bootstrap(&client, &config.capture.slot).await?;
         check::preflight(&client, config).await?;
         identity::refuse_tables_without_identity(&client, config).await?;
         slot::ensure_publication(&client, config).await?;

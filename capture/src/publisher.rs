@@ -303,6 +303,52 @@ impl Publisher {
         Ok(())
     }
 
+    /// Opens one chunk of the snapshot bootstrap: its rows (and truncates) get positions `(commit_lsn, base + 1 …)`
+    /// and are counted per partition like a transaction's, without a begin record.
+    pub fn open_chunk(&mut self, commit_lsn: Lsn, base: u64) -> Result<(), CaptureError> {
+        if let Some(open) = &self.txn {
+            return Err(CaptureError::Stream(format!("a bootstrap chunk opened while transaction {} is open", open.xid)));
+        }
+        self.txn = Some(OpenTxn { xid: 0, commit_lsn, next_ordinal: base + 1, counts: BTreeMap::new() });
+        Ok(())
+    }
+
+    /// Rows published in the open chunk so far.
+    pub fn chunk_rows(&self, base: u64) -> u64 {
+        self.txn.as_ref().map_or(0, |t| t.next_ordinal - base - 1)
+    }
+
+    /// Closes the open chunk: waits until every one of its records is acknowledged, then sends its txn record
+    /// (built from the counts) and waits for that too. A chunk record is never in Kafka without all its rows.
+    pub async fn close_chunk(
+        &mut self,
+        pos: Position,
+        build: impl FnOnce(Vec<PartitionCount>) -> TxnRecord,
+    ) -> Result<(), CaptureError> {
+        let txn = self.txn.take().ok_or_else(|| CaptureError::Stream("no bootstrap chunk is open".into()))?;
+        let mut counts: Vec<PartitionCount> = txn
+            .counts
+            .into_iter()
+            .map(|((route, partition), count)| PartitionCount {
+                topic: self.routes[route].topic.clone(),
+                partition,
+                count,
+            })
+            .collect();
+        counts.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+        self.drain().await?;
+        self.produce_txn(pos, &build(counts), None).await?;
+        self.drain().await?;
+        Ok(())
+    }
+
+    /// A txn record outside any transaction (the bootstrap's plan), acknowledged before this returns.
+    pub async fn control(&mut self, pos: Position, record: &TxnRecord) -> Result<(), CaptureError> {
+        self.produce_txn(pos, record, None).await?;
+        self.drain().await?;
+        Ok(())
+    }
+
     fn next_position(&mut self, what: &str) -> Result<(Position, u32), CaptureError> {
         let txn = self.txn.as_mut().ok_or_else(|| CaptureError::Stream(format!("{what} outside a transaction")))?;
         let pos = Position::new(txn.commit_lsn, txn.next_ordinal);

@@ -91,6 +91,24 @@ pub async fn wait_for_no_bootstrap(conn: &mut Walsender, slot: &str) -> Result<(
     }
 }
 
+/// Refuses (definitely) while a bootstrap of this slot is unfinished and not running: streaming before its copy is
+/// complete in Kafka, or before its catch-up, would apply changes the copy already holds.
+pub async fn refuse_unfinished_bootstrap(client: &tokio_postgres::Client, slot: &str) -> Result<(), CaptureError> {
+    let marker = crate::bootstrap::marker_slot(slot);
+    let found = client
+        .query_opt("SELECT 1 FROM pg_replication_slots WHERE slot_name = $1", &[&marker])
+        .await
+        .map_err(|e| CaptureError::Source { what: "read pg_replication_slots".into(), source: e })?;
+    match found {
+        None => Ok(()),
+        Some(_) => Err(CaptureError::Config(format!(
+            "the bootstrap of slot {slot} is unfinished (its marker slot {marker} exists): run `pgm-capture \
+             bootstrap` again to resume it (it copies only the chunks not yet in Kafka), or `pgm-capture bootstrap \
+             --restart` to copy everything again"
+        ))),
+    }
+}
+
 pub async fn connect(config: &PipelineConfig) -> Result<tokio_postgres::Client, CaptureError> {
     config.source.connect("pgm-capture").await.map_err(crate::connect_error(&config.source))
 }
@@ -119,6 +137,14 @@ pub async fn ensure_publication(client: &tokio_postgres::Client, config: &Pipeli
 
 pub async fn drop(config: &PipelineConfig) -> Result<String, CaptureError> {
     let client = connect(config).await?;
+    // An unfinished bootstrap's marker goes with the slot it marks.
+    client
+        .execute(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1",
+            &[&crate::bootstrap::marker_slot(&config.capture.slot)],
+        )
+        .await
+        .map_err(|e| CaptureError::Source { what: "drop the bootstrap marker slot".into(), source: e })?;
     client
         .execute("SELECT pg_drop_replication_slot($1)", &[&config.capture.slot])
         .await

@@ -18,6 +18,7 @@ use pgm_common::config::{Decoder, PipelineConfig};
 use pgm_common::{pgoutput, wal2json, Lsn};
 use tokio_util::sync::CancellationToken;
 
+use crate::bootstrap::CatchUp;
 use crate::metrics::CaptureMetrics;
 use crate::publisher::Publisher;
 use crate::walsender::{ReplicationMessage, ReplicationStream, Walsender};
@@ -74,12 +75,16 @@ pub async fn run(
     metrics: CaptureMetrics,
     health: &pgm_common::telemetry::Health,
     shutdown: CancellationToken,
+    catch_up: Option<CatchUp>,
 ) -> Result<(), CaptureError> {
-    let mut conn = Walsender::connect(&config.source, "pgm-capture").await?;
+    let application = catch_up.as_ref().map_or("pgm-capture", |c| c.application.as_str());
+    let mut conn = Walsender::connect(&config.source, application).await?;
     let (system_id, server_wal) = conn.identify_system().await?;
     let timeout_ms = conn.wal_sender_timeout_ms().await?;
     let feedback_every = Duration::from_millis(if timeout_ms == 0 { 1000 } else { (timeout_ms / 2).clamp(100, 1000) });
-    crate::slot::wait_for_no_bootstrap(&mut conn, &config.capture.slot).await?;
+    if catch_up.is_none() {
+        crate::slot::wait_for_no_bootstrap(&mut conn, &config.capture.slot).await?;
+    }
     let catalog = crate::slot::connect(config).await?;
     crate::identity::refuse_tables_without_identity(&catalog, config).await?;
     crate::slot::ensure_publication(&catalog, config).await?;
@@ -103,8 +108,20 @@ pub async fn run(
     feedback.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let heartbeat_every = Duration::from_millis(config.capture.heartbeat_interval_ms.max(100));
     let mut last_heartbeat = Instant::now();
+    // The commit LSN of the transaction being read (the catch-up filters by it).
+    let mut commit = Lsn::ZERO;
+    let mut caught_up = false;
 
     loop {
+        if caught_up {
+            let drained = publisher.drain().await?;
+            if let Some(lsn) = drained {
+                progress.flushed = progress.flushed.max(lsn);
+            }
+            send_feedback(&mut stream, &mut progress, &metrics).await?;
+            tracing::info!(flushed = %progress.flushed, "the bootstrap's catch-up is done");
+            return Ok(());
+        }
         tokio::select! {
             biased;
             // 1. Shutdown: drain, confirm what is durable, leave.
@@ -155,6 +172,26 @@ pub async fn run(
                         // A huge row must not be held three times: its WAL message goes before it is encoded.
                         drop(data);
                         for change in changes {
+                            let Some(catch_up) = &catch_up else {
+                                publish(&mut publisher, change).await?;
+                                continue;
+                            };
+                            let change = match change {
+                                Change::Begin(begin) if begin.commit_lsn >= catch_up.until => {
+                                    caught_up = true;
+                                    break;
+                                }
+                                Change::Begin(begin) => {
+                                    commit = begin.commit_lsn;
+                                    Change::Begin(begin)
+                                }
+                                Change::Row(row) => match catch_up.admit(commit, row)? {
+                                    Some(row) => Change::Row(row),
+                                    None => continue,
+                                },
+                                Change::Truncate(truncate) if !catch_up.admit_truncate(commit, &truncate)? => continue,
+                                other => other,
+                            };
                             publish(&mut publisher, change).await?;
                         }
                     }
@@ -165,6 +202,7 @@ pub async fn run(
                             progress.received = progress.received.max(wal_end);
                             progress.flushed = progress.flushed.max(wal_end);
                             metrics.flushed_lsn.set(progress.flushed.0 as i64);
+                            caught_up = catch_up.as_ref().is_some_and(|c| wal_end >= c.until);
                         }
                         if reply_requested {
                             send_feedback(&mut stream, &mut progress, &metrics).await?;

@@ -287,9 +287,19 @@ impl Walsender {
 
     /// `CREATE_REPLICATION_SLOT name LOGICAL plugin [EXPORT_SNAPSHOT | NOEXPORT_SNAPSHOT]`.
     pub async fn create_slot(&mut self, name: &str, plugin: &str, export_snapshot: bool) -> Result<SlotCreated> {
+        self.create_slot_as(name, "", plugin, export_snapshot).await
+    }
+
+    /// A TEMPORARY slot with an exported snapshot: it (and its snapshot) go away with this connection. A resumed
+    /// bootstrap takes its consistent (snapshot, LSN) pair from one.
+    pub async fn create_temporary_slot(&mut self, name: &str, plugin: &str) -> Result<SlotCreated> {
+        self.create_slot_as(name, "TEMPORARY ", plugin, true).await
+    }
+
+    async fn create_slot_as(&mut self, name: &str, kind: &str, plugin: &str, export_snapshot: bool) -> Result<SlotCreated> {
         let export = if export_snapshot { "EXPORT_SNAPSHOT" } else { "NOEXPORT_SNAPSHOT" };
         let rows = self
-            .simple_query(&format!("CREATE_REPLICATION_SLOT {} LOGICAL {plugin} {export}", quote_slot(name)))
+            .simple_query(&format!("CREATE_REPLICATION_SLOT {} {kind}LOGICAL {plugin} {export}", quote_slot(name)))
             .await?;
         let row =
             rows.first().ok_or_else(|| WalsenderError::Protocol("CREATE_REPLICATION_SLOT returned no row".into()))?;

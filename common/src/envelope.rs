@@ -79,6 +79,42 @@ pub enum TxnRecord {
     Message { v: u32, pos: Position, transactional: bool, prefix: String, content: String },
     /// Emitted while the source is idle, so progress and lag move downstream.
     Heartbeat { v: u32, wal_end: Lsn, sent_at_ms: u64 },
+    /// An attempt of the snapshot bootstrap starts: the plan of chunks (the same in every attempt of one bootstrap)
+    /// and the snapshot this attempt copies in. Informational for apply; capture reads it back to resume.
+    Snapshot { v: u32, consistent_point: Lsn, attempt: u32, snapshot_lsn: Lsn, chunks: Vec<ChunkSpec> },
+    /// One chunk of the snapshot bootstrap is in Kafka: `counts` records in each listed topic-partition, at
+    /// positions `(consistent_point − 1, base + 1 …)` (see [`crate::snapshot::chunk_base`]). Chunk 0 holds the
+    /// truncates that start a bootstrap. Apply writes each chunk as its own DB2 transaction.
+    Chunk {
+        v: u32,
+        consistent_point: Lsn,
+        attempt: u32,
+        seq: u32,
+        chunk: u32,
+        /// The table copied (absent for chunk 0, the truncates).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        table: Option<TableRef>,
+        snapshot_lsn: Lsn,
+        rows: u64,
+        counts: Vec<PartitionCount>,
+    },
+}
+
+/// One chunk of a snapshot bootstrap's plan: a table, or a range `[from, to)` of its single integer key (an open
+/// end where absent).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkSpec {
+    pub id: u32,
+    pub table: TableRef,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<i64>,
+    /// Rows PostgreSQL estimates the chunk holds (for progress; 0 when unknown).
+    #[serde(default)]
+    pub rows_estimate: u64,
 }
 
 /// Every field any kind of txn record has: decoded in one pass. serde's derive for an internally tagged enum buffers
@@ -98,6 +134,14 @@ struct TxnWire {
     content: Option<String>,
     wal_end: Option<Lsn>,
     sent_at_ms: Option<u64>,
+    consistent_point: Option<Lsn>,
+    attempt: Option<u32>,
+    snapshot_lsn: Option<Lsn>,
+    chunks: Option<Vec<ChunkSpec>>,
+    seq: Option<u32>,
+    chunk: Option<u32>,
+    table: Option<TableRef>,
+    rows: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -107,6 +151,8 @@ enum TxnKind {
     Commit,
     Message,
     Heartbeat,
+    Snapshot,
+    Chunk,
 }
 
 impl<'de> Deserialize<'de> for TxnRecord {
@@ -140,6 +186,24 @@ impl<'de> Deserialize<'de> for TxnRecord {
                 v: w.v,
                 wal_end: w.wal_end.ok_or_else(|| need("wal_end"))?,
                 sent_at_ms: w.sent_at_ms.ok_or_else(|| need("sent_at_ms"))?,
+            },
+            TxnKind::Snapshot => TxnRecord::Snapshot {
+                v: w.v,
+                consistent_point: w.consistent_point.ok_or_else(|| need("consistent_point"))?,
+                attempt: w.attempt.ok_or_else(|| need("attempt"))?,
+                snapshot_lsn: w.snapshot_lsn.ok_or_else(|| need("snapshot_lsn"))?,
+                chunks: w.chunks.ok_or_else(|| need("chunks"))?,
+            },
+            TxnKind::Chunk => TxnRecord::Chunk {
+                v: w.v,
+                consistent_point: w.consistent_point.ok_or_else(|| need("consistent_point"))?,
+                attempt: w.attempt.ok_or_else(|| need("attempt"))?,
+                seq: w.seq.ok_or_else(|| need("seq"))?,
+                chunk: w.chunk.ok_or_else(|| need("chunk"))?,
+                table: w.table,
+                snapshot_lsn: w.snapshot_lsn.ok_or_else(|| need("snapshot_lsn"))?,
+                rows: w.rows.ok_or_else(|| need("rows"))?,
+                counts: w.counts.ok_or_else(|| need("counts"))?,
             },
         })
     }
@@ -216,7 +280,9 @@ impl Versioned for TxnRecord {
             TxnRecord::Begin { v, .. }
             | TxnRecord::Commit { v, .. }
             | TxnRecord::Message { v, .. }
-            | TxnRecord::Heartbeat { v, .. } => *v,
+            | TxnRecord::Heartbeat { v, .. }
+            | TxnRecord::Snapshot { v, .. }
+            | TxnRecord::Chunk { v, .. } => *v,
         }
     }
     fn describe_pos(&self) -> String {
@@ -224,6 +290,10 @@ impl Versioned for TxnRecord {
             TxnRecord::Begin { commit_lsn, .. } | TxnRecord::Commit { commit_lsn, .. } => commit_lsn.to_string(),
             TxnRecord::Message { pos, .. } => pos.to_string(),
             TxnRecord::Heartbeat { wal_end, .. } => wal_end.to_string(),
+            TxnRecord::Snapshot { consistent_point, attempt, .. } => {
+                format!("bootstrap at {consistent_point}, attempt {attempt}")
+            }
+            TxnRecord::Chunk { consistent_point, chunk, .. } => format!("bootstrap at {consistent_point}, chunk {chunk}"),
         }
     }
 }

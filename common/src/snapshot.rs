@@ -1,6 +1,10 @@
 //! Reading whole source tables as the change model's rows: the snapshot bootstrap copies them into the raw topics and
 //! `pgm-transform verify` passes them through the rules. Values are fetched as PostgreSQL's text output (`col::text`),
 //! exactly what wal2json sends for the same datum, so a copied row and a streamed row are indistinguishable.
+//!
+//! The bootstrap cuts each table into chunks: a range of its key when the key is one integer column, else the whole
+//! table. Ranges of the key (not of ctid) stay the same rows from one snapshot to the next, which is what lets a
+//! resumed bootstrap copy the chunks left at a newer snapshot (docs/lifecycle.md).
 
 use tokio_postgres::{Client, Row as PgRow};
 
@@ -29,6 +33,35 @@ pub struct SourceTable {
     /// A partitioned table: it holds no rows itself, and changes are decoded under its partitions' names.
     pub partitioned: bool,
 }
+
+/// A range `[from, to)` of a table's single integer key column; `None` is an open end.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyRange {
+    pub column: String,
+    pub from: Option<i64>,
+    pub to: Option<i64>,
+}
+
+impl KeyRange {
+    pub fn contains(&self, value: i64) -> bool {
+        self.from.is_none_or(|f| value >= f) && self.to.is_none_or(|t| value < t)
+    }
+}
+
+/// Positions of the snapshot bootstrap: every copied row has commit LSN `consistent point − 1`, and chunk `seq` of
+/// attempt `attempt` numbers its rows `base + 1, base + 2, …` with `base = attempt << 56 | seq << 32`. Chunks are
+/// published one after the other in `(attempt, seq)` order, so apply can tell a chunk's records from the others'
+/// (and from those of an interrupted attempt) by the ordinal alone.
+pub const CHUNK_ROWS: u64 = 1 << 32;
+pub const MAX_ATTEMPTS: u32 = 254;
+pub const MAX_CHUNKS: u32 = (1 << 24) - 1;
+
+pub fn chunk_base(attempt: u32, seq: u32) -> u64 {
+    (u64::from(attempt) << 56) | (u64::from(seq) << 32)
+}
+
+/// Integer types a key range can be cut on: int2, int4, int8.
+const INTEGER_OIDS: [u32; 3] = [21, 23, 20];
 
 const DESCRIBE: &str = "
 SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.atttypid::oid,
@@ -82,6 +115,43 @@ impl SourceTable {
             }
         }
         sql
+    }
+
+    /// The key column a table can be cut into ranges on: its primary key when that is one integer column.
+    pub fn integer_key(&self) -> Option<&str> {
+        let [key] = self.key.as_slice() else { return None };
+        let column = self.columns.iter().find(|c| &c.name == key)?;
+        INTEGER_OIDS.contains(&column.type_oid).then_some(key.as_str())
+    }
+
+    /// The rows of a key range: `SELECT … WHERE "k" >= $1 AND "k" < $2` with the bounds bound as int8 (an open end
+    /// binds NULL and drops that condition).
+    pub fn select_range_sql(&self, column: &str) -> String {
+        let k = quote_ident(column);
+        format!(
+            "{} WHERE ($1::int8 IS NULL OR {k} >= $1::int8) AND ($2::int8 IS NULL OR {k} < $2::int8)",
+            self.select_sql(None)
+        )
+    }
+
+    /// Cuts `[min, max]` of the integer key into about `pages / pages_per_chunk` ranges of equal width; the first
+    /// and last are open so rows outside today's bounds are still copied.
+    pub fn key_ranges(&self, column: &str, min: i64, max: i64, pages_per_chunk: u32) -> Vec<KeyRange> {
+        let n = (u64::from(self.pages) / u64::from(pages_per_chunk.max(1))).max(1);
+        let span = i128::from(max) - i128::from(min) + 1;
+        let n = i128::from(n).min(span.max(1));
+        let mut out = Vec::new();
+        let mut from = None;
+        for i in 1..n {
+            let bound = (i128::from(min) + span * i / n) as i64;
+            if from.is_some_and(|f| bound <= f) {
+                continue;
+            }
+            out.push(KeyRange { column: column.to_owned(), from, to: Some(bound) });
+            from = Some(bound);
+        }
+        out.push(KeyRange { column: column.to_owned(), from, to: None });
+        out
     }
 
     /// One fetched row (every column `text`, in [`Self::columns`] order) as a change-model row.
@@ -151,6 +221,36 @@ mod tests {
                 PageRange { from: 20, to: None }
             ]
         );
+    }
+
+    #[test]
+    fn key_ranges_cover_every_key_once_and_end_open() {
+        let t = table(100);
+        let ranges = t.key_ranges("id", 1, 1000, 25);
+        assert_eq!(ranges.len(), 4);
+        assert_eq!(ranges[0].from, None);
+        assert_eq!(ranges[3].to, None);
+        for key in [i64::MIN, 0, 1, 250, 251, 500, 999, 1000, 5000, i64::MAX] {
+            assert_eq!(ranges.iter().filter(|r| r.contains(key)).count(), 1, "key {key}");
+        }
+        for pair in ranges.windows(2) {
+            assert_eq!(pair[0].to, pair[1].from);
+        }
+        // Fewer keys than chunks, and a table of one page: one open range.
+        assert_eq!(t.key_ranges("id", 5, 6, 1).len(), 2);
+        assert_eq!(table(1).key_ranges("id", i64::MIN, i64::MAX, 10), vec![KeyRange {
+            column: "id".into(),
+            from: None,
+            to: None
+        }]);
+        assert_eq!(t.integer_key(), Some("id"));
+    }
+
+    #[test]
+    fn chunk_bases_order_by_attempt_then_sequence() {
+        assert!(chunk_base(1, MAX_CHUNKS) + CHUNK_ROWS - 1 < chunk_base(2, 0));
+        assert!(chunk_base(1, 3) + CHUNK_ROWS == chunk_base(1, 4));
+        assert!(chunk_base(MAX_ATTEMPTS, MAX_CHUNKS) + CHUNK_ROWS - 1 < u64::MAX);
     }
 
     #[test]

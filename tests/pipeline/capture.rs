@@ -266,7 +266,10 @@ fn verify(expected: &Expected, topics: &Topics, repeats_allowed: bool) -> anyhow
                     ensure!(repeats_allowed && first == commit, "commit {commit_lsn} repeated differently");
                 }
             }
-            TxnRecord::Message { .. } | TxnRecord::Heartbeat { .. } => {}
+            TxnRecord::Message { .. }
+            | TxnRecord::Heartbeat { .. }
+            | TxnRecord::Snapshot { .. }
+            | TxnRecord::Chunk { .. } => {}
         }
     }
     let begin_set: BTreeSet<Lsn> = begins.keys().copied().collect();

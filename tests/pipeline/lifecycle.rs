@@ -269,103 +269,187 @@ async fn verify_names_a_changed_row_and_cutover_under_load_loses_no_acknowledged
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn snapshot_bootstrap_under_load_survives_a_crash_and_drains_to_the_transformed_source() -> anyhow::Result<()> {
-    snapshot_bootstrap_under_load("wal2json").await
+async fn chunked_bootstrap_resumes_after_capture_apply_and_broker_crashes() -> anyhow::Result<()> {
+    chunked_bootstrap_under_load("wal2json").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pgoutput_snapshot_bootstrap_under_load_survives_a_crash_and_drains() -> anyhow::Result<()> {
-    snapshot_bootstrap_under_load("pgoutput").await
+async fn pgoutput_chunked_bootstrap_resumes_after_crashes() -> anyhow::Result<()> {
+    chunked_bootstrap_under_load("pgoutput").await
 }
 
-async fn snapshot_bootstrap_under_load(decoder: &str) -> anyhow::Result<()> {
-    // DB1 starts with the shop's sample rows (1,000 orders) plus 30,000 more, and no slot.
-    // And a keyless table (REPLICA IDENTITY FULL) holding duplicate rows.
+/// What the txn topic holds of the bootstrap: the chunk records (chunk id, attempt) and the plan's size.
+fn bootstrap_records(brokers: &str, prefix: &str) -> anyhow::Result<(Vec<(u32, u32)>, usize)> {
+    use pgm_common::envelope::{RecordOrigin, TxnRecord};
+    let topic = format!("{prefix}.txn");
+    let records = tokio::task::block_in_place(|| pgm_test_support::kafka::read_all(brokers, &topic))?;
+    let (mut chunks, mut planned) = (Vec::new(), 0);
+    for r in &records {
+        let origin = RecordOrigin { topic: &topic, partition: r.partition, offset: r.offset };
+        match TxnRecord::decode(&r.value, origin)? {
+            TxnRecord::Chunk { chunk, attempt, .. } => chunks.push((chunk, attempt)),
+            TxnRecord::Snapshot { chunks, .. } => planned = chunks.len(),
+            _ => {}
+        }
+    }
+    Ok((chunks, planned))
+}
+
+/// Rows of a table keyed by one integer (so the bootstrap cuts it into key ranges), changed all over while the
+/// copy runs: values updated, rows deleted and inserted, keys moved across chunks.
+const LEDGER: &str = "CREATE TABLE ledger (id bigint PRIMARY KEY, note text NOT NULL, n int NOT NULL);";
+
+async fn churn_ledger(db1: pgm_common::config::PgConfig, stop: Arc<AtomicBool>) -> anyhow::Result<u64> {
+    let (client, connection) = db1.to_tokio_postgres("churn").connect(tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
+    let mut done = 0u64;
+    let mut n: i64 = 0;
+    while !stop.load(Ordering::Relaxed) {
+        n += 1;
+        let id = (n * 7919) % 20_000 + 1;
+        let sql = match n % 4 {
+            0 => "UPDATE ledger SET n = n + 1, note = note || '+' WHERE id = $1",
+            1 => "DELETE FROM ledger WHERE id = $1",
+            2 => "INSERT INTO ledger VALUES ($1, 'back ' || $1, 0) ON CONFLICT (id) DO UPDATE SET n = ledger.n - 1",
+            // The key moves across the table: out of its chunk into another.
+            _ => "UPDATE ledger SET id = 40000 - id WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM ledger WHERE id = 40000 - $1)",
+        };
+        if client.execute(sql, &[&id]).await.is_ok() {
+            done += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    Ok(done)
+}
+
+async fn chunked_bootstrap_under_load(decoder: &str) -> anyhow::Result<()> {
+    // DB1: the shop's rows plus 30,000 orders, a ledger of 20,000 rows, and a keyless table (REPLICA IDENTITY FULL)
+    // holding duplicate rows. Chunks of 4 pages: orders and ledger are cut into dozens of key ranges.
     const AUDIT: &str = "CREATE TABLE audit (at int, note text); ALTER TABLE audit REPLICA IDENTITY FULL;";
     let seeded = format!(
         "{SHOP}\nINSERT INTO orders (customer_id, amount_cents) SELECT 1 + (g % 200), g FROM generate_series(1, 30000) g;
+         {LEDGER} INSERT INTO ledger SELECT g, 'note ' || g, g FROM generate_series(1, 20000) g;
          {AUDIT} INSERT INTO audit SELECT g % 20, 'same' FROM generate_series(1, 60) g;"
     );
+    let mut broker = pgm_test_support::broker::Broker::start()?;
     let options = Options {
         source_schema: &seeded,
-        target_schema: &format!("{SHOP_V2}\n{AUDIT}"),
-        tables: &["public.customers", "public.orders", "public.order_items", "public.audit"],
+        target_schema: &format!("{SHOP_V2}\n{LEDGER}\n{AUDIT}"),
+        tables: &["public.customers", "public.orders", "public.order_items", "public.ledger", "public.audit"],
         rules: Some(RULES),
         partitions: 2,
         apply: "group_ms = 50",
         librdkafka: "",
         create_slot: false,
     };
-    let stack = Stack::new(BINS, shared_brokers()?, options).await?;
+    let stack = Stack::new(BINS, broker.brokers(), options).await?;
     stack.configure("capture", &format!("decoder = \"{decoder}\""))?;
+    stack.configure("bootstrap", "chunk_pages = 4\nparallel = 2")?;
     let shop = Shop::start(stack.db1.pg_config(&stack.db1_name));
+    let stop_churn = Arc::new(AtomicBool::new(false));
+    let churn = tokio::spawn(churn_ledger(stack.db1.pg_config(&stack.db1_name), stop_churn.clone()));
     shop.wait_acked(20).await?;
-    let small_chunks = |command: &mut std::process::Command| {
-        command.env("PGM__BOOTSTRAP__CHUNK_PAGES", "4").env("PGM__BOOTSTRAP__PARALLEL", "2");
+    let _transform = stack.spawn(Service::Transform, &["run"])?;
+    let mut apply = stack.spawn(Service::Apply, &["run"])?;
+    let chunks_in_kafka = |at_least: usize, attempt: u32| {
+        let brokers = stack.brokers.clone();
+        let prefix = stack.prefix.clone();
+        async move {
+            wait::until("chunks in Kafka", Duration::from_secs(120), || {
+                let (brokers, prefix) = (brokers.clone(), prefix.clone());
+                async move {
+                    let (chunks, _) = bootstrap_records(&brokers, &prefix).unwrap_or_default();
+                    Ok((chunks.iter().filter(|(_, a)| *a == attempt).count() >= at_least).then_some(()))
+                }
+            })
+            .await
+        }
     };
 
-    // An attempt killed mid-copy leaves its slot and some records behind.
-    let mut first = stack.command(Service::Capture, &["bootstrap"]);
-    small_chunks(&mut first);
-    let mut first = first.stderr(std::process::Stdio::null()).stdout(std::process::Stdio::null()).spawn()?;
-    let db1 = stack.source().await?;
-    // Killed once its first orders are in Kafka: mid-copy, whatever the speed of the machine.
-    let orders_topic = format!("{}.raw.public.orders", stack.prefix);
-    tokio::task::block_in_place(|| {
-        pgm_test_support::kafka::read_until(&stack.brokers, &orders_topic, Duration::from_secs(60), |r| !r.is_empty())
-    })?;
-    let _ = first.kill();
-    let status = first.wait()?;
-    ensure!(!status.success(), "the first bootstrap finished before it could be killed: make DB1 larger");
-
-    let out = stack.run(Service::Capture, &["bootstrap"])?;
+    // 1. Capture killed mid-copy.
+    let mut first = stack.spawn(Service::Capture, &["bootstrap"])?;
+    chunks_in_kafka(6, 1).await?;
+    first.kill9()?;
+    let (before, planned) = bootstrap_records(&stack.brokers, &stack.prefix)?;
+    ensure!(before.len() < planned, "the first attempt finished before it was killed: make DB1 larger");
+    // Streaming now would apply changes the copy holds: refused, naming the way on.
+    let out = stack.run(Service::Capture, &["run"])?;
     ensure!(
-        !out.status.success() && text(&out).contains("--restart"),
-        "a second bootstrap over the interrupted one's slot must refuse and name --restart:\n{}",
+        !out.status.success() && text(&out).contains("unfinished") && text(&out).contains("pgm-capture bootstrap"),
+        "capture run during an interrupted bootstrap:\n{}",
         text(&out)
     );
-    let mut again = stack.command(Service::Capture, &["bootstrap", "--restart"]);
-    small_chunks(&mut again);
-    let again = again.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn()?;
-    wait::until("the second bootstrap holds its slot", Duration::from_secs(30), || async {
-        let n: i64 = db1
-            .query_one("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pgm-bootstrap:%'", &[])
-            .await?
-            .get(0);
-        Ok((n > 0).then_some(()))
+
+    // 2. Apply killed once it has written some chunks, and started again.
+    let db2 = stack.target().await?;
+    wait::until("apply writes chunks", Duration::from_secs(120), || async {
+        let n: i64 = db2.query_one("SELECT count(*) FROM pgm.bootstrap_chunks", &[]).await.map(|r| r.get(0)).unwrap_or(0);
+        Ok((n >= 2).then_some(()))
     })
     .await?;
-    // Capture started while the copy runs must wait for it: its stream would otherwise reach apply before the
-    // snapshot's commit record and hide the snapshot.
-    let capture = stack.spawn(Service::Capture, &["run"])?;
-    let out = tokio::task::spawn_blocking(move || again.wait_with_output()).await??;
-    ensure!(out.status.success(), "bootstrap --restart failed:\n{}", text(&out));
-    let report = text(&out);
-    ensure!(report.contains("\"public\".\"orders\"") && report.contains("rows/s"), "no per-table progress:\n{report}");
-    ensure!(!report.contains("Customer "), "bootstrap printed row values:\n{report}");
+    apply.kill9()?;
+    let _apply = stack.spawn(Service::Apply, &["run"])?;
+
+    // 3. The bootstrap resumes (no --restart); the broker is killed and restarted under it.
+    let second = stack
+        .command(Service::Capture, &["bootstrap"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    chunks_in_kafka(3, 2).await?;
+    tokio::task::block_in_place(|| -> anyhow::Result<()> {
+        broker.kill()?;
+        std::thread::sleep(Duration::from_secs(2));
+        broker.restart()?;
+        Ok(())
+    })?;
+    let out = tokio::task::spawn_blocking(move || second.wait_with_output()).await??;
+    let mut report = text(&out);
+    if !out.status.success() {
+        // The broker's absence outlasted the producer's patience: resume once more.
+        let out = stack.run(Service::Capture, &["bootstrap"])?;
+        ensure!(out.status.success(), "the bootstrap did not resume after the broker restart:\n{}", text(&out));
+        report = text(&out);
+    }
     eprintln!("{report}");
-    ensure!(
-        capture.log().contains("bootstrap is copying for slot"),
-        "capture did not wait for the running bootstrap:\n{}",
-        capture.log()
-    );
+    ensure!(report.contains("chunks were in Kafka already"), "the bootstrap did not resume:\n{report}");
+    ensure!(report.contains("stream caught up to"), "no catch-up after a resumed copy:\n{report}");
+    ensure!(report.contains("\"public\".\"orders\"") && report.contains("chunks "), "no per-table progress:\n{report}");
+    ensure!(!report.contains("Customer ") && !report.contains("note "), "bootstrap printed row values:\n{report}");
 
     // The stream continues from the slot while the workload goes on writing.
-    let _capture = capture;
-    let _transform = stack.spawn(Service::Transform, &["run"])?;
-    let _apply = stack.spawn(Service::Apply, &["run"])?;
+    let _capture = stack.spawn(Service::Capture, &["run"])?;
     shop.wait_acked(shop.acked() + 100).await?;
+    stop_churn.store(true, Ordering::Relaxed);
+    let churned = churn.await??;
     let acked = shop.finish().await?;
     stack.marker("bootstrapped").await?;
-    stack.wait_marker("bootstrapped", Duration::from_secs(120)).await?;
+    stack.wait_marker("bootstrapped", Duration::from_secs(180)).await?;
     assert_orders_on_db2(&stack, &acked).await?;
     let out = stack.run(Service::Transform, &["verify"])?;
-    ensure!(out.status.success() && text(&out).contains("4 of 4 tables equal"), "after the drain:\n{}", text(&out));
-    let db2 = stack.target().await?;
+    ensure!(out.status.success() && text(&out).contains("5 of 5 tables equal"), "after the drain:\n{}", text(&out));
+    stack.assert_same(&["ledger", "audit"]).await?;
+
+    // No chunk copied twice: each chunk of the plan is in Kafka once, and DB2 wrote each once.
+    let (chunks, planned) = bootstrap_records(&stack.brokers, &stack.prefix)?;
+    let mut ids: Vec<u32> = chunks.iter().map(|(id, _)| *id).collect();
+    ids.sort();
+    let copied = ids.len();
+    ids.dedup();
+    ensure!(copied == ids.len(), "{} chunk(s) copied twice: {chunks:?}", copied - ids.len());
+    ensure!(ids.len() == planned + 1, "{} chunks in Kafka, the plan has {planned} (+ the truncates)", ids.len());
+    let attempts: std::collections::BTreeSet<u32> = chunks.iter().map(|(_, a)| *a).collect();
+    ensure!(attempts.len() >= 2, "every chunk came from one attempt: {attempts:?}");
+    let applied: i64 = db2.query_one("SELECT count(*) FROM pgm.bootstrap_chunks", &[]).await?.get(0);
+    ensure!(applied as usize == copied, "DB2 wrote {applied} chunks of {copied}");
     let audit: i64 = db2.query_one("SELECT count(*) FROM audit", &[]).await?.get(0);
     ensure!(audit == 60, "DB2 has {audit} audit rows, DB1 60 (a keyless table with duplicates)");
-    let orders: i64 = db2.query_one("SELECT count(*) FROM orders", &[]).await?.get(0);
-    ensure!(orders >= 4000, "DB2 has {orders} orders: the snapshot's 4,000 are not all there");
+    eprintln!(
+        "chunked bootstrap: {planned} chunks over {} attempts, none copied twice; {} orders acknowledged, {churned} \
+         ledger changes during the copy",
+        attempts.len(),
+        acked.len()
+    );
     Ok(())
 }
 

@@ -220,6 +220,7 @@ metrics_addr = "127.0.0.1:0"
 group_id = "{group}-apply"
 metrics_addr = "127.0.0.1:0"
 {apply}
+[bootstrap]
 "#,
                 port1 = db1.port(),
                 port2 = db2.port(),
