@@ -15,6 +15,7 @@
 //! Modes: backlog drain (replication stopped during the load, then the catch-up is timed) and live (replication
 //! running during a fixed-rate load; lag sampled every 100 ms from a ticker row DB1 updates every 100 ms).
 //! Every run has fresh clusters; the end of a run is a marker row written on DB1 after the load, seen on DB2.
+//! Then the initial copy of a pgbench database by native initial sync, pgcopydb and pg-migrator (bootstrap.rs).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -30,6 +31,7 @@ use pgm_test_support::process_usage;
 use pgm_test_support::stack::{Binaries, Options, Running, Service, Stack};
 use serde_json::json;
 
+mod bootstrap;
 mod debezium;
 mod values;
 
@@ -974,6 +976,14 @@ async fn main() -> anyhow::Result<()> {
             "broker_bytes_per_change": replicator.pipeline().then(|| measured.traffic.1 / measured.changes.max(1) as f64),
         }));
     }
+    // The initial copy side by side (with `--only bootstrap`, or in a whole run): pgbench scale 100 (10 million
+    // rows) in a full run, 10 in a quick one.
+    let mut bootstrap_json = None;
+    if only.as_ref().is_none_or(|o| "bootstrap".contains(o.as_str())) {
+        let broker = Broker::start()?;
+        let scale = if quick { 10 } else { 100 };
+        bootstrap_json = Some(bootstrap::run(scale, bins()?, broker.brokers()).await?);
+    }
     // Values side by side (with `--only values`, or in a whole run).
     let mut value_results = Vec::new();
     if only.as_ref().is_none_or(|o| "values".contains(o.as_str())) {
@@ -1001,6 +1011,7 @@ async fn main() -> anyhow::Result<()> {
                   "big_rows": sizes.big_rows, "live_changes_per_s": sizes.live_changes_per_s, "live_seconds": sizes.live_seconds},
         "runs": results,
         "values": values_json,
+        "bootstrap": bootstrap_json,
     });
     std::fs::write(&out, serde_json::to_string_pretty(&document)?)?;
     println!("results: {}", out.display());
