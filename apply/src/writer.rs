@@ -12,6 +12,7 @@
 //! delete    DELETE FROM t AS pgm_t USING unnest($1::text[]) AS v(k0) WHERE pgm_t.id = v.k0::integer
 //! truncate  TRUNCATE ONLY t
 //! huge      COPY t (a, b) FROM STDIN         (inserts of 8 MiB or more: sent in 1 MiB chunks, not bound at once)
+//! copy      COPY t (a, b) FROM STDIN         (the bootstrap's batches, already in COPY's text format)
 //! ```
 //!
 //! Each table has its own pending batch within the DB2 transaction, so a source transaction that touches three
@@ -139,8 +140,15 @@ impl Writer {
     }
 
     pub async fn push(&mut self, client: &Client, pos: Position, op: TargetOp) -> Result<(), ApplyError> {
-        let TargetOp { op, target, key, new, old } = op;
+        let TargetOp { op, target, key, new, old, copy } = op;
         let (kind, key, columns, mut values, touched) = match op {
+            Op::Copy => {
+                self.flush(client).await?;
+                let batch = copy.ok_or_else(|| {
+                    ApplyError::Stream(format!("copy at {pos} into {target} carries no rows: was it transformed?"))
+                })?;
+                return self.copy_batch(client, pos, &target, batch).await;
+            }
             Op::Truncate => {
                 self.flush(client).await?;
                 // TRUNCATE refuses a table that another DB2 table references by foreign key, even when both are
@@ -375,6 +383,37 @@ impl Writer {
         self.metrics.statement_seconds.observe(started.elapsed().as_secs_f64());
         self.metrics.batch_rows.observe(batch.rows as f64);
         self.metrics.rows.get_or_create(&crate::metrics::TableLabel::new(&batch.table)).inc_by(batch.rows as u64);
+        Ok(())
+    }
+
+    /// Rows of the snapshot bootstrap, already in COPY's text format: one COPY, sent in pieces of [`COPY_CHUNK`].
+    async fn copy_batch(
+        &mut self,
+        client: &Client,
+        pos: Position,
+        target: &TableRef,
+        batch: pgm_common::envelope::CopyBatch,
+    ) -> Result<(), ApplyError> {
+        use futures::SinkExt;
+        let columns: Vec<String> = batch.columns.iter().map(|c| quote_ident(&c.name)).collect();
+        let sql = format!("COPY {} ({}) FROM STDIN", target.quoted(), columns.join(", "));
+        let started = std::time::Instant::now();
+        let failed = |e: tokio_postgres::Error| statement_error(e, "copy", target, &[], pos, pos);
+        let sink = client.copy_in::<_, bytes::Bytes>(&sql).await.map_err(failed)?;
+        futures::pin_mut!(sink);
+        let text = bytes::Bytes::from(batch.text.into_bytes());
+        let mut at = 0;
+        while at < text.len() {
+            let end = (at + COPY_CHUNK).min(text.len());
+            sink.send(text.slice(at..end)).await.map_err(failed)?;
+            at = end;
+        }
+        sink.as_mut().finish().await.map_err(failed)?;
+        self.rows += batch.rows as usize;
+        self.bytes += text.len();
+        self.metrics.statement_seconds.observe(started.elapsed().as_secs_f64());
+        self.metrics.batch_rows.observe(batch.rows as f64);
+        self.metrics.rows.get_or_create(&crate::metrics::TableLabel::new(target)).inc_by(batch.rows);
         Ok(())
     }
 

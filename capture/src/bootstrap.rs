@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use futures::{pin_mut, StreamExt};
 use pgm_common::change::{Cell, Row, RowChange, RowOp, TableRef, Truncate};
 use pgm_common::config::PipelineConfig;
-use pgm_common::envelope::{ChunkSpec, RecordOrigin, TxnRecord, ENVELOPE_VERSION};
+use pgm_common::envelope::{ChunkSpec, CopyBatch, CopyColumn, RecordOrigin, TxnRecord, ENVELOPE_VERSION};
 use pgm_common::snapshot::{chunk_base, KeyRange, SourceTable, CHUNK_ROWS, MAX_ATTEMPTS, MAX_CHUNKS};
 use pgm_common::{kafka, Lsn, Position};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -142,16 +142,14 @@ async fn read_history(config: &PipelineConfig) -> Result<History, CaptureError> 
         let mut client = client;
         client.set("group.id", "pgm-capture-bootstrap").set("enable.auto.commit", "false");
         let consumer: BaseConsumer = client.create().map_err(|e| CaptureError::Kafka(e))?;
-        let (low, high) = consumer
-            .fetch_watermarks(&topic, 0, Duration::from_secs(30))
-            .map_err(|e| CaptureError::Kafka(e))?;
+        let (low, high) =
+            consumer.fetch_watermarks(&topic, 0, Duration::from_secs(30)).map_err(|e| CaptureError::Kafka(e))?;
         let mut history = History::default();
         if high <= low {
             return Ok(history);
         }
         let mut list = TopicPartitionList::new();
-        list.add_partition_offset(&topic, 0, Offset::Offset(low))
-            .map_err(CaptureError::Kafka)?;
+        list.add_partition_offset(&topic, 0, Offset::Offset(low)).map_err(CaptureError::Kafka)?;
         consumer.assign(&list).map_err(CaptureError::Kafka)?;
         let deadline = Instant::now() + Duration::from_secs(120);
         let mut assembler = pgm_common::parts::Assembler::default();
@@ -165,11 +163,8 @@ async fn read_history(config: &PipelineConfig) -> Result<History, CaptureError> 
             let message = message.map_err(CaptureError::Kafka)?;
             let offset = message.offset();
             let key = message.key().unwrap_or_default();
-            let assembled = assembler.push(
-                key,
-                pgm_common::parts::of_message(&message),
-                message.payload().unwrap_or_default(),
-            );
+            let assembled =
+                assembler.push(key, pgm_common::parts::of_message(&message), message.payload().unwrap_or_default());
             if let Some(bytes) = assembled.bytes() {
                 let origin = RecordOrigin { topic: &topic, partition: 0, offset };
                 history.read(TxnRecord::decode(bytes, origin).map_err(|e| CaptureError::Stream(e.to_string()))?);
@@ -322,14 +317,15 @@ pub async fn run(config: &PipelineConfig, restart: bool) -> Result<Summary, Capt
         if history.done.contains_key(&spec.id) {
             continue;
         }
-        let range =
-            spec.key.as_ref().map(|column| KeyRange { column: column.clone(), from: spec.from, to: spec.to });
+        let range = spec.key.as_ref().map(|column| KeyRange { column: column.clone(), from: spec.from, to: spec.to });
         chunks.push_back(Chunk { spec: spec.clone(), table, range });
     }
     let copied_chunks = chunks.len();
     let progress = Arc::new(Progress {
         rows: described.iter().map(|_| AtomicU64::new(0)).collect(),
-        chunks_total: (0..described.len()).map(|i| plan.iter().filter(|c| index_of[&c.table] == i).count() as u64).collect(),
+        chunks_total: (0..described.len())
+            .map(|i| plan.iter().filter(|c| index_of[&c.table] == i).count() as u64)
+            .collect(),
         chunks_left: (0..described.len())
             .map(|i| AtomicU64::new(chunks.iter().filter(|c| c.table == i).count() as u64))
             .collect(),
@@ -416,8 +412,7 @@ pub async fn run(config: &PipelineConfig, restart: bool) -> Result<Summary, Capt
             let until = catch_up.until;
             let shutdown = tokio_util::sync::CancellationToken::new();
             let health = pgm_common::telemetry::Health::default();
-            crate::stream::run(config, publisher, CaptureMetrics::default(), &health, shutdown, Some(catch_up))
-                .await?;
+            crate::stream::run(config, publisher, CaptureMetrics::default(), &health, shutdown, Some(catch_up)).await?;
             Some(until)
         }
         None => None,
@@ -454,7 +449,10 @@ async fn make_plan(
                     table.table.quoted(),
                     k = pgm_common::change::quote_ident(column)
                 );
-                let row = client.query_one(sql.as_str(), &[]).await.map_err(source_err(format!("key bounds of {}", table.table)))?;
+                let row = client
+                    .query_one(sql.as_str(), &[])
+                    .await
+                    .map_err(source_err(format!("key bounds of {}", table.table)))?;
                 match (row.get::<_, Option<i64>>(0), row.get::<_, Option<i64>>(1)) {
                     (Some(min), Some(max)) => {
                         table.key_ranges(column, min, max, config.bootstrap.chunk_pages).into_iter().map(Some).collect()
@@ -487,10 +485,14 @@ async fn make_plan(
 
 /// What a copy worker hands the publisher for one chunk, in order.
 enum Item {
-    Row(Row),
+    /// Rows in COPY's text format, and how many.
+    Batch(String, u64),
     Done,
     Failed(CaptureError),
 }
+
+/// Bytes of COPY text per record (JSON escaping adds some; a record over the broker's limit goes in parts anyway).
+const BATCH_BYTES: usize = 256 << 10;
 
 /// Copies the chunks with `bootstrap.parallel` workers, all in `snapshot`; the publisher takes one chunk at a time
 /// (in the order the workers started them) and numbers it `seq, seq + 1, …`. Returns the rows copied.
@@ -542,6 +544,7 @@ async fn copy_chunks(
     }
     let display = tokio::spawn(show_progress(progress.clone()));
     let base_pos = Lsn(cp.0 - 1);
+    let columns: Vec<Vec<CopyColumn>> = progress.tables.iter().map(SourceTable::copy_columns).collect();
     let mut seq = first_seq;
     let mut total = 0u64;
     let result = async {
@@ -549,28 +552,23 @@ async fn copy_chunks(
             let base = chunk_base(attempt, seq);
             publisher.open_chunk(base_pos, base)?;
             let table = &progress.tables[chunk.table];
+            let mut chunk_rows = 0u64;
             loop {
                 match items.recv().await {
-                    Some(Item::Row(row)) => {
+                    Some(Item::Batch(text, rows)) => {
                         if publisher.chunk_rows(base) >= CHUNK_ROWS - 2 {
                             return Err(CaptureError::Config(format!(
-                                "chunk {} of {} holds more than {} rows: lower bootstrap.chunk_pages",
+                                "chunk {} of {} needs more than {} records: lower bootstrap.chunk_pages",
                                 chunk.spec.id,
                                 table.table,
                                 CHUNK_ROWS - 2
                             )));
                         }
-                        let change = RowChange {
-                            op: RowOp::Insert,
-                            table: table.table.clone(),
-                            key_columns: table.key.clone(),
-                            new: row,
-                            identity: None,
-                            lsn: None,
-                        };
-                        publisher.snapshot_row(change).await?;
-                        progress.rows[chunk.table].fetch_add(1, Ordering::Relaxed);
-                        total += 1;
+                        let batch = CopyBatch { columns: columns[chunk.table].clone(), rows, text };
+                        publisher.copy_batch(&table.table, &table.key, batch).await?;
+                        progress.rows[chunk.table].fetch_add(rows, Ordering::Relaxed);
+                        chunk_rows += rows;
+                        total += rows;
                     }
                     Some(Item::Done) => break,
                     Some(Item::Failed(e)) => return Err(e),
@@ -582,7 +580,7 @@ async fn copy_chunks(
                     }
                 }
             }
-            let rows = publisher.chunk_rows(base);
+            let rows = chunk_rows;
             let record = |counts| TxnRecord::Chunk {
                 v: ENVELOPE_VERSION,
                 consistent_point: cp,
@@ -656,27 +654,36 @@ async fn copy_worker(
     drop(imported);
     loop {
         let Some(chunk) = queue.lock().unwrap().pop_front() else { break };
-        let (tx, rx) = mpsc::channel(4096);
+        let (tx, rx) = mpsc::channel(16);
         if started.send((chunk.clone(), rx)).await.is_err() {
             return Ok(()); // the publisher stopped; it reports why
         }
         let table = &progress.tables[chunk.table];
         progress.spans[chunk.table].lock().unwrap().0.get_or_insert_with(Instant::now);
         let copied = async {
-            let stream = match &chunk.range {
-                Some(range) => {
-                    let sql = table.select_range_sql(&range.column);
-                    client.query_raw(sql.as_str(), [range.from, range.to]).await
-                }
-                None => client.query_raw(table.select_sql(None).as_str(), std::iter::empty::<Option<i64>>()).await,
-            }
-            .map_err(source_err(format!("copy chunk {} of {}", chunk.spec.id, table.table)))?;
+            let what = || format!("copy chunk {} of {}", chunk.spec.id, table.table);
+            let stream =
+                client.copy_out(table.copy_sql(chunk.range.as_ref()).as_str()).await.map_err(source_err(what()))?;
             pin_mut!(stream);
-            while let Some(row) = stream.next().await {
-                let row = row.map_err(source_err(format!("copy chunk {} of {}", chunk.spec.id, table.table)))?;
-                if tx.send(Item::Row(table.to_row(&row))).await.is_err() {
-                    return Ok(false);
+            let mut text = String::with_capacity(BATCH_BYTES + (64 << 10));
+            let mut rows = 0u64;
+            while let Some(data) = stream.next().await {
+                let data = data.map_err(source_err(what()))?;
+                // COPY escapes newlines inside values: each unescaped one ends a row.
+                rows += data.iter().filter(|b| **b == b'\n').count() as u64;
+                text.push_str(std::str::from_utf8(&data).map_err(|_| {
+                    CaptureError::Stream(format!("{}: DB1 sent text that is not UTF-8 (client_encoding?)", what()))
+                })?);
+                if text.len() >= BATCH_BYTES {
+                    let full = std::mem::replace(&mut text, String::with_capacity(BATCH_BYTES + (64 << 10)));
+                    if tx.send(Item::Batch(full, rows)).await.is_err() {
+                        return Ok(false);
+                    }
+                    rows = 0;
                 }
+            }
+            if rows > 0 && tx.send(Item::Batch(text, rows)).await.is_err() {
+                return Ok(false);
             }
             Ok::<_, CaptureError>(true)
         }
@@ -711,7 +718,13 @@ struct TableChunks {
 }
 
 impl CatchUp {
-    fn new(plan: &[ChunkSpec], done: &BTreeMap<u32, Lsn>, tables: &[SourceTable], cp: Lsn, application: String) -> Option<Self> {
+    fn new(
+        plan: &[ChunkSpec],
+        done: &BTreeMap<u32, Lsn>,
+        tables: &[SourceTable],
+        cp: Lsn,
+        application: String,
+    ) -> Option<Self> {
         let until = done.values().copied().max()?;
         if until <= cp {
             return None;
@@ -722,7 +735,8 @@ impl CatchUp {
             let entry = out
                 .entry(spec.table.clone())
                 .or_insert_with(|| TableChunks { columns: table.columns.len(), chunks: Vec::new() });
-            let range = spec.key.as_ref().map(|column| KeyRange { column: column.clone(), from: spec.from, to: spec.to });
+            let range =
+                spec.key.as_ref().map(|column| KeyRange { column: column.clone(), from: spec.from, to: spec.to });
             entry.chunks.push((range, done.get(&spec.id).copied().unwrap_or(cp)));
         }
         Some(CatchUp { until, application, tables: out })
@@ -734,9 +748,8 @@ impl CatchUp {
             let inside = match range {
                 None => true,
                 Some(range) => match row.get(&range.column) {
-                    Cell::Value(text) => {
-                        range.contains(text.parse::<i64>().map_err(|_| format!("key {} is not an integer", range.column))?)
-                    }
+                    Cell::Value(text) => range
+                        .contains(text.parse::<i64>().map_err(|_| format!("key {} is not an integer", range.column))?),
                     Cell::Null | Cell::Absent => return Err(format!("the change does not carry key {}", range.column)),
                 },
             };

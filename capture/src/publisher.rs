@@ -307,7 +307,10 @@ impl Publisher {
     /// and are counted per partition like a transaction's, without a begin record.
     pub fn open_chunk(&mut self, commit_lsn: Lsn, base: u64) -> Result<(), CaptureError> {
         if let Some(open) = &self.txn {
-            return Err(CaptureError::Stream(format!("a bootstrap chunk opened while transaction {} is open", open.xid)));
+            return Err(CaptureError::Stream(format!(
+                "a bootstrap chunk opened while transaction {} is open",
+                open.xid
+            )));
         }
         self.txn = Some(OpenTxn { xid: 0, commit_lsn, next_ordinal: base + 1, counts: BTreeMap::new() });
         Ok(())
@@ -360,7 +363,9 @@ impl Publisher {
         self.buffer.clear();
         // A large row's JSON is written into a buffer of its size at once: growing by doubling would hold the old
         // and the new buffer together (two more copies of the row at the peak).
-        let text = record.new.text_bytes() + record.old.as_ref().map_or(0, Row::text_bytes);
+        let text = record.new.text_bytes()
+            + record.old.as_ref().map_or(0, Row::text_bytes)
+            + record.copy.as_ref().map_or(0, |c| c.text.len());
         if text > BUFFER_KEPT {
             self.buffer.reserve_exact(text + text / 8 + 4096);
         }
@@ -385,6 +390,31 @@ impl Publisher {
         self.publish_change(change, op).await
     }
 
+    /// Rows copied by the bootstrap in COPY's text format: op `copy`, no xid. Batches go round the partitions (a
+    /// chunk is applied whole before any change of the stream, so its rows need no partition by key).
+    pub async fn copy_batch(
+        &mut self,
+        table: &TableRef,
+        key: &[String],
+        batch: pgm_common::envelope::CopyBatch,
+    ) -> Result<(), CaptureError> {
+        let Some(route) = self.route(table).await? else { return Ok(()) };
+        let (pos, _) = self.next_position("copy batch")?;
+        let partition = (pos.ordinal % self.partitions as u64) as i32;
+        let record = RawRecord {
+            v: ENVELOPE_VERSION,
+            pos,
+            op: Op::Copy,
+            source: table.clone(),
+            xid: None,
+            key: key.to_vec(),
+            new: Row::default(),
+            old: None,
+            copy: Some(batch),
+        };
+        self.publish_raw(route, record, partition).await
+    }
+
     /// A row copied by the bootstrap: op `snapshot`, no xid, partitioned like an insert of the same row.
     pub async fn snapshot_row(&mut self, change: RowChange) -> Result<(), CaptureError> {
         self.publish_change(change, Op::Snapshot).await
@@ -403,6 +433,7 @@ impl Publisher {
             key: change.key_columns,
             new: change.new,
             old: change.identity,
+            copy: None,
         };
         self.publish_raw(route, record, partition).await
     }
@@ -419,6 +450,7 @@ impl Publisher {
             key: Vec::new(),
             new: Row::default(),
             old: None,
+            copy: None,
         };
         self.publish_raw(route, record, 0).await
     }

@@ -296,7 +296,13 @@ impl Walsender {
         self.create_slot_as(name, "TEMPORARY ", plugin, true).await
     }
 
-    async fn create_slot_as(&mut self, name: &str, kind: &str, plugin: &str, export_snapshot: bool) -> Result<SlotCreated> {
+    async fn create_slot_as(
+        &mut self,
+        name: &str,
+        kind: &str,
+        plugin: &str,
+        export_snapshot: bool,
+    ) -> Result<SlotCreated> {
         let export = if export_snapshot { "EXPORT_SNAPSHOT" } else { "NOEXPORT_SNAPSHOT" };
         let rows = self
             .simple_query(&format!("CREATE_REPLICATION_SLOT {} {kind}LOGICAL {plugin} {export}", quote_slot(name)))

@@ -26,6 +26,25 @@ pub enum Op {
     Truncate,
     /// A row copied by the snapshot bootstrap: applied as an upsert.
     Snapshot,
+    /// Many rows copied by the snapshot bootstrap, in COPY's text format ([`CopyBatch`]): applied with COPY.
+    Copy,
+}
+
+/// Rows of one table in PostgreSQL's COPY text format (`crate::copytext`), each field the value's text.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyBatch {
+    pub columns: Vec<CopyColumn>,
+    pub rows: u64,
+    pub text: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyColumn {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub type_name: String,
+    #[serde(rename = "oid")]
+    pub type_oid: u32,
 }
 
 /// One source row change, as capture publishes it.
@@ -47,6 +66,9 @@ pub struct RawRecord {
     /// Old replica identity (update, delete).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub old: Option<Row>,
+    /// The rows of a `copy` record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copy: Option<CopyBatch>,
 }
 
 /// How many change records a transaction has in one topic-partition: apply waits for exactly these.
@@ -229,6 +251,9 @@ pub struct TargetOp {
     pub new: Row,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub old: Option<Row>,
+    /// The rows of a `copy` operation, with the target's column names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copy: Option<CopyBatch>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -293,7 +318,9 @@ impl Versioned for TxnRecord {
             TxnRecord::Snapshot { consistent_point, attempt, .. } => {
                 format!("bootstrap at {consistent_point}, attempt {attempt}")
             }
-            TxnRecord::Chunk { consistent_point, chunk, .. } => format!("bootstrap at {consistent_point}, chunk {chunk}"),
+            TxnRecord::Chunk { consistent_point, chunk, .. } => {
+                format!("bootstrap at {consistent_point}, chunk {chunk}")
+            }
         }
     }
 }
@@ -375,6 +402,7 @@ mod tests {
                 type_oid: 20,
                 value: Datum::Null,
             }])),
+            copy: None,
         }
     }
 

@@ -23,6 +23,7 @@
 pub mod change;
 pub mod cli;
 pub mod config;
+pub mod copytext;
 pub mod envelope;
 pub mod findings;
 pub mod identity;

@@ -9,6 +9,7 @@
 use tokio_postgres::{Client, Row as PgRow};
 
 use crate::change::{quote_ident, Column, Datum, Row, TableRef};
+use crate::envelope::CopyColumn;
 
 /// A column of a source table as the snapshot reads it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -124,14 +125,33 @@ impl SourceTable {
         INTEGER_OIDS.contains(&column.type_oid).then_some(key.as_str())
     }
 
-    /// The rows of a key range: `SELECT … WHERE "k" >= $1 AND "k" < $2` with the bounds bound as int8 (an open end
-    /// binds NULL and drops that condition).
-    pub fn select_range_sql(&self, column: &str) -> String {
-        let k = quote_ident(column);
-        format!(
-            "{} WHERE ($1::int8 IS NULL OR {k} >= $1::int8) AND ($2::int8 IS NULL OR {k} < $2::int8)",
-            self.select_sql(None)
-        )
+    /// `COPY (SELECT "a"::text, … FROM ONLY "s"."t" [WHERE "k" >= from AND "k" < to]) TO STDOUT`: a chunk's rows in
+    /// COPY's text format, each field the value's text. COPY takes no parameters; the bounds are integers of the
+    /// bootstrap's own plan, printed as such.
+    pub fn copy_sql(&self, range: Option<&KeyRange>) -> String {
+        let mut select = self.select_sql(None);
+        if let Some(range) = range {
+            let k = quote_ident(&range.column);
+            let mut conditions = Vec::new();
+            if let Some(from) = range.from {
+                conditions.push(format!("{k} >= {from}"));
+            }
+            if let Some(to) = range.to {
+                conditions.push(format!("{k} < {to}"));
+            }
+            if !conditions.is_empty() {
+                select.push_str(&format!(" WHERE {}", conditions.join(" AND ")));
+            }
+        }
+        format!("COPY ({select}) TO STDOUT")
+    }
+
+    /// The columns a COPY batch of this table names.
+    pub fn copy_columns(&self) -> Vec<CopyColumn> {
+        self.columns
+            .iter()
+            .map(|c| CopyColumn { name: c.name.clone(), type_name: c.type_name.clone(), type_oid: c.type_oid })
+            .collect()
     }
 
     /// Cuts `[min, max]` of the integer key into about `pages / pages_per_chunk` ranges of equal width; the first
@@ -238,12 +258,23 @@ mod tests {
         }
         // Fewer keys than chunks, and a table of one page: one open range.
         assert_eq!(t.key_ranges("id", 5, 6, 1).len(), 2);
-        assert_eq!(table(1).key_ranges("id", i64::MIN, i64::MAX, 10), vec![KeyRange {
-            column: "id".into(),
-            from: None,
-            to: None
-        }]);
+        assert_eq!(
+            table(1).key_ranges("id", i64::MIN, i64::MAX, 10),
+            vec![KeyRange { column: "id".into(), from: None, to: None }]
+        );
         assert_eq!(t.integer_key(), Some("id"));
+    }
+
+    #[test]
+    fn copy_of_a_key_range_prints_integer_bounds_and_quotes_names() {
+        let t = table(100);
+        let range = |from, to| KeyRange { column: "id".into(), from, to };
+        assert_eq!(
+            t.copy_sql(Some(&range(Some(-5), Some(10)))),
+            "COPY (SELECT \"id\"::text, \"Note\"::text FROM ONLY \"public\".\"Order \"\"Items\"\"\" WHERE \"id\" >= -5 AND \"id\" < 10) TO STDOUT"
+        );
+        assert!(t.copy_sql(Some(&range(None, Some(10)))).ends_with("WHERE \"id\" < 10) TO STDOUT"));
+        assert!(t.copy_sql(Some(&range(None, None))).ends_with("\"\"Items\"\"\") TO STDOUT"));
     }
 
     #[test]

@@ -11,7 +11,8 @@
 use std::collections::{HashMap, HashSet};
 
 use pgm_common::change::{Cell, Column, Datum, Row, TableRef};
-use pgm_common::envelope::{Op, OutRecord, RawRecord, TargetOp, ENVELOPE_VERSION};
+use pgm_common::copytext;
+use pgm_common::envelope::{CopyBatch, CopyColumn, Op, OutRecord, RawRecord, TargetOp, ENVELOPE_VERSION};
 use pgm_common::Position;
 use rhai::{Dynamic, Engine, Scope};
 
@@ -70,7 +71,8 @@ pub struct Program {
 /// The out record of a table the rules pass unchanged: one operation on the same table, with the same key and rows.
 /// Transform writes it for such tables; with `transform.passthrough` apply makes it from the raw record itself.
 pub fn unchanged(raw: RawRecord) -> OutRecord {
-    let op = TargetOp { op: raw.op, target: raw.source.clone(), key: raw.key, new: raw.new, old: raw.old };
+    let op =
+        TargetOp { op: raw.op, target: raw.source.clone(), key: raw.key, new: raw.new, old: raw.old, copy: raw.copy };
     OutRecord { v: ENVELOPE_VERSION, pos: raw.pos, source: raw.source, ops: vec![op] }
 }
 
@@ -121,6 +123,7 @@ impl Program {
                 Unmatched::Pass => return Ok(unchanged(raw.clone())),
                 Unmatched::Drop => Vec::new(),
             },
+            Some(targets) if raw.op == Op::Copy => self.rewrite_copy(raw, targets)?,
             Some(targets) => {
                 let mut ops = Vec::with_capacity(targets.len());
                 for target in targets {
@@ -133,6 +136,65 @@ impl Program {
             }
         };
         Ok(OutRecord { v: ENVELOPE_VERSION, pos: raw.pos, source: raw.source.clone(), ops })
+    }
+
+    /// A batch of copied rows: each row through the rules as a snapshot row, the results batched again per target
+    /// table (in COPY's text format, with the target's columns).
+    fn rewrite_copy(&self, raw: &RawRecord, targets: &[Target]) -> Result<Vec<TargetOp>, RewriteError> {
+        let fail = |problem: String| {
+            RewriteError(Box::new(RewriteFailure {
+                rule: "-".into(),
+                table: raw.source.clone(),
+                pos: raw.pos,
+                column: None,
+                problem,
+            }))
+        };
+        let batch = raw.copy.as_ref().ok_or_else(|| fail("a copy record without its rows".into()))?;
+        let rows = copytext::rows(&batch.columns, &batch.text).map_err(|e| fail(e.to_string()))?;
+        let mut out: Vec<TargetOp> = Vec::new();
+        for row in rows {
+            let single = RawRecord {
+                v: ENVELOPE_VERSION,
+                pos: raw.pos,
+                op: Op::Snapshot,
+                source: raw.source.clone(),
+                xid: None,
+                key: raw.key.clone(),
+                new: row,
+                old: None,
+                copy: None,
+            };
+            for target in targets {
+                let run = Run { engine: &self.engine, target, raw: &single };
+                let Some(op) = run.op()? else { continue };
+                let columns: Vec<CopyColumn> = op
+                    .new
+                    .0
+                    .iter()
+                    .map(|c| CopyColumn { name: c.name.clone(), type_name: c.type_name.clone(), type_oid: c.type_oid })
+                    .collect();
+                // A batch per target and column list: rows of one target keep their order.
+                let open = out.iter_mut().rev().find(|o| o.target == op.target);
+                let batch = match open {
+                    Some(o) if o.copy.as_ref().is_some_and(|b| b.columns == columns) => o.copy.as_mut().expect("copy"),
+                    _ => {
+                        out.push(TargetOp {
+                            op: Op::Copy,
+                            target: op.target.clone(),
+                            key: op.key.clone(),
+                            new: Row::default(),
+                            old: None,
+                            copy: Some(CopyBatch { columns, rows: 0, text: String::new() }),
+                        });
+                        out.last_mut().expect("pushed").copy.as_mut().expect("copy")
+                    }
+                };
+                copytext::push_row(&mut batch.text, &op.new);
+                batch.rows += 1;
+            }
+        }
+        Ok(out)
     }
 
     /// Whether `source` reaches DB2 exactly as captured (no rule, unmatched tables pass): the same answer as
@@ -372,8 +434,10 @@ impl<'a> Run<'a> {
             key: self.target.key.clone(),
             new,
             old,
+            copy: None,
         };
         Ok(match raw.op {
+            Op::Copy => return Err(self.error(None, "a copy record reached the row rules")),
             Op::Truncate => Some(op(Op::Truncate, Row::default(), None)),
             Op::Insert | Op::Snapshot => {
                 if !self.matches(&new_side)? {

@@ -154,6 +154,7 @@ async fn prepare_stream(
                     key: vec!["id".into()],
                     new: row(id),
                     old: None,
+                    copy: None,
                 }],
             };
             let payload = serde_json::to_vec(&record)?;

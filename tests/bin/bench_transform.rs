@@ -94,6 +94,7 @@ fn record(i: u64) -> RawRecord {
             col("legacy", "text", 25, "x".into()),
         ]),
         old: None,
+        copy: None,
     }
 }
 

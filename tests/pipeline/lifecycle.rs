@@ -383,7 +383,8 @@ async fn chunked_bootstrap_under_load(decoder: &str) -> anyhow::Result<()> {
     // 2. Apply killed once it has written some chunks, and started again.
     let db2 = stack.target().await?;
     wait::until("apply writes chunks", Duration::from_secs(120), || async {
-        let n: i64 = db2.query_one("SELECT count(*) FROM pgm.bootstrap_chunks", &[]).await.map(|r| r.get(0)).unwrap_or(0);
+        let n: i64 =
+            db2.query_one("SELECT count(*) FROM pgm.bootstrap_chunks", &[]).await.map(|r| r.get(0)).unwrap_or(0);
         Ok((n >= 2).then_some(()))
     })
     .await?;

@@ -215,6 +215,7 @@ fn raw_record(i: u64) -> RawRecord {
             text("name", "text", 25, format!("item {i}")),
         ]),
         old: None,
+        copy: None,
     }
 }
 

@@ -323,6 +323,7 @@ impl Verifier<'_> {
                 key: table.key.clone(),
                 new: table.to_row(&row),
                 old: None,
+                copy: None,
             };
             let out = self.program.rewrite(&raw).map_err(|e| {
                 VerifyError::Refused(format!(

@@ -51,7 +51,18 @@ fn watch_rss(pid: u32, stop: Arc<AtomicBool>) -> (Arc<AtomicU64>, Arc<AtomicU64>
 fn psql(stack: &Stack, db1: bool, sql: &str) -> anyhow::Result<()> {
     let (cluster, db) = if db1 { (&stack.db1, &stack.db1_name) } else { (&stack.db2, &stack.db2_name) };
     let out = Command::new(bin_dir().join("psql"))
-        .args(["-h", "127.0.0.1", "-p", &cluster.port().to_string(), "-U", "postgres", "-v", "ON_ERROR_STOP=1", "-qc", sql])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &cluster.port().to_string(),
+            "-U",
+            "postgres",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-qc",
+            sql,
+        ])
         .arg(db)
         .output()?;
     ensure!(out.status.success(), "psql {sql}: {}", String::from_utf8_lossy(&out.stderr));
@@ -119,22 +130,40 @@ pub async fn run(scale: u32, bins: Binaries, brokers: String) -> anyhow::Result<
     psql(&stack, false, "DROP SUBSCRIPTION bench_sub")?;
     let rate = rows as f64 / secs;
     native_rate = native_rate.or(Some(rate));
-    println!("bootstrap native     {rows:>10} rows {secs:>7.1} s {rate:>9.0} rows/s  equal {}  ({cpus} sync workers)", yes(equal));
+    println!(
+        "bootstrap native     {rows:>10} rows {secs:>7.1} s {rate:>9.0} rows/s  equal {}  ({cpus} sync workers)",
+        yes(equal)
+    );
     results.push(json!({"tool": "native", "rows": rows, "seconds": secs, "rows_per_second": rate, "db2_equals_db1": equal, "sync_workers": cpus}));
 
     // pgcopydb, when installed: clone into an empty DB2 (it makes the schema and builds indexes after the data).
-    let pgcopydb = ["/usr/bin/pgcopydb", "/usr/lib/postgresql/15/bin/pgcopydb"].into_iter().find(|p| std::path::Path::new(p).exists());
+    let pgcopydb = ["/usr/bin/pgcopydb", "/usr/lib/postgresql/15/bin/pgcopydb"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists());
     match pgcopydb {
         Some(pgcopydb) => {
-            psql(&stack, false, &format!("DROP TABLE {}", TABLES.join(", ")))?;
+            psql(&stack, false, &format!("DROP TABLE {}, pgbench_history", TABLES.join(", ")))?;
             let dir = tempfile::tempdir()?;
             let uri = |port: u16, db: &str| format!("postgres://postgres@127.0.0.1:{port}/{db}");
             let t = Instant::now();
             // Its own process group: pgcopydb signals its whole group when a sub-process fails.
             let out = Command::new(pgcopydb)
                 .process_group(0)
-                .args(["clone", "--no-owner", "--no-acl", "--table-jobs", &cpus.to_string(), "--index-jobs", &cpus.to_string()])
-                .args(["--source", &uri(stack.db1.port(), &stack.db1_name), "--target", &uri(stack.db2.port(), &stack.db2_name)])
+                .args([
+                    "clone",
+                    "--no-owner",
+                    "--no-acl",
+                    "--table-jobs",
+                    &cpus.to_string(),
+                    "--index-jobs",
+                    &cpus.to_string(),
+                ])
+                .args([
+                    "--source",
+                    &uri(stack.db1.port(), &stack.db1_name),
+                    "--target",
+                    &uri(stack.db2.port(), &stack.db2_name),
+                ])
                 .arg("--dir")
                 .arg(dir.path())
                 .env("PATH", format!("{}:{}", bin_dir().display(), std::env::var("PATH").unwrap_or_default()))
@@ -150,11 +179,13 @@ pub async fn run(scale: u32, bins: Binaries, brokers: String) -> anyhow::Result<
                 results.push(json!({"tool": "pgcopydb", "rows": rows, "seconds": secs, "rows_per_second": rate, "db2_equals_db1": equal, "ratio_to_native": native_rate.map(|n| rate / n)}));
             } else {
                 let err = String::from_utf8_lossy(&out.stderr);
-                let last = err.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or_default().to_owned();
+                let last =
+                    err.lines().find(|l| l.contains(" ERROR ") || l.contains(" FATAL ")).unwrap_or_default().to_owned();
+                std::fs::write(std::env::temp_dir().join("pgcopydb-bench.log"), err.as_bytes())?;
                 println!("bootstrap pgcopydb   did not finish: {last}");
                 results.push(json!({"tool": "pgcopydb", "finished": false, "error": last}));
             }
-            psql(&stack, false, &format!("DROP TABLE IF EXISTS {} CASCADE", TABLES.join(", ")))?;
+            psql(&stack, false, &format!("DROP TABLE IF EXISTS {}, pgbench_history CASCADE", TABLES.join(", ")))?;
             schema_only()?;
         }
         None => {
@@ -193,7 +224,11 @@ pub async fn run(scale: u32, bins: Binaries, brokers: String) -> anyhow::Result<
         if applied.is_some_and(|a| a != "0/0") {
             break;
         }
-        ensure!(t.elapsed() < Duration::from_secs(3600), "pg-migrator's bootstrap was not applied within an hour:\n{}", stack.logs());
+        ensure!(
+            t.elapsed() < Duration::from_secs(3600),
+            "pg-migrator's bootstrap was not applied within an hour:\n{}",
+            stack.logs()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let secs = t.elapsed().as_secs_f64();
@@ -204,7 +239,9 @@ pub async fn run(scale: u32, bins: Binaries, brokers: String) -> anyhow::Result<
     let ratio = native_rate.map(|n| rate / n);
     let processes: Vec<(String, f64, u64)> = watched
         .iter()
-        .map(|(name, (rss, cpu))| (name.to_string(), cpu.load(Ordering::Relaxed) as f64 / 1000.0, rss.load(Ordering::Relaxed)))
+        .map(|(name, (rss, cpu))| {
+            (name.to_string(), cpu.load(Ordering::Relaxed) as f64 / 1000.0, rss.load(Ordering::Relaxed))
+        })
         .collect();
     println!(
         "bootstrap pgm        {rows:>10} rows {secs:>7.1} s {rate:>9.0} rows/s  equal {}  ({chunks} chunks, {cpus} at a time; \
@@ -215,7 +252,11 @@ pub async fn run(scale: u32, bins: Binaries, brokers: String) -> anyhow::Result<
     );
     println!(
         "          per row: CPU µs {}",
-        processes.iter().map(|(n, cpu, _)| format!("{n} {:.1}", cpu * 1e6 / rows as f64)).collect::<Vec<_>>().join(", ")
+        processes
+            .iter()
+            .map(|(n, cpu, _)| format!("{n} {:.1}", cpu * 1e6 / rows as f64))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     results.push(json!({
         "tool": "pg-migrator", "rows": rows, "seconds": secs, "seconds_into_kafka": into_kafka, "rows_per_second": rate,
