@@ -12,7 +12,7 @@
 //! crash apply reads the bootstrap's records again from DB2's stored offsets and skips the chunks DB2 has: a
 //! chunk is written exactly once (its row's primary key would refuse a second).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use pgm_common::config::PipelineConfig;
 use pgm_common::envelope::{PartitionCount, TargetOp};
@@ -202,4 +202,131 @@ async fn write_chunk(
 async fn chrono_now(client: &Client) -> Result<String, ApplyError> {
     let row = client.query_one("SELECT clock_timestamp()::text", &[]).await.map_err(ApplyError::db)?;
     Ok(row.get(0))
+}
+
+/// One table's side of the copy: chunks done, rows, and the span they took.
+#[derive(Default, Clone)]
+struct Side {
+    chunks: i64,
+    rows: i64,
+    first_ms: Option<i64>,
+    last_ms: Option<i64>,
+}
+
+impl Side {
+    fn describe(&self, planned: i64, estimate: i64) -> String {
+        let secs = match (self.first_ms, self.last_ms) {
+            (Some(a), Some(b)) if b > a => (b - a) as f64 / 1000.0,
+            _ => 0.0,
+        };
+        let rate = if secs > 0.0 { self.rows as f64 / secs } else { 0.0 };
+        let eta = if self.chunks >= planned {
+            "done".to_owned()
+        } else if rate > 0.0 && estimate > 0 {
+            format!("ETA {:.0} s", (estimate - self.rows).max(0) as f64 / rate)
+        } else {
+            "ETA unknown".to_owned()
+        };
+        format!("{} of ~{estimate} rows, {rate:.0} rows/s, chunks {}/{planned}, {eta}", self.rows, self.chunks)
+    }
+}
+
+/// `pgm-apply status`'s bootstrap lines: per table, what is in Kafka (DB1's side, from the txn topic's chunk
+/// records) and what DB2 holds (`pgm.bootstrap_chunks`), for the newest bootstrap DB2 knows. Empty without one.
+pub async fn status(config: &PipelineConfig, client: &Client, applied: Lsn) -> Result<Vec<String>, ApplyError> {
+    let pipeline = &config.topics.prefix;
+    let plan = client
+        .query(
+            "SELECT consistent_point::text, source_table, chunks, rows_estimate, txn_offset FROM pgm.bootstrap_plan \
+             WHERE pipeline = $1 AND consistent_point = (SELECT max(consistent_point) FROM pgm.bootstrap_plan \
+             WHERE pipeline = $1) ORDER BY source_table",
+            &[pipeline],
+        )
+        .await
+        .map_err(ApplyError::db)?;
+    let Some(first) = plan.first() else { return Ok(Vec::new()) };
+    let cp: Lsn = first.get::<_, String>(0).parse().map_err(|e| ApplyError::Stream(format!("bootstrap_plan: {e}")))?;
+    let from: i64 = plan.iter().map(|r| r.get::<_, i64>(4)).min().unwrap_or(0);
+    let mut db2: std::collections::HashMap<String, Side> = std::collections::HashMap::new();
+    for row in client
+        .query(
+            "SELECT source_table, count(*), sum(rows)::int8, (extract(epoch FROM min(started_at)) * 1000)::int8, \
+             (extract(epoch FROM max(applied_at)) * 1000)::int8 FROM pgm.bootstrap_chunks \
+             WHERE pipeline = $1 AND consistent_point = $2::text::pg_lsn AND chunk > 0 GROUP BY source_table",
+            &[pipeline, &cp.to_string()],
+        )
+        .await
+        .map_err(ApplyError::db)?
+    {
+        let side = Side { chunks: row.get(1), rows: row.get(2), first_ms: row.get(3), last_ms: row.get(4) };
+        db2.insert(row.get(0), side);
+    }
+    let done = applied.0 >= cp.0 - 1;
+    let kafka = if done { Ok(Default::default()) } else { kafka_side(config, cp, from).await };
+    let mut lines = vec![format!(
+        "bootstrap    at {cp}: {}",
+        if done { "complete on DB2 (the stream follows)" } else { "copying (per table: in Kafka | on DB2)" }
+    )];
+    for row in &plan {
+        let table: String = row.get(1);
+        let (planned, estimate): (i32, i64) = (row.get(2), row.get(3));
+        let on_db2 = db2.get(&table).cloned().unwrap_or_default();
+        let in_kafka = match &kafka {
+            Ok(sides) => sides.get(&table).cloned().unwrap_or_default().describe(planned.into(), estimate),
+            Err(e) => format!("unknown ({e})"),
+        };
+        let in_kafka = if done { on_db2.describe(planned.into(), estimate) } else { in_kafka };
+        lines.push(format!("  {table:<36} {in_kafka} | {}", on_db2.describe(planned.into(), estimate)));
+    }
+    Ok(lines)
+}
+
+/// Chunks in Kafka per table, from the txn topic's chunk records of the bootstrap at `cp` (read from `from`).
+async fn kafka_side(
+    config: &PipelineConfig,
+    cp: Lsn,
+    from: i64,
+) -> Result<std::collections::HashMap<String, Side>, String> {
+    use pgm_common::envelope::{RecordOrigin, TxnRecord};
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Message;
+    let topic = config.topics().txn();
+    let mut client =
+        pgm_common::kafka::client_config(&config.kafka, "pgm-apply-status", pgm_common::kafka::Role::Consumer);
+    client.set("group.id", "pgm-apply-status").set("enable.auto.commit", "false");
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = client.create().map_err(|e| e.to_string())?;
+        let (_, high) = consumer.fetch_watermarks(&topic, 0, Duration::from_secs(5)).map_err(|e| e.to_string())?;
+        let mut sides: std::collections::HashMap<String, Side> = std::collections::HashMap::new();
+        if high <= from {
+            return Ok(sides);
+        }
+        let mut list = rdkafka::TopicPartitionList::new();
+        list.add_partition_offset(&topic, 0, rdkafka::Offset::Offset(from)).map_err(|e| e.to_string())?;
+        consumer.assign(&list).map_err(|e| e.to_string())?;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            let Some(message) = consumer.poll(Duration::from_millis(500)) else { continue };
+            let message = message.map_err(|e| e.to_string())?;
+            let origin = RecordOrigin { topic: &topic, partition: 0, offset: message.offset() };
+            if let Ok(TxnRecord::Chunk { consistent_point, table: Some(table), rows, .. }) =
+                TxnRecord::decode(message.payload().unwrap_or_default(), origin)
+            {
+                if consistent_point == cp {
+                    let at = message.timestamp().to_millis();
+                    let side = sides.entry(table.to_string()).or_default();
+                    side.chunks += 1;
+                    side.rows += rows as i64;
+                    side.first_ms = side.first_ms.or(at);
+                    side.last_ms = at.or(side.last_ms);
+                }
+            }
+            if message.offset() + 1 >= high {
+                return Ok(sides);
+            }
+        }
+        Err("the txn topic was not read within 15 s".to_owned())
+    })
+    .await
+    .map_err(|e| e.to_string())?
 }

@@ -368,6 +368,10 @@ async fn status(config: &PipelineConfig) -> anyhow::Result<()> {
         );
     }
     println!("updated      {}", row.get::<_, String>(7));
+    let applied = applied.parse::<Lsn>().unwrap_or(Lsn::ZERO);
+    for line in chunks::status(config, &client, applied).await? {
+        println!("{line}");
+    }
     Ok(())
 }
 

@@ -7,6 +7,8 @@
 //! pgm.apply_offsets   (pipeline, topic, partition) → next offset to read
 //! pgm.apply_messages  logical decoding messages apply has passed (cutover markers), in the same transaction
 //! pgm.bootstrap_chunks the snapshot bootstrap's chunks DB2 holds, each written in the chunk's own transaction
+//! pgm.bootstrap_plan  the plan of each bootstrap per table (chunks, estimated rows, where it starts in the txn
+//!                     topic), for `pgm-apply status`
 //! ```
 //!
 //! The position and offsets are written in the same DB2 transaction as the rows they cover, so after any crash
@@ -56,6 +58,15 @@ CREATE TABLE IF NOT EXISTS pgm.bootstrap_chunks (
     started_at timestamptz NOT NULL,
     applied_at timestamptz NOT NULL DEFAULT clock_timestamp(),
     PRIMARY KEY (pipeline, consistent_point, chunk)
+);
+CREATE TABLE IF NOT EXISTS pgm.bootstrap_plan (
+    pipeline text NOT NULL,
+    consistent_point pg_lsn NOT NULL,
+    source_table text NOT NULL,
+    chunks integer NOT NULL,
+    rows_estimate bigint NOT NULL,
+    txn_offset bigint NOT NULL,
+    PRIMARY KEY (pipeline, consistent_point, source_table)
 );
 CREATE TABLE IF NOT EXISTS pgm.apply_messages (
     pipeline text NOT NULL,
@@ -298,4 +309,30 @@ pub async fn reset(client: &Client, pipeline: &str, to: Position) -> Result<(), 
     }
     .await;
     result.map_err(ApplyError::db)
+}
+
+/// Keeps a bootstrap's plan per table (from its first `snapshot` record) for `pgm-apply status`.
+pub async fn record_plan(
+    client: &Client,
+    pipeline: &str,
+    consistent_point: Lsn,
+    txn_offset: i64,
+    chunks: &[pgm_common::envelope::ChunkSpec],
+) -> Result<(), ApplyError> {
+    let mut tables: BTreeMap<String, (i32, i64)> = BTreeMap::new();
+    for chunk in chunks {
+        let entry = tables.entry(chunk.table.to_string()).or_default();
+        entry.0 += 1;
+        entry.1 += chunk.rows_estimate as i64;
+    }
+    for (table, (n, estimate)) in tables {
+        client
+            .execute(
+                "INSERT INTO pgm.bootstrap_plan VALUES ($1, $2::text::pg_lsn, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+                &[&pipeline, &consistent_point.to_string(), &table, &n, &estimate, &txn_offset],
+            )
+            .await
+            .map_err(ApplyError::db)?;
+    }
+    Ok(())
 }

@@ -283,7 +283,12 @@ impl<'a> Session<'a> {
             self.chunks.finish().await?;
         }
         match record {
-            TxnRecord::Begin { .. } | TxnRecord::Snapshot { .. } => {}
+            TxnRecord::Begin { .. } => {}
+            TxnRecord::Snapshot { consistent_point, chunks, .. } => {
+                if Position::new(Lsn(consistent_point.0 - 1), Position::COMMIT) > self.applied {
+                    progress::record_plan(self.client(), &self.pipeline, consistent_point, offset, &chunks).await?;
+                }
+            }
             TxnRecord::Chunk { consistent_point, attempt, seq, chunk, table, snapshot_lsn, rows, counts, .. } => {
                 if Position::new(Lsn(consistent_point.0 - 1), Position::COMMIT) <= self.applied {
                     return Ok(Next::Continue); // a bootstrap DB2 has passed

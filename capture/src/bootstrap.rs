@@ -141,9 +141,8 @@ async fn read_history(config: &PipelineConfig) -> Result<History, CaptureError> 
     tokio::task::spawn_blocking(move || {
         let mut client = client;
         client.set("group.id", "pgm-capture-bootstrap").set("enable.auto.commit", "false");
-        let consumer: BaseConsumer = client.create().map_err(|e| CaptureError::Kafka(e))?;
-        let (low, high) =
-            consumer.fetch_watermarks(&topic, 0, Duration::from_secs(30)).map_err(|e| CaptureError::Kafka(e))?;
+        let consumer: BaseConsumer = client.create().map_err(CaptureError::Kafka)?;
+        let (low, high) = consumer.fetch_watermarks(&topic, 0, Duration::from_secs(30)).map_err(CaptureError::Kafka)?;
         let mut history = History::default();
         if high <= low {
             return Ok(history);

@@ -390,6 +390,15 @@ async fn chunked_bootstrap_under_load(decoder: &str) -> anyhow::Result<()> {
     .await?;
     apply.kill9()?;
     let _apply = stack.spawn(Service::Apply, &["run"])?;
+    // Progress per table, on both sides: chunks in Kafka and on DB2 of the plan.
+    let out = stack.run(Service::Apply, &["status"])?;
+    let status = text(&out);
+    ensure!(out.status.success() && status.contains("copying (per table: in Kafka | on DB2)"), "status:\n{status}");
+    let orders_line = status.lines().find(|l| l.contains("\"public\".\"orders\"")).unwrap_or_default();
+    ensure!(
+        orders_line.matches("rows/s").count() == 2 && orders_line.contains("chunks ") && orders_line.contains("/57"),
+        "status has no progress for orders on both sides:\n{status}"
+    );
 
     // 3. The bootstrap resumes (no --restart); the broker is killed and restarted under it.
     let second = stack
@@ -441,6 +450,8 @@ async fn chunked_bootstrap_under_load(decoder: &str) -> anyhow::Result<()> {
     ensure!(ids.len() == planned + 1, "{} chunks in Kafka, the plan has {planned} (+ the truncates)", ids.len());
     let attempts: std::collections::BTreeSet<u32> = chunks.iter().map(|(_, a)| *a).collect();
     ensure!(attempts.len() >= 2, "every chunk came from one attempt: {attempts:?}");
+    let out = stack.run(Service::Apply, &["status"])?;
+    ensure!(text(&out).contains("complete on DB2"), "status after the drain:\n{}", text(&out));
     let applied: i64 = db2.query_one("SELECT count(*) FROM pgm.bootstrap_chunks", &[]).await?.get(0);
     ensure!(applied as usize == copied, "DB2 wrote {applied} chunks of {copied}");
     let audit: i64 = db2.query_one("SELECT count(*) FROM audit", &[]).await?.get(0);
