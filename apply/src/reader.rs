@@ -542,6 +542,14 @@ async fn peek(
                 part.assembler.push(key, parts::of_message(&message), message.payload().unwrap_or_default());
             // A part before the last: keep reading. next_offset stays before the record's first part.
             let Some(payload) = assembled.bytes() else { continue };
+            // A bootstrap chunk's neighbours (other chunks, an interrupted attempt) are passed over by their key,
+            // without decoding: after a restart apply reads the whole copy again to find the chunks DB2 lacks.
+            if let (Some((lo, _)), Ok(pos)) = (window, Position::from_key(key)) {
+                if pos.commit_lsn == commit.commit_lsn && pos.ordinal <= lo {
+                    part.next_offset = offset + 1;
+                    continue;
+                }
+            }
             let record = if part.raw {
                 pgm_rules::rewrite::unchanged(RawRecord::decode(payload, origin)?)
             } else {

@@ -51,12 +51,31 @@ pub fn application_name(slot: &str) -> String {
     name
 }
 
-/// The physical slot that marks a bootstrap of `slot` as unfinished (slot names are at most 63 bytes).
-pub fn marker_slot(slot: &str) -> String {
-    const SUFFIX: &str = "_bootstrap";
+/// The name prefix of the physical slot that marks a bootstrap of `slot` as unfinished. The marker's full name
+/// ends in DB1's WAL position (16 hex digits) just before the bootstrap made its slot, so a plan in the txn topic
+/// older than that position is an earlier bootstrap's. (Slot names are at most 63 bytes.)
+pub fn marker_prefix(slot: &str) -> String {
     let mut base = slot.to_owned();
-    base.truncate(63 - SUFFIX.len());
-    format!("{base}{SUFFIX}")
+    base.truncate(36);
+    format!("{base}_bootstrap_")
+}
+
+/// The marker slot of an unfinished bootstrap of `slot`, and the WAL position its name holds.
+pub async fn find_marker(client: &tokio_postgres::Client, slot: &str) -> Result<Option<(String, Lsn)>, CaptureError> {
+    let prefix = marker_prefix(slot);
+    let row = client
+        .query_opt(
+            "SELECT slot_name::text FROM pg_replication_slots WHERE left(slot_name::text, length($1)) = $1 \
+             ORDER BY slot_name DESC LIMIT 1",
+            &[&prefix],
+        )
+        .await
+        .map_err(source_err("read pg_replication_slots".into()))?;
+    Ok(row.map(|row| {
+        let name: String = row.get(0);
+        let lsn = u64::from_str_radix(&name[prefix.len()..], 16).map_or(Lsn::ZERO, Lsn);
+        (name, lsn)
+    }))
 }
 
 /// What `bootstrap` reports when it is done.
@@ -187,16 +206,13 @@ pub async fn run(config: &PipelineConfig, restart: bool) -> Result<Summary, Capt
     }
     let client = crate::slot::connect(config).await?;
     let slot = &config.capture.slot;
-    let marker = marker_slot(slot);
     let existing = client
         .query_opt("SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1", &[slot])
         .await
         .map_err(source_err("read pg_replication_slots".into()))?;
-    let marked = client
-        .query_opt("SELECT 1 FROM pg_replication_slots WHERE slot_name = $1", &[&marker])
-        .await
-        .map_err(source_err("read pg_replication_slots".into()))?
-        .is_some();
+    let found_marker = find_marker(&client, slot).await?;
+    let marked = found_marker.is_some();
+    let (mut marker, marker_lsn) = found_marker.unwrap_or_default();
     let mut resume = false;
     if let Some(row) = existing {
         if let Some(pid) = row.get::<_, Option<i32>>(0) {
@@ -234,15 +250,25 @@ pub async fn run(config: &PipelineConfig, restart: bool) -> Result<Summary, Capt
     let application = application_name(slot);
     let mut replication = Walsender::connect(&config.source, &application).await?;
 
+    let mut history = History::default();
+    if resume {
+        history = read_history(config).await?;
+        // The marker was made just before the slot: a plan older than the marker is an earlier bootstrap's, and
+        // this one was interrupted before its plan reached Kafka, so nothing of it is there. Start it afresh.
+        if history.consistent_point.is_none_or(|cp| cp < marker_lsn) {
+            tracing::info!(slot, "the interrupted bootstrap had put nothing in Kafka: starting it afresh");
+            for name in [slot.as_str(), marker.as_str()] {
+                client
+                    .execute("SELECT pg_drop_replication_slot($1)", &[&name])
+                    .await
+                    .map_err(source_err(format!("drop slot {name}")))?;
+            }
+            resume = false;
+            history = History::default();
+        }
+    }
     let (history, attempt) = if resume {
-        let history = read_history(config).await?;
-        let Some(cp) = history.consistent_point else {
-            return Err(CaptureError::Config(format!(
-                "slot {slot} is marked as bootstrapping ({marker}), but {} holds no bootstrap plan: run \
-                 `pgm-capture bootstrap --restart`",
-                config.topics().txn()
-            )));
-        };
+        let cp = history.consistent_point.expect("checked above");
         if history.attempts >= MAX_ATTEMPTS {
             return Err(CaptureError::Config(format!(
                 "the bootstrap at {cp} was resumed {MAX_ATTEMPTS} times: run `pgm-capture bootstrap --restart`"
@@ -258,6 +284,13 @@ pub async fn run(config: &PipelineConfig, restart: bool) -> Result<Summary, Capt
         let attempt = history.attempts + 1;
         (history, attempt)
     } else {
+        let now: String = client
+            .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+            .await
+            .map_err(source_err("read DB1's WAL position".into()))?
+            .get(0);
+        let now: Lsn = now.parse().map_err(|e| CaptureError::Stream(format!("pg_current_wal_insert_lsn: {e}")))?;
+        marker = format!("{}{:016x}", marker_prefix(slot), now.0);
         client
             .execute("SELECT pg_create_physical_replication_slot($1)", &[&marker])
             .await

@@ -94,14 +94,9 @@ pub async fn wait_for_no_bootstrap(conn: &mut Walsender, slot: &str) -> Result<(
 /// Refuses (definitely) while a bootstrap of this slot is unfinished and not running: streaming before its copy is
 /// complete in Kafka, or before its catch-up, would apply changes the copy already holds.
 pub async fn refuse_unfinished_bootstrap(client: &tokio_postgres::Client, slot: &str) -> Result<(), CaptureError> {
-    let marker = crate::bootstrap::marker_slot(slot);
-    let found = client
-        .query_opt("SELECT 1 FROM pg_replication_slots WHERE slot_name = $1", &[&marker])
-        .await
-        .map_err(|e| CaptureError::Source { what: "read pg_replication_slots".into(), source: e })?;
-    match found {
+    match crate::bootstrap::find_marker(client, slot).await? {
         None => Ok(()),
-        Some(_) => Err(CaptureError::Config(format!(
+        Some((marker, _)) => Err(CaptureError::Config(format!(
             "the bootstrap of slot {slot} is unfinished (its marker slot {marker} exists): run `pgm-capture \
              bootstrap` again to resume it (it copies only the chunks not yet in Kafka), or `pgm-capture bootstrap \
              --restart` to copy everything again"
@@ -140,8 +135,9 @@ pub async fn drop(config: &PipelineConfig) -> Result<String, CaptureError> {
     // An unfinished bootstrap's marker goes with the slot it marks.
     client
         .execute(
-            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1",
-            &[&crate::bootstrap::marker_slot(&config.capture.slot)],
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+             WHERE left(slot_name::text, length($1)) = $1",
+            &[&crate::bootstrap::marker_prefix(&config.capture.slot)],
         )
         .await
         .map_err(|e| CaptureError::Source { what: "drop the bootstrap marker slot".into(), source: e })?;

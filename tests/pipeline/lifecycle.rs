@@ -567,6 +567,27 @@ async fn a_bootstrap_run_again_replaces_an_earlier_complete_one() -> anyhow::Res
     .await?;
     let out = stack.run(Service::Capture, &["bootstrap", "--restart"])?;
     ensure!(out.status.success(), "second bootstrap:\n{}", text(&out));
+    // A third, interrupted right after it made its slot (before its plan reached Kafka): the txn topic's newest
+    // plan is the second's, which must not be taken for this one's. Run again, it starts afresh.
+    db1.batch_execute(
+        "DELETE FROM order_items WHERE order_id BETWEEN 101 AND 120; DELETE FROM orders WHERE id BETWEEN 101 AND 110;",
+    )
+    .await?;
+    let slot: String = db1.query_one("SELECT slot_name::text FROM pg_replication_slots", &[]).await?.get(0);
+    db1.execute("SELECT pg_drop_replication_slot($1)", &[&slot]).await?;
+    db1.execute(
+        "SELECT pg_create_physical_replication_slot(left($1, 36) || '_bootstrap_' \
+         || lpad(to_hex((pg_current_wal_insert_lsn() - '0/0')::int8), 16, '0'))",
+        &[&slot],
+    )
+    .await?;
+    db1.execute("SELECT pg_create_logical_replication_slot($1, 'wal2json')", &[&slot]).await?;
+    let out = stack.run(Service::Capture, &["bootstrap"])?;
+    ensure!(
+        out.status.success() && !text(&out).contains("in Kafka already"),
+        "third bootstrap (its first attempt killed before its plan was sent):\n{}",
+        text(&out)
+    );
     let _capture = stack.spawn(Service::Capture, &["run"])?;
     let _transform = stack.spawn(Service::Transform, &["run"])?;
     let _apply = stack.spawn(Service::Apply, &["run"])?;
@@ -575,8 +596,9 @@ async fn a_bootstrap_run_again_replaces_an_earlier_complete_one() -> anyhow::Res
     let out = stack.run(Service::Transform, &["verify"])?;
     ensure!(out.status.success() && text(&out).contains("3 of 3 tables equal"), "after the drain:\n{}", text(&out));
     let db2 = stack.target().await?;
-    let stale: i64 = db2.query_one("SELECT count(*) FROM orders WHERE id <= 50", &[]).await?.get(0);
-    ensure!(stale == 0, "{stale} orders deleted before the second bootstrap are still on DB2");
+    let stale: i64 =
+        db2.query_one("SELECT count(*) FROM orders WHERE id <= 50 OR id BETWEEN 101 AND 110", &[]).await?.get(0);
+    ensure!(stale == 0, "{stale} orders deleted before the second and third bootstraps are still on DB2");
 
     // A switch needs DB2 to be a standby: refused here, naming the alternative.
     let out = stack.run(Service::Apply, &["switch"])?;
