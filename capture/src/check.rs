@@ -115,6 +115,19 @@ pub async fn source(
             )),
         )
     });
+    // A snapshot bootstrap makes two more: its marker (no WAL retained), and a temporary slot when it resumes.
+    if !slot_exists && slots < max_slots && max_slots - slots < 3 {
+        findings.push(finding(
+            Level::Warn,
+            "max_replication_slots",
+            format!(
+                "{} slot(s) free: a snapshot bootstrap uses 3 (the stream's, a marker, a temporary one to resume an \
+                 interrupted copy)",
+                max_slots - slots
+            ),
+            Some(format!("ALTER SYSTEM SET max_replication_slots = {}; then restart", slots + 3)),
+        ));
+    }
     findings.push(if senders < max_senders {
         finding(Level::Ok, "max_wal_senders", format!("{senders} of {max_senders} used"), None)
     } else {
