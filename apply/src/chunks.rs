@@ -77,6 +77,11 @@ impl Chunks {
         Ok(())
     }
 
+    /// Closes the idle chunk connections (the copy is over).
+    pub fn release(&mut self) {
+        self.idle.clear();
+    }
+
     async fn session(&mut self) -> Result<Client, ApplyError> {
         if let Some(client) = self.idle.pop() {
             return Ok(client);

@@ -281,6 +281,7 @@ impl<'a> Session<'a> {
         // The stream's records are applied only once every bootstrap chunk before them is committed.
         if !matches!(record, TxnRecord::Begin { .. } | TxnRecord::Snapshot { .. } | TxnRecord::Chunk { .. }) {
             self.chunks.finish().await?;
+            self.chunks.release();
         }
         match record {
             TxnRecord::Begin { .. } => {}

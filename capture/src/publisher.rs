@@ -303,6 +303,23 @@ impl Publisher {
         Ok(())
     }
 
+    /// A transaction's (or chunk's) records per topic-partition, sorted by topic name, not route index: a
+    /// transaction sent again after a restart (where tables may be seen in another order) must produce the same
+    /// commit record.
+    fn counts(&self, txn: OpenTxn) -> Vec<PartitionCount> {
+        let mut counts: Vec<PartitionCount> = txn
+            .counts
+            .into_iter()
+            .map(|((route, partition), count)| PartitionCount {
+                topic: self.routes[route].topic.clone(),
+                partition,
+                count,
+            })
+            .collect();
+        counts.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+        counts
+    }
+
     /// Opens one chunk of the snapshot bootstrap: its rows (and truncates) get positions `(commit_lsn, base + 1 …)`
     /// and are counted per partition like a transaction's, without a begin record.
     pub fn open_chunk(&mut self, commit_lsn: Lsn, base: u64) -> Result<(), CaptureError> {
@@ -329,16 +346,7 @@ impl Publisher {
         build: impl FnOnce(Vec<PartitionCount>) -> TxnRecord,
     ) -> Result<(), CaptureError> {
         let txn = self.txn.take().ok_or_else(|| CaptureError::Stream("no bootstrap chunk is open".into()))?;
-        let mut counts: Vec<PartitionCount> = txn
-            .counts
-            .into_iter()
-            .map(|((route, partition), count)| PartitionCount {
-                topic: self.routes[route].topic.clone(),
-                partition,
-                count,
-            })
-            .collect();
-        counts.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+        let counts = self.counts(txn);
         self.drain().await?;
         self.produce_txn(pos, &build(counts), None).await?;
         self.drain().await?;
@@ -480,18 +488,7 @@ impl Publisher {
                 commit.commit_lsn, txn.commit_lsn
             )));
         }
-        // Sorted by topic name, not route index: a transaction sent again after a restart (where tables may be
-        // seen in another order) must produce the same commit record.
-        let mut counts: Vec<PartitionCount> = txn
-            .counts
-            .into_iter()
-            .map(|((route, partition), count)| PartitionCount {
-                topic: self.routes[route].topic.clone(),
-                partition,
-                count,
-            })
-            .collect();
-        counts.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+        let counts = self.counts(txn);
         let record = TxnRecord::Commit {
             v: ENVELOPE_VERSION,
             xid: commit.xid,
