@@ -225,14 +225,18 @@ impl Side {
             _ => 0.0,
         };
         let rate = if secs > 0.0 { self.rows as f64 / secs } else { 0.0 };
+        // From the estimated rows when PostgreSQL has statistics, else from the chunks done so far.
         let eta = if self.chunks >= planned {
             "done".to_owned()
-        } else if rate > 0.0 && estimate > 0 {
-            format!("ETA {:.0} s", (estimate - self.rows).max(0) as f64 / rate)
+        } else if rate > 0.0 && estimate > self.rows {
+            format!("ETA {:.0} s", (estimate - self.rows) as f64 / rate)
+        } else if secs > 0.0 && self.chunks > 0 {
+            format!("ETA {:.0} s", secs / self.chunks as f64 * (planned - self.chunks) as f64)
         } else {
             "ETA unknown".to_owned()
         };
-        format!("{} of ~{estimate} rows, {rate:.0} rows/s, chunks {}/{planned}, {eta}", self.rows, self.chunks)
+        let of = if estimate > 0 { format!(" of ~{estimate}") } else { String::new() };
+        format!("{} rows{of}, {rate:.0} rows/s, chunks {}/{planned}, {eta}", self.rows, self.chunks)
     }
 }
 

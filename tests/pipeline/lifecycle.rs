@@ -394,6 +394,7 @@ async fn chunked_bootstrap_under_load(decoder: &str) -> anyhow::Result<()> {
     let out = stack.run(Service::Apply, &["status"])?;
     let status = text(&out);
     ensure!(out.status.success() && status.contains("copying (per table: in Kafka | on DB2)"), "status:\n{status}");
+    eprintln!("pgm-apply status during the copy:\n{status}");
     let orders_line = status.lines().find(|l| l.contains("\"public\".\"orders\"")).unwrap_or_default();
     ensure!(
         orders_line.matches("rows/s").count() == 2 && orders_line.contains("chunks ") && orders_line.contains("/57"),
