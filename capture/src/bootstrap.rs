@@ -169,16 +169,20 @@ async fn read_history(config: &PipelineConfig) -> Result<History, CaptureError> 
         let mut list = TopicPartitionList::new();
         list.add_partition_offset(&topic, 0, Offset::Offset(low)).map_err(CaptureError::Kafka)?;
         consumer.assign(&list).map_err(CaptureError::Kafka)?;
-        let deadline = Instant::now() + Duration::from_secs(120);
+        // However long the topic, reading goes on while records come; 60 s without one ends it.
+        let mut deadline = Instant::now() + Duration::from_secs(60);
         let mut assembler = pgm_common::parts::Assembler::default();
         loop {
             let Some(message) = consumer.poll(Duration::from_millis(500)) else {
                 if Instant::now() > deadline {
-                    return Err(CaptureError::Stream(format!("reading {topic} back took over 120 s")));
+                    return Err(CaptureError::Stream(format!(
+                        "reading {topic} back: no record for 60 s before its end (offset {high})"
+                    )));
                 }
                 continue;
             };
             let message = message.map_err(CaptureError::Kafka)?;
+            deadline = Instant::now() + Duration::from_secs(60);
             let offset = message.offset();
             let key = message.key().unwrap_or_default();
             let assembled =
