@@ -4,7 +4,7 @@
 //!   compose/bench [--quick] [--only WORKLOAD:MODE] [--replicators NAMES] [--out FILE]
 //!                                             (builds the release binaries, then runs this)
 //!   PGM_BENCH_SERIES=1 also prints each live run's lag second by second; PGM_BENCH_LIBRDKAFKA='"linger.ms" = "50"'
-//!   adds lines to every service's `[kafka.librdkafka]`.
+//!   adds lines to every service's `[kafka.librdkafka]`; PGM_BENCH_COLD_BROKER=1 skips the broker's warm-up.
 //!
 //! Workloads on DB1: (a) pgbench's built-in tpcb-like script (history with REPLICA IDENTITY FULL), (b) many
 //! single-row transactions (pgbench with a one-INSERT script), (c) one transaction of many rows.
@@ -250,6 +250,9 @@ impl<'a> Run<'a> {
             (None, Replicator::Native) => "127.0.0.1:1".to_owned(),
             (None, _) => shared_brokers()?,
         };
+        if replicator != Replicator::Native && std::env::var_os("PGM_BENCH_COLD_BROKER").is_none() {
+            warm_broker(&brokers).await?;
+        }
         let stack = Stack::new(bins()?, brokers, options).await?;
         stack.configure("transform", "passthrough = true")?;
         let scale = sizes.scale.to_string();
@@ -753,6 +756,72 @@ async fn fingerprint(client: &tokio_postgres::Client, workload: Workload) -> any
         Workload::Big => "SELECT concat_ws('/', (SELECT count(*) FROM big), (SELECT count(*) FROM bench_marker))",
     };
     Ok(client.query_one(sql, &[]).await?.get(0))
+}
+
+/// A broker that has run for a while has its request paths compiled; a JVM started seconds ago spends most of its
+/// CPU in its JIT compilers and G1 (36 % and 19 % of the broker's samples in a drain, docs/performance.md). Before a
+/// run measures anything, 200,000 records of 400 bytes go through the broker and are read back, once per broker.
+async fn warm_broker(brokers: &str) -> anyhow::Result<()> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    static WARMED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    if WARMED.lock().unwrap().iter().any(|b| b == brokers) {
+        return Ok(());
+    }
+    const RECORDS: usize = 200_000;
+    let topic = "bench-warmup";
+    create_topics(brokers, &[topic.to_owned()]).await?;
+    let brokers_owned = brokers.to_owned();
+    let started = Instant::now();
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let producer: BaseProducer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &brokers_owned)
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "5")
+            .create()?;
+        let value = vec![b'x'; 400];
+        for i in 0..RECORDS {
+            let key = i.to_string();
+            loop {
+                match producer.send(BaseRecord::to(topic).key(&key).payload(&value)) {
+                    Ok(()) => break,
+                    Err((rdkafka::error::KafkaError::MessageProduction(_), _)) => {
+                        producer.poll(Duration::from_millis(5));
+                    }
+                    Err((e, _)) => return Err(e.into()),
+                }
+            }
+            producer.poll(Duration::ZERO);
+        }
+        producer.flush(Duration::from_secs(60))?;
+        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &brokers_owned)
+            .set("group.id", "bench-warmup")
+            .set("auto.offset.reset", "earliest")
+            .create()?;
+        consumer.subscribe(&[topic])?;
+        let mut read = 0;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while read < RECORDS && Instant::now() < deadline {
+            if let Some(Ok(_)) = consumer.poll(Duration::from_millis(100)) {
+                read += 1;
+            }
+        }
+        ensure!(read == RECORDS, "the broker warm-up read {read} of {RECORDS} records back");
+        Ok(())
+    })
+    .await??;
+    tracing_free_log(&format!(
+        "broker warmed: {RECORDS} records in and out in {:.1} s",
+        started.elapsed().as_secs_f64()
+    ));
+    WARMED.lock().unwrap().push(brokers.to_owned());
+    Ok(())
+}
+
+/// A line for the operator on stderr (the table goes to stdout).
+fn tracing_free_log(line: &str) {
+    eprintln!("[bench] {line}");
 }
 
 /// Creates topics of one partition each (Debezium's layout), before its source runs.
