@@ -105,17 +105,10 @@ impl SourceTable {
         }))
     }
 
-    /// `SELECT "a"::text, … FROM ONLY "s"."t"`, restricted to heap pages `[from, to)` when given (a TID range scan).
-    pub fn select_sql(&self, pages: Option<PageRange>) -> String {
+    /// `SELECT "a"::text, … FROM ONLY "s"."t"`.
+    pub fn select_sql(&self) -> String {
         let list: Vec<String> = self.columns.iter().map(|c| format!("{}::text", quote_ident(&c.name))).collect();
-        let mut sql = format!("SELECT {} FROM ONLY {}", list.join(", "), self.table.quoted());
-        if let Some(range) = pages {
-            sql.push_str(&format!(" WHERE ctid >= '({},0)'::tid", range.from));
-            if let Some(to) = range.to {
-                sql.push_str(&format!(" AND ctid < '({to},0)'::tid"));
-            }
-        }
-        sql
+        format!("SELECT {} FROM ONLY {}", list.join(", "), self.table.quoted())
     }
 
     /// The key column a table can be cut into ranges on: its primary key when that is one integer column.
@@ -129,7 +122,7 @@ impl SourceTable {
     /// COPY's text format, each field the value's text. COPY takes no parameters; the bounds are integers of the
     /// bootstrap's own plan, printed as such.
     pub fn copy_sql(&self, range: Option<&KeyRange>) -> String {
-        let mut select = self.select_sql(None);
+        let mut select = self.select_sql();
         if let Some(range) = range {
             let k = quote_ident(&range.column);
             let mut conditions = Vec::new();
@@ -188,27 +181,6 @@ impl SourceTable {
             })
             .collect())
     }
-
-    /// Splits the heap into page ranges of about `pages_per_chunk` pages; the last range is open-ended so rows on
-    /// pages added after the estimate are still read.
-    pub fn chunks(&self, pages_per_chunk: u32) -> Vec<PageRange> {
-        let per = pages_per_chunk.max(1);
-        let mut out = Vec::new();
-        let mut from = 0u32;
-        while from.saturating_add(per) < self.pages {
-            out.push(PageRange { from, to: Some(from + per) });
-            from += per;
-        }
-        out.push(PageRange { from, to: None });
-        out
-    }
-}
-
-/// Heap pages `[from, to)`; `to = None` means to the end of the table.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PageRange {
-    pub from: u32,
-    pub to: Option<u32>,
 }
 
 #[cfg(test)]
@@ -227,20 +199,6 @@ mod tests {
             rows_estimate: 0,
             partitioned: false,
         }
-    }
-
-    #[test]
-    fn chunks_cover_every_page_and_end_open() {
-        assert_eq!(table(0).chunks(10), vec![PageRange { from: 0, to: None }]);
-        assert_eq!(table(10).chunks(10), vec![PageRange { from: 0, to: None }]);
-        assert_eq!(
-            table(25).chunks(10),
-            vec![
-                PageRange { from: 0, to: Some(10) },
-                PageRange { from: 10, to: Some(20) },
-                PageRange { from: 20, to: None }
-            ]
-        );
     }
 
     #[test]
@@ -285,14 +243,10 @@ mod tests {
     }
 
     #[test]
-    fn select_quotes_identifiers_and_bounds_by_tid() {
-        let t = table(25);
+    fn select_quotes_identifiers() {
         assert_eq!(
-            t.select_sql(None),
+            table(25).select_sql(),
             "SELECT \"id\"::text, \"Note\"::text FROM ONLY \"public\".\"Order \"\"Items\"\"\""
         );
-        assert!(t
-            .select_sql(Some(PageRange { from: 10, to: Some(20) }))
-            .ends_with("WHERE ctid >= '(10,0)'::tid AND ctid < '(20,0)'::tid"));
     }
 }

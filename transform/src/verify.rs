@@ -306,7 +306,7 @@ impl Verifier<'_> {
         }
         let stream = self
             .db1
-            .query_raw(table.select_sql(None).as_str(), std::iter::empty::<&str>())
+            .query_raw(table.select_sql().as_str(), std::iter::empty::<&str>())
             .await
             .map_err(db(format!("cannot read {source} on DB1")))?;
         pin_mut!(stream);
