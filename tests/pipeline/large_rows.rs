@@ -34,19 +34,23 @@ async fn row_digests(client: &tokio_postgres::Client) -> anyhow::Result<Vec<(i32
     Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))).collect())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rows_over_the_record_limit_arrive_exactly_in_parts() -> anyhow::Result<()> {
-    let options = Options {
+/// The blobs table under a rule, so its rows go through transform too (raw parts → joined → out parts).
+fn blobs(create_slot: bool) -> Options<'static> {
+    Options {
         source_schema: SCHEMA,
         target_schema: SCHEMA,
         tables: &["public.blobs"],
-        // A rule, so the row goes through transform too (raw parts → joined → out parts).
         rules: Some("[[table]]\nsource = \"public.blobs\"\n[[table.target]]\ntable = \"public.blobs\"\n"),
         partitions: 2,
         apply: "",
         librdkafka: "",
-        create_slot: true,
-    };
+        create_slot,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_over_the_record_limit_arrive_exactly_in_parts() -> anyhow::Result<()> {
+    let options = blobs(true);
     // The shared broker and topics at Kafka's defaults: max.message.bytes 1048588.
     let stack = Stack::new(BINS, shared_brokers()?, options).await?;
     let services = [
@@ -119,17 +123,7 @@ async fn rows_over_the_record_limit_arrive_exactly_in_parts() -> anyhow::Result<
 /// again. It arrives on DB2 exactly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_bootstrap_copies_a_row_over_the_record_limit_exactly() -> anyhow::Result<()> {
-    let options = Options {
-        source_schema: SCHEMA,
-        target_schema: SCHEMA,
-        tables: &["public.blobs"],
-        rules: Some("[[table]]\nsource = \"public.blobs\"\n[[table.target]]\ntable = \"public.blobs\"\n"),
-        partitions: 2,
-        apply: "",
-        librdkafka: "",
-        create_slot: false,
-    };
-    let stack = Stack::new(BINS, shared_brokers()?, options).await?;
+    let stack = Stack::new(BINS, shared_brokers()?, blobs(false)).await?;
     let db1 = stack.source().await?;
     db1.execute(BIG_ROW, &[&1i32]).await?;
     db1.batch_execute(
