@@ -77,10 +77,18 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Move the application back to DB1 after a cutover with fall-back ([fallback]): fence writes on DB2, wait until
+    /// the fall-back apply has committed a marker on DB1, copy sequence values back (only raising them), lift DB1's
+    /// fence, print the timeline and the write downtime. The fall-back services (`--reverse`) must be running.
+    Rollback {
+        /// Check everything and print the plan without changing anything.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[cfg(test)]
-const HELP_SUBCOMMANDS: &[&str] = &["run", "pause", "resume", "status", "reset", "switch", "cutover"];
+const HELP_SUBCOMMANDS: &[&str] = &["run", "pause", "resume", "status", "reset", "switch", "cutover", "rollback"];
 
 /// Why an apply session ended. [`ApplyError::is_transient`] tells whether a new session can help: transient faults
 /// (DB2 or the broker away or restarting, a serialization failure) are retried with the services' backoff
@@ -240,6 +248,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Status => status(&config).await,
             Command::Reset { to, force, drop_origin } => reset(&config, to.as_deref(), force, drop_origin).await,
             Command::Cutover { dry_run } => cutover::run(&config, dry_run).await,
+            Command::Rollback { dry_run } => {
+                if config.reverse {
+                    anyhow::bail!("run rollback without --reverse: it reads the [fallback] section itself");
+                }
+                cutover::rollback(&config, dry_run).await
+            }
             Command::Switch { replay_timeout_s } => {
                 let done = switch::run(&config, std::time::Duration::from_secs(replay_timeout_s)).await?;
                 println!(
@@ -284,6 +298,14 @@ pub async fn connect_target(config: &PipelineConfig) -> Result<tokio_postgres::C
         }
         ApplyError::Connect { target: config.target.describe(), source }
     })?;
+    if config.reverse {
+        // The fall-back stream writes into DB1, which cutover left read-only for the application: its own sessions
+        // write anyway.
+        client
+            .batch_execute("SET default_transaction_read_only = off")
+            .await
+            .map_err(|source| ApplyError::Connect { target: config.target.describe(), source: source.into() })?;
+    }
     progress::prepare(&client, &config.topics.prefix).await?;
     Ok(client)
 }

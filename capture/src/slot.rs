@@ -17,6 +17,12 @@ pub async fn ensure_exists(conn: &mut Walsender, config: &PipelineConfig) -> Res
     let slot = config.capture.slot.as_str();
     let plugin = config.capture.decoder.plugin();
     match existing(conn, slot).await? {
+        None if config.reverse => Err(CaptureError::Config(format!(
+            "the fall-back slot {slot} does not exist on {}: `pgm-apply cutover` creates it (with [fallback] \
+             configured) while DB1 is fenced and before DB2 takes its first write. A slot made now would miss the \
+             writes DB2 took before it, so capture does not make one",
+            config.source.describe()
+        ))),
         None => {
             let created = conn.create_slot(slot, plugin, false).await.map_err(|e| plugin_missing(e, config))?;
             Ok(crate::StreamStart { position: created.consistent_point, created: true })

@@ -48,6 +48,12 @@ pub fn plugin_options(config: &PipelineConfig) -> Vec<(String, String)> {
         let list: Vec<String> = tables.iter().map(|t| format!("{}.{}", escape(&t.schema), escape(&t.table))).collect();
         options.push(("add-tables".into(), list.join(",")));
     }
+    let origins = config.skipped_origins();
+    if !origins.is_empty() {
+        // The other direction's apply (fall-back): its writes are never carried back.
+        let list: Vec<String> = origins.iter().map(|o| o.replace(',', "\\,")).collect();
+        options.push(("filter-origins".into(), list.join(",")));
+    }
     let prefixes: Vec<String> = config.capture.message_prefixes.iter().map(|p| p.replace(',', "\\,")).collect();
     // An empty add-msg-prefixes would carry every message; with no prefixes configured, carry none we know of.
     options.push(("add-msg-prefixes".into(), if prefixes.is_empty() { "\u{1}".into() } else { prefixes.join(",") }));
@@ -227,7 +233,7 @@ impl StreamDecoder {
     fn new(config: &PipelineConfig, catalog: tokio_postgres::Client) -> Self {
         StreamDecoder {
             kind: config.capture.decoder,
-            pgoutput: pgoutput::Decoder::new(),
+            pgoutput: pgoutput::Decoder::skipping_origins(config.skipped_origins()),
             catalog,
             prefixes: config.capture.message_prefixes.clone(),
         }

@@ -623,6 +623,41 @@ pub struct PipelineConfig {
     pub bootstrap: BootstrapConfig,
     #[serde(default)]
     pub cutover: CutoverConfig,
+    #[serde(default)]
+    pub fallback: FallbackConfig,
+    /// Set by [`PipelineConfig::reversed`]: this is the fall-back stream (DB2 → DB1), not the migration.
+    #[serde(skip)]
+    pub reverse: bool,
+    /// In the reversed configuration: the forward apply's replication origin (its writes to DB2 are not carried back).
+    #[serde(skip)]
+    forward_origin: Option<String>,
+}
+
+/// Fall-back after cutover (docs/lifecycle.md): with `tables` set, cutover creates a logical slot on DB2 before DB2
+/// takes its first write, and the same three services run with `--reverse` carry DB2's writes back into DB1 through
+/// the reverse rules, until `pgm-apply rollback` moves the application back (or the team drops the slot).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FallbackConfig {
+    /// DB2's tables the reverse stream carries, as `schema.table`. Empty (the default): no fall-back.
+    #[serde(default)]
+    pub tables: Vec<String>,
+    /// The reverse rules file (DB2's schema → DB1's; `pgm-transform scaffold --reverse` drafts it). Without one,
+    /// every table passes unchanged.
+    #[serde(default)]
+    pub rules: Option<PathBuf>,
+    /// Topic prefix, pipeline name and origin of the reverse stream. Default: `<topics.prefix>_back`.
+    #[serde(default)]
+    pub topic_prefix: Option<String>,
+    /// The reverse stream's logical slot on DB2. Default: `<capture.slot>_back`.
+    #[serde(default)]
+    pub slot: Option<String>,
+}
+
+impl FallbackConfig {
+    pub fn enabled(&self) -> bool {
+        !self.tables.is_empty()
+    }
 }
 
 /// `pgm-capture bootstrap`: the snapshot copy of DB1 into the raw topics.
@@ -885,6 +920,63 @@ impl PipelineConfig {
     /// The replication origin apply tags its DB2 transactions with.
     pub fn apply_origin(&self) -> String {
         self.apply.origin.clone().unwrap_or_else(|| format!("pgm_{}", self.topics.prefix))
+    }
+
+    /// The fall-back stream's configuration: DB2 is its source and DB1 its target; the `[fallback]` section gives
+    /// its tables, rules, topic prefix and slot; consumer groups get `-back`, metrics ports move up by 10. The
+    /// replication origins of the two directions are each other's: neither stream carries what the other applied.
+    pub fn reversed(&self) -> Result<PipelineConfig, ConfigError> {
+        if self.reverse {
+            return Ok(self.clone());
+        }
+        if !self.fallback.enabled() {
+            return Err(ConfigError::Invalid {
+                origin: "configuration".into(),
+                key: "fallback.tables".into(),
+                problem: "is empty: list DB2's tables the fall-back stream carries back to DB1 (docs/lifecycle.md, \
+                          \"Falling back\")"
+                    .into(),
+            });
+        }
+        let fallback = &self.fallback;
+        let shift = |addr: &str| match addr.parse::<std::net::SocketAddr>() {
+            Ok(mut a) => {
+                a.set_port(a.port().saturating_add(10));
+                a.to_string()
+            }
+            Err(_) => addr.to_owned(),
+        };
+        let mut reversed = self.clone();
+        reversed.reverse = true;
+        std::mem::swap(&mut reversed.source, &mut reversed.target);
+        reversed.topics.prefix =
+            fallback.topic_prefix.clone().unwrap_or_else(|| format!("{}_back", self.topics.prefix));
+        reversed.tables = TablesConfig { include: fallback.tables.clone() };
+        reversed.capture.slot = fallback.slot.clone().unwrap_or_else(|| format!("{}_back", self.capture.slot));
+        reversed.capture.publication = None;
+        reversed.capture.metrics_addr = shift(&self.capture.metrics_addr);
+        reversed.transform.rules = fallback.rules.clone();
+        reversed.transform.group_id = format!("{}-back", self.transform.group_id);
+        reversed.transform.instance_id = self.transform.instance_id.as_ref().map(|id| format!("{id}-back"));
+        reversed.transform.metrics_addr = shift(&self.transform.metrics_addr);
+        reversed.apply.group_id = format!("{}-back", self.apply.group_id);
+        reversed.apply.metrics_addr = shift(&self.apply.metrics_addr);
+        reversed.apply.origin = None;
+        reversed.forward_origin = Some(self.apply_origin());
+        reversed.validate("configuration, [fallback] section")?;
+        Ok(reversed)
+    }
+
+    /// Replication origins whose transactions capture leaves out: the other direction's apply, when fall-back is
+    /// configured (so the two streams never carry each other's writes around).
+    pub fn skipped_origins(&self) -> Vec<String> {
+        if self.reverse {
+            return self.forward_origin.iter().cloned().collect();
+        }
+        if !self.fallback.enabled() {
+            return Vec::new();
+        }
+        self.reversed().map(|r| vec![r.apply_origin()]).unwrap_or_default()
     }
 }
 

@@ -110,6 +110,10 @@ pub enum Decoded {
 pub struct Decoder {
     relations: HashMap<u32, Known>,
     xid: Option<u32>,
+    /// Replication origins whose transactions carry nothing (the other direction's apply, with fall-back).
+    skip_origins: Vec<String>,
+    /// The current transaction came from one of them: its changes are left out, its begin and commit are not.
+    skipping: bool,
 }
 
 struct Reader<'a> {
@@ -161,6 +165,11 @@ impl Decoder {
         Self::default()
     }
 
+    /// A decoder that leaves out the changes of transactions replayed under these replication origins.
+    pub fn skipping_origins(origins: Vec<String>) -> Self {
+        Decoder { skip_origins: origins, ..Self::default() }
+    }
+
     /// Completes a relation message with its catalog facts; later changes of that relation decode with them.
     pub fn add_relation(&mut self, relation: Relation, info: RelationInfo) {
         self.relations.insert(relation.oid, Known { relation, info });
@@ -173,8 +182,12 @@ impl Decoder {
             return Err(DecodeError::Short { tag: '?', needed: 1 });
         };
         let mut r = Reader { buf: body, tag: char::from(tag) };
+        if self.skipping && matches!(tag, b'I' | b'U' | b'D' | b'T') {
+            return Ok(Decoded::Nothing);
+        }
         match tag {
             b'B' => {
+                self.skipping = false;
                 let commit_lsn = Lsn(r.u64()?);
                 let time = r.i64()?;
                 let xid = r.u32()?;
@@ -270,6 +283,9 @@ impl Decoder {
             }
             b'M' => {
                 let flags = r.u8()?;
+                if self.skipping && flags & 1 == 1 {
+                    return Ok(Decoded::Nothing);
+                }
                 let lsn = Lsn(r.u64()?);
                 let prefix = r.string()?;
                 let len = usize::try_from(r.i32()?).unwrap_or(0);
@@ -281,7 +297,13 @@ impl Decoder {
                     lsn,
                 })]))
             }
-            b'O' | b'Y' => Ok(Decoded::Nothing),
+            b'O' => {
+                let _origin_lsn = r.u64()?;
+                let name = r.string()?;
+                self.skipping = self.skip_origins.contains(&name);
+                Ok(Decoded::Nothing)
+            }
+            b'Y' => Ok(Decoded::Nothing),
             other => Err(DecodeError::UnknownTag { tag: char::from(other) }),
         }
     }

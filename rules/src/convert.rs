@@ -8,6 +8,7 @@ pub fn result_type(conversion: Conversion) -> &'static str {
         Conversion::Int => "bigint",
         Conversion::Text | Conversion::JsonField => "text",
         Conversion::CentsToNumeric => "numeric",
+        Conversion::NumericToCents => "bigint",
         Conversion::EpochToTimestamptz => "timestamp with time zone",
     }
 }
@@ -23,6 +24,8 @@ pub enum ConvertError {
     EpochRange,
     #[error("not valid JSON")]
     NotJson,
+    #[error("not a decimal number with at most two non-zero decimals")]
+    NotCents,
 }
 
 /// Converts one non-NULL value; `Ok(None)` means SQL NULL (a JSON null or missing field).
@@ -35,6 +38,7 @@ pub fn convert(conversion: Conversion, value: &str, path: Option<&str>) -> Resul
             Ok(Some(trimmed.to_owned()))
         }
         Conversion::CentsToNumeric => cents_to_numeric(value).map(Some),
+        Conversion::NumericToCents => numeric_to_cents(value).map(Some),
         Conversion::EpochToTimestamptz => epoch_to_timestamptz(value).map(Some),
         Conversion::JsonField => json_field(value, path.unwrap_or("")),
     }
@@ -53,6 +57,27 @@ fn cents_to_numeric(value: &str) -> Result<String, ConvertError> {
     let (whole, cents) = padded.split_at(padded.len() - 2);
     let whole = whole.trim_start_matches('0');
     Ok(format!("{sign}{}.{cents}", if whole.is_empty() { "0" } else { whole }))
+}
+
+/// `-123.45` → `-12345`, `1.5` → `150`: the inverse of [`cents_to_numeric`], by moving the decimal point in the text.
+/// A value with a non-zero third decimal is refused, never rounded.
+fn numeric_to_cents(value: &str) -> Result<String, ConvertError> {
+    let (sign, body) = match value.strip_prefix('-') {
+        Some(rest) => ("-", rest),
+        None => ("", value.strip_prefix('+').unwrap_or(value)),
+    };
+    let (whole, fraction) = body.split_once('.').unwrap_or((body, ""));
+    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    if (whole.is_empty() && fraction.is_empty()) || !digits(whole) || !digits(fraction) {
+        return Err(ConvertError::NotCents);
+    }
+    let (cents, rest) = fraction.split_at(fraction.len().min(2));
+    if rest.bytes().any(|b| b != b'0') {
+        return Err(ConvertError::NotCents);
+    }
+    let joined = format!("{whole}{cents:0<2}");
+    let trimmed = joined.trim_start_matches('0');
+    Ok(if trimmed.is_empty() { "0".to_owned() } else { format!("{sign}{trimmed}") })
 }
 
 /// Seconds since the Unix epoch (fraction up to microseconds) → `YYYY-MM-DD HH:MM:SS[.ffffff]+00`.
@@ -115,6 +140,24 @@ mod tests {
         assert_eq!(cents_to_numeric("123456789012345678901234567890").unwrap(), "1234567890123456789012345678.90");
         assert!(cents_to_numeric("1.5").is_err());
         assert!(cents_to_numeric("").is_err());
+    }
+
+    #[test]
+    fn numeric_back_to_cents_is_the_exact_inverse() {
+        assert_eq!(numeric_to_cents("123.45").unwrap(), "12345");
+        assert_eq!(numeric_to_cents("-0.05").unwrap(), "-5");
+        assert_eq!(numeric_to_cents("0.00").unwrap(), "0");
+        assert_eq!(numeric_to_cents("-0.00").unwrap(), "0");
+        assert_eq!(numeric_to_cents("1.5").unwrap(), "150");
+        assert_eq!(numeric_to_cents("7").unwrap(), "700");
+        assert_eq!(numeric_to_cents("1.230").unwrap(), "123");
+        assert!(numeric_to_cents("1.234").is_err());
+        assert!(numeric_to_cents("NaN").is_err());
+        assert!(numeric_to_cents("").is_err());
+        assert!(numeric_to_cents("1e5").is_err());
+        for cents in ["12345", "-5", "0", "1", "-99", "123456789012345678901234567890"] {
+            assert_eq!(numeric_to_cents(&cents_to_numeric(cents).unwrap()).unwrap(), cents);
+        }
     }
 
     #[test]

@@ -168,6 +168,9 @@ pub enum Conversion {
     Text,
     /// Integer cents → numeric with two decimals, exact at any size.
     CentsToNumeric,
+    /// Numeric with at most two non-zero decimals → integer cents (the inverse of `cents_to_numeric`; a value with
+    /// a third decimal is an error, never rounded).
+    NumericToCents,
     /// Seconds since 1970 (integer or decimal) → timestamptz in UTC.
     EpochToTimestamptz,
     /// A field of a json/jsonb value (`path`); strings unquoted, other JSON as its text, JSON null as NULL.

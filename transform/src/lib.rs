@@ -41,7 +41,8 @@ pub enum Command {
     Run,
     /// Validate the rules against DB1's and DB2's catalogs and print findings with fixes.
     Check,
-    /// Write a starting rules file from both catalogs.
+    /// Write a starting rules file from both catalogs. With --reverse: the fall-back rules (DB2 → DB1) drafted from
+    /// the forward rules, with a TODO wherever the inverse is not mechanical.
     Scaffold,
     /// Compare every target table of DB2 with DB1 passed through the rules (counts, checksums, differing keys).
     /// Exits 1 when a table differs. Run it when both are at the same point (after cutover).
@@ -61,7 +62,8 @@ pub enum TransformError {
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
-    let config = cli.global.start()?;
+    let forward = cli.global.start_forward()?;
+    let config = if cli.global.reverse { forward.reversed()? } else { forward.clone() };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let result = runtime.block_on(async move {
         match cli.command {
@@ -72,6 +74,13 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 let target = pgm_rules::load_catalog(&config.target).await?;
                 let findings = check::run(&rules, &config.tables(), &source, &target);
                 pgm_common::findings::report(&findings).map_err(anyhow::Error::msg)
+            }
+            Command::Scaffold if cli.global.reverse => {
+                let rules = pgm_rules::load_rules(&forward)?;
+                let db1 = pgm_rules::load_catalog(&forward.source).await?;
+                let db2 = pgm_rules::load_catalog(&forward.target).await?;
+                print!("{}", scaffold::draft_reverse(&rules, &forward.tables(), &db1, &db2));
+                Ok(())
             }
             Command::Scaffold => {
                 let source = pgm_rules::load_catalog(&config.source).await?;
