@@ -241,7 +241,10 @@ async fn preflight_fallback(reversed: &PipelineConfig, db2: &Client) -> anyhow::
         anyhow::bail!("fall-back stream on DB2: {problem}");
     }
     pgm_rules::compile(reversed).await.map_err(|e| {
-        anyhow::anyhow!("the fall-back rules ({}) do not fit: {e}; see `pgm-transform --reverse check`", describe_rules(reversed))
+        anyhow::anyhow!(
+            "the fall-back rules ({}) do not fit: {e}; see `pgm-transform --reverse check`",
+            describe_rules(reversed)
+        )
     })?;
     Ok(())
 }
@@ -250,7 +253,7 @@ fn describe_rules(config: &PipelineConfig) -> String {
     config.transform.rules.as_ref().map_or("none: every table passes unchanged".to_owned(), |p| p.display().to_string())
 }
 
-async fn preflight(config: &PipelineConfig, how: Move) -> anyhow::Result<Preflight> {
+async fn preflight(config: &PipelineConfig, how: Move, fallback: Option<&PipelineConfig>) -> anyhow::Result<Preflight> {
     let Names { from, to } = how.names();
     let command = how.name();
     if !config.capture.message_prefixes.iter().any(|p| p == MARKER_PREFIX) {
@@ -264,6 +267,9 @@ async fn preflight(config: &PipelineConfig, how: Move) -> anyhow::Result<Preflig
         require_logical(&db1, "DB2", "rollback's fall-back stream").await?;
     }
     let db2 = crate::connect_target(config).await?;
+    if let Some(reversed) = fallback {
+        preflight_fallback(reversed, &db2).await?;
+    }
     let pipeline = &config.topics.prefix;
     let run = if how == Move::Rollback { "pgm-apply --reverse run" } else { "pgm-apply run" };
     if progress::running_pid(&db2, pipeline).await?.is_none() {
@@ -327,7 +333,9 @@ fn ms(d: Duration) -> String {
 /// `pgm-apply cutover`.
 pub async fn run(config: &PipelineConfig, dry_run: bool) -> anyhow::Result<()> {
     if config.reverse {
-        anyhow::bail!("cutover moves the application from DB1 to DB2: run it without --reverse (to move back: rollback)");
+        anyhow::bail!(
+            "cutover moves the application from DB1 to DB2: run it without --reverse (to move back: rollback)"
+        );
     }
     let fallback = if config.fallback.enabled() { Some(config.reversed()?) } else { None };
     execute(config, Move::Cutover, fallback.as_ref(), dry_run).await
@@ -344,12 +352,14 @@ pub async fn rollback(config: &PipelineConfig, dry_run: bool) -> anyhow::Result<
     execute(&config.reversed()?, Move::Rollback, None, dry_run).await
 }
 
-async fn execute(config: &PipelineConfig, how: Move, fallback: Option<&PipelineConfig>, dry_run: bool) -> anyhow::Result<()> {
-    let Preflight { db1, db2, database, sessions, plans } = preflight(config, how).await?;
+async fn execute(
+    config: &PipelineConfig,
+    how: Move,
+    fallback: Option<&PipelineConfig>,
+    dry_run: bool,
+) -> anyhow::Result<()> {
+    let Preflight { db1, db2, database, sessions, plans } = preflight(config, how, fallback).await?;
     let Names { from, to } = how.names();
-    if let Some(reversed) = fallback {
-        preflight_fallback(reversed, &db2).await?;
-    }
     let pipeline = &config.topics.prefix;
     println!(
         "{} of pipeline {pipeline:?}: {from} {} → {to} {}",
@@ -382,7 +392,9 @@ async fn execute(config: &PipelineConfig, how: Move, fallback: Option<&PipelineC
         );
     }
     if how == Move::Rollback {
-        println!("unfence      DB1: ALTER DATABASE … RESET default_transaction_read_only once the sequences are copied");
+        println!(
+            "unfence      DB1: ALTER DATABASE … RESET default_transaction_read_only once the sequences are copied"
+        );
     }
     if dry_run {
         println!("dry run: apply is running and not paused; nothing was changed");
@@ -450,11 +462,8 @@ async fn fence(db1: &Client, database: &str, what: &str) -> anyhow::Result<()> {
 /// Drops the fall-back slot a failed cutover made on DB2 (the stream's target), if it did.
 async fn drop_slot(config: &PipelineConfig, slot: &str) -> anyhow::Result<()> {
     let db2 = crate::connect_plain(&config.target, "cutover", "DB2").await?;
-    db2.execute(
-        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1",
-        &[&slot],
-    )
-    .await?;
+    db2.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
+        .await?;
     Ok(())
 }
 
@@ -592,7 +601,10 @@ async fn finish(
     if how == Move::Rollback {
         let database: String = db2.query_one("SELECT current_database()::text", &[]).await?.get(0);
         let ended = unfence(db2, &database, None).await.map_err(|e| {
-            anyhow::anyhow!("lifting DB1's fence: {e:#}; run ALTER DATABASE {} RESET default_transaction_read_only on DB1", quote_ident(&database))
+            anyhow::anyhow!(
+                "lifting DB1's fence: {e:#}; run ALTER DATABASE {} RESET default_transaction_read_only on DB1",
+                quote_ident(&database)
+            )
         })?;
         unfenced = Some((t0.elapsed(), ended));
     }

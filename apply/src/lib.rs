@@ -341,6 +341,10 @@ async fn run_service(config: PipelineConfig, until: Option<Lsn>) -> anyhow::Resu
 async fn status(config: &PipelineConfig) -> anyhow::Result<()> {
     let client = connect(config).await?;
     let pipeline = &config.topics.prefix;
+    let (db1, db2) = config.names();
+    if config.reverse {
+        println!("direction    fall-back: {db1} → {db2} (--reverse)");
+    }
     let row = client
         .query_one(
             &format!(
@@ -360,9 +364,9 @@ async fn status(config: &PipelineConfig) -> anyhow::Result<()> {
     // Byte lag needs DB1's current position; status still answers when DB1 is down.
     let source_lsn = source_lsn(config).await;
     let lag_bytes = match (&source_lsn, end.as_deref().and_then(|e| e.parse::<Lsn>().ok())) {
-        (Ok(now), Some(end)) => format!("{} bytes (DB1 at {now})", now.bytes_since(end)),
-        (Ok(now), None) => format!("unknown (nothing applied yet; DB1 at {now})"),
-        (Err(e), _) => format!("unknown (DB1: {e})"),
+        (Ok(now), Some(end)) => format!("{} bytes ({db1} at {now})", now.bytes_since(end)),
+        (Ok(now), None) => format!("unknown (nothing applied yet; {db1} at {now})"),
+        (Err(e), _) => format!("unknown ({db1}: {e})"),
     };
     let state: String = row.get(5);
     let paused: bool = row.get(4);
@@ -370,20 +374,20 @@ async fn status(config: &PipelineConfig) -> anyhow::Result<()> {
     println!(
         "state        {}",
         match running {
-            Some(pid) => format!("{state} (apply connected, DB2 backend pid {pid})"),
+            Some(pid) => format!("{state} (apply connected, {db2} backend pid {pid})"),
             None if state == "running" || state == "paused" => format!("{state} when last seen; no apply is connected"),
             None => state,
         }
     );
     println!("paused       {}", if paused { "yes (`pgm-apply resume` continues)" } else { "no" });
     println!("applied      {applied} (end {})", end.as_deref().unwrap_or("-"));
-    println!("committed    {} on DB1", commit_time.as_deref().unwrap_or("-"));
+    println!("committed    {} on {db1}", commit_time.as_deref().unwrap_or("-"));
     println!("lag          {}, {lag_bytes}", lag_s.map_or("unknown".to_owned(), |s| format!("{s:.1} s")));
     println!("last error   {}", row.get::<_, Option<String>>(6).as_deref().unwrap_or("-"));
     let skipped: i64 = row.get(8);
     if skipped > 0 || config.apply.on_missing_row == pgm_common::config::OnMissingRow::Warn {
         println!(
-            "skipped      {skipped} update(s)/delete(s) that found no row in DB2 (apply.on_missing_row = {}; \
+            "skipped      {skipped} update(s)/delete(s) that found no row in {db2} (apply.on_missing_row = {}; \
              pgm_apply_missing_rows_total); last: {}",
             config.apply.on_missing_row.as_str(),
             row.get::<_, Option<String>>(9).as_deref().unwrap_or("-")

@@ -26,7 +26,8 @@ use crate::CaptureError;
 
 /// The output plugin's options for this pipeline: the decoder's required options plus table and message filters
 /// (with pgoutput the publication selects the tables and capture filters the message prefixes).
-pub fn plugin_options(config: &PipelineConfig) -> Vec<(String, String)> {
+/// `skipped_origins`: the replication origin ids whose transactions wal2json leaves out ([`skipped_origin_ids`]).
+pub fn plugin_options(config: &PipelineConfig, skipped_origins: &[u32]) -> Vec<(String, String)> {
     if config.capture.decoder == Decoder::Pgoutput {
         return pgoutput::plugin_options(&config.publication());
     }
@@ -48,16 +49,44 @@ pub fn plugin_options(config: &PipelineConfig) -> Vec<(String, String)> {
         let list: Vec<String> = tables.iter().map(|t| format!("{}.{}", escape(&t.schema), escape(&t.table))).collect();
         options.push(("add-tables".into(), list.join(",")));
     }
-    let origins = config.skipped_origins();
-    if !origins.is_empty() {
+    if !skipped_origins.is_empty() {
         // The other direction's apply (fall-back): its writes are never carried back.
-        let list: Vec<String> = origins.iter().map(|o| o.replace(',', "\\,")).collect();
+        let list: Vec<String> = skipped_origins.iter().map(u32::to_string).collect();
         options.push(("filter-origins".into(), list.join(",")));
     }
     let prefixes: Vec<String> = config.capture.message_prefixes.iter().map(|p| p.replace(',', "\\,")).collect();
     // An empty add-msg-prefixes would carry every message; with no prefixes configured, carry none we know of.
     options.push(("add-msg-prefixes".into(), if prefixes.is_empty() { "\u{1}".into() } else { prefixes.join(",") }));
     options
+}
+
+/// The ids of the replication origins capture leaves out ([`PipelineConfig::skipped_origins`]: with fall-back, the
+/// other direction's apply), each created on this database when missing. wal2json filters by id, and an origin made
+/// later by that apply would get an id the running stream does not know: made here first, it keeps its id.
+pub async fn skipped_origin_ids(
+    client: &tokio_postgres::Client,
+    config: &PipelineConfig,
+) -> Result<Vec<u32>, CaptureError> {
+    let mut ids = Vec::new();
+    for origin in config.skipped_origins() {
+        let row = client
+            .query_one(
+                "SELECT coalesce(pg_replication_origin_oid($1), pg_replication_origin_create($1))::int8",
+                &[&origin],
+            )
+            .await
+            .map_err(|source| CaptureError::Source {
+                what: format!(
+                    "create the replication origin {origin} (the fall-back direction's apply, whose writes capture \
+                     leaves out) on {}: it needs a superuser, or GRANT EXECUTE ON FUNCTION \
+                     pg_replication_origin_create(text) to capture's user",
+                    config.source.describe()
+                ),
+                source,
+            })?;
+        ids.push(u32::try_from(row.get::<_, i64>(0)).unwrap_or(0));
+    }
+    Ok(ids)
 }
 
 struct Progress {
@@ -95,8 +124,9 @@ pub async fn run(
     crate::identity::refuse_tables_without_identity(&catalog, config).await?;
     crate::slot::ensure_publication(&catalog, config).await?;
     crate::slot::require_exists(&mut conn, config).await?;
+    let skipped = skipped_origin_ids(&catalog, config).await?;
     let mut decoder = StreamDecoder::new(config, catalog);
-    let mut stream = conn.start_logical(&config.capture.slot, Lsn::ZERO, &plugin_options(config)).await?;
+    let mut stream = conn.start_logical(&config.capture.slot, Lsn::ZERO, &plugin_options(config, &skipped)).await?;
     tracing::info!(
         slot = %config.capture.slot,
         %system_id,

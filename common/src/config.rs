@@ -922,6 +922,15 @@ impl PipelineConfig {
         self.apply.origin.clone().unwrap_or_else(|| format!("pgm_{}", self.topics.prefix))
     }
 
+    /// How the operator calls this stream's source and target: DB1 and DB2, or DB2 and DB1 for the fall-back stream.
+    pub fn names(&self) -> (&'static str, &'static str) {
+        if self.reverse {
+            ("DB2", "DB1")
+        } else {
+            ("DB1", "DB2")
+        }
+    }
+
     /// The fall-back stream's configuration: DB2 is its source and DB1 its target; the `[fallback]` section gives
     /// its tables, rules, topic prefix and slot; consumer groups get `-back`, metrics ports move up by 10. The
     /// replication origins of the two directions are each other's: neither stream carries what the other applied.
@@ -940,11 +949,11 @@ impl PipelineConfig {
         }
         let fallback = &self.fallback;
         let shift = |addr: &str| match addr.parse::<std::net::SocketAddr>() {
-            Ok(mut a) => {
+            Ok(mut a) if a.port() != 0 => {
                 a.set_port(a.port().saturating_add(10));
                 a.to_string()
             }
-            Err(_) => addr.to_owned(),
+            _ => addr.to_owned(),
         };
         let mut reversed = self.clone();
         reversed.reverse = true;

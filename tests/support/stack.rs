@@ -221,6 +221,7 @@ group_id = "{group}-apply"
 metrics_addr = "127.0.0.1:0"
 {apply}
 [bootstrap]
+[fallback]
 "#,
                 port1 = db1.port(),
                 port2 = db2.port(),

@@ -63,7 +63,9 @@ pub enum TransformError {
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let forward = cli.global.start_forward()?;
-    let config = if cli.global.reverse { forward.reversed()? } else { forward.clone() };
+    // scaffold --reverse drafts the fall-back rules from the forward ones: it needs no [fallback] section yet.
+    let reversed = cli.global.reverse && !matches!(cli.command, Command::Scaffold);
+    let config = if reversed { forward.reversed()? } else { forward.clone() };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let result = runtime.block_on(async move {
         match cli.command {

@@ -262,7 +262,11 @@ pub fn draft_reverse(forward: &RulesFile, tables: &[TableRef], db1: &Catalog, db
         "# The [fallback] section of the pipeline's configuration carries these DB2 tables:\n# tables = [{}]",
         sources.iter().map(|s| toml_string(s)).collect::<Vec<_>>().join(", ")
     );
-    out.push_str(if forward.unmatched == Unmatched::Pass { "unmatched = \"pass\"\n" } else { "unmatched = \"drop\"\n" });
+    out.push_str(if forward.unmatched == Unmatched::Pass {
+        "unmatched = \"pass\"\n"
+    } else {
+        "unmatched = \"drop\"\n"
+    });
     out.push_str(&body);
     out
 }
@@ -340,7 +344,10 @@ mod tests {
         let parsed = RulesFile::from_toml_str(&draft).unwrap();
         assert_eq!(parsed.tables.len(), 2, "{draft}");
         let clients = &parsed.tables[0];
-        assert_eq!((clients.source.as_str(), clients.targets[0].table.as_str()), ("public.clients", "public.customers"));
+        assert_eq!(
+            (clients.source.as_str(), clients.targets[0].table.as_str()),
+            ("public.clients", "public.customers")
+        );
         let columns = &clients.targets[0].columns;
         assert_eq!(columns["id"], ColumnSpec::Copy("id".into()));
         assert_eq!(columns["email"], ColumnSpec::Copy("email".into()));
