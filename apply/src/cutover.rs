@@ -269,6 +269,16 @@ async fn preflight(config: &PipelineConfig, how: Move, fallback: Option<&Pipelin
     let db2 = crate::connect_target(config).await?;
     if let Some(reversed) = fallback {
         preflight_fallback(reversed, &db2).await?;
+        // Capture makes this origin at start when [fallback] is configured, and leaves its transactions out.
+        let origin = reversed.apply_origin();
+        let known: bool = db1.query_one("SELECT pg_replication_origin_oid($1) IS NOT NULL", &[&origin]).await?.get(0);
+        if !known {
+            anyhow::bail!(
+                "DB1 has no replication origin {origin}: pgm-capture was started before [fallback] was configured, so \
+                 it would carry the fall-back stream's writes to DB1 back into the migration. Restart pgm-capture, \
+                 then run cutover again"
+            );
+        }
     }
     let pipeline = &config.topics.prefix;
     let run = if how == Move::Rollback { "pgm-apply --reverse run" } else { "pgm-apply run" };

@@ -173,6 +173,12 @@ pub async fn source(
         .await
         .map_err(sql_err("read pg_replication_slots"))?;
     findings.push(match slot_row {
+        None if config.reverse => finding(
+            Level::Ok,
+            format!("slot {}", config.capture.slot),
+            "does not exist yet (cutover creates it, before DB2 takes writes)",
+            None,
+        ),
         None => {
             finding(Level::Ok, format!("slot {}", config.capture.slot), "does not exist yet (run creates it)", None)
         }

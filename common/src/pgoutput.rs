@@ -580,6 +580,55 @@ mod tests {
     }
 
     #[test]
+    fn a_transaction_from_a_skipped_origin_keeps_its_begin_and_commit_and_loses_its_changes() {
+        let mut d = decoder();
+        d.skip_origins = vec!["pgm_back".into()];
+        let begin = |xid: u32| {
+            let mut m = vec![b'B'];
+            m.extend(100u64.to_be_bytes());
+            m.extend(0i64.to_be_bytes());
+            m.extend(xid.to_be_bytes());
+            m
+        };
+        let origin = |name: &str| {
+            let mut m = vec![b'O'];
+            m.extend(5u64.to_be_bytes());
+            m.extend(name.as_bytes());
+            m.push(0);
+            m
+        };
+        let insert = || {
+            let mut m = vec![b'I'];
+            m.extend(16_384u32.to_be_bytes());
+            m.push(b'N');
+            m.extend(2i16.to_be_bytes());
+            m.extend(text("7"));
+            m.extend(text("x"));
+            m
+        };
+        let commit = || {
+            let mut m = vec![b'C', 0];
+            m.extend(100u64.to_be_bytes());
+            m.extend(120u64.to_be_bytes());
+            m.extend(0i64.to_be_bytes());
+            m
+        };
+        let mut rows = Vec::new();
+        for (xid, from) in [(1, Some("pgm_back")), (2, Some("elsewhere")), (3, None), (4, Some("pgm_back"))] {
+            assert!(matches!(d.decode(&begin(xid), Lsn(1)).unwrap(), Decoded::Changes(_)));
+            if let Some(name) = from {
+                assert_eq!(d.decode(&origin(name), Lsn(1)).unwrap(), Decoded::Nothing);
+            }
+            if let Decoded::Changes(changes) = d.decode(&insert(), Lsn(2)).unwrap() {
+                rows.extend(changes.into_iter().map(|_| xid));
+            }
+            let Decoded::Changes(end) = d.decode(&commit(), Lsn(3)).unwrap() else { panic!("commit") };
+            assert!(matches!(end[..], [Change::Commit(_)]), "every commit is carried");
+        }
+        assert_eq!(rows, vec![2, 3], "only the skipped origin's changes are left out");
+    }
+
+    #[test]
     fn delete_by_key_keeps_only_the_identity_columns() {
         let mut d = decoder();
         let mut m = vec![b'D'];

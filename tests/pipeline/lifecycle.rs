@@ -717,6 +717,15 @@ fn forward_raw_records(stack: &Stack) -> anyhow::Result<usize> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fall_back_after_cutover_carries_every_db2_write_to_db1_through_crashes_and_rolls_back() -> anyhow::Result<()> {
+    fall_back_under_load("wal2json").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgoutput_fall_back_after_cutover_through_crashes_and_rollback() -> anyhow::Result<()> {
+    fall_back_under_load("pgoutput").await
+}
+
+async fn fall_back_under_load(decoder: &str) -> anyhow::Result<()> {
     let mut broker = pgm_test_support::broker::Broker::start()?;
     let options = Options {
         source_schema: shop_schema(),
@@ -726,9 +735,11 @@ async fn fall_back_after_cutover_carries_every_db2_write_to_db1_through_crashes_
         partitions: 2,
         apply: "group_ms = 50",
         librdkafka: "",
-        create_slot: true,
+        create_slot: false,
     };
     let stack = Stack::new(BINS, broker.brokers(), options).await?;
+    stack.configure("capture", &format!("decoder = \"{decoder}\""))?;
+    stack.create_slot()?;
 
     // The reverse rules: drafted from the demo's rules; the one computed column is a TODO that check refuses.
     let (draft, reverse_rules) = scaffold_reverse(&stack)?;
@@ -874,7 +885,7 @@ async fn fall_back_after_cutover_carries_every_db2_write_to_db1_through_crashes_
     back.wait_acked(20).await.context("DB1 refuses the application's writes after rollback")?;
     back.finish().await?;
     eprintln!(
-        "fall-back: {} writes on DB2 all on DB1 through kills of capture, transform, apply and the broker; write \
+        "fall-back ({decoder}): {} writes on DB2 all on DB1 through kills of capture, transform, apply and the broker; write \
          downtime cutover {cutover_ms} ms, rollback {rollback_ms} ms",
         db2_acked.len()
     );
@@ -882,20 +893,47 @@ async fn fall_back_after_cutover_carries_every_db2_write_to_db1_through_crashes_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cutover_and_rollback_refuse_a_db2_without_logical_wal() -> anyhow::Result<()> {
+async fn fall_back_refuses_reverse_rules_that_lose_a_db1_column_and_a_db2_without_logical_wal() -> anyhow::Result<()> {
     let mut stack = shop_stack(shop_schema(), false).await?;
-    scaffold_reverse(&stack)?;
+    let (draft, reverse_rules) = scaffold_reverse(&stack)?;
+    // The draft's TODO, then the same column with no line at all: check names it either way.
+    for rules in
+        [draft.clone(), draft.lines().filter(|l| !l.starts_with("full_name = ")).collect::<Vec<_>>().join("\n")]
+    {
+        std::fs::write(&reverse_rules, &rules)?;
+        let out = stack.run(Service::Transform, &["--reverse", "check"])?;
+        ensure!(
+            !out.status.success() && text(&out).contains("full_name"),
+            "check accepted reverse rules that cannot give DB1 its full_name:\n{}",
+            text(&out)
+        );
+    }
+    let out = stack.run(Service::Transform, &["--reverse", "check"])?;
+    ensure!(text(&out).contains("NOT NULL column full_name"), "{}", text(&out));
+    // A capture started before [fallback] (here: none ran) would carry the fall-back's writes back: refused.
+    let filled: Vec<&str> = draft.lines().map(|l| if l.starts_with("full_name = ") { FULL_NAME } else { l }).collect();
+    std::fs::write(&reverse_rules, filled.join("\n"))?;
+    let out = stack.run(Service::Apply, &["cutover", "--dry-run"])?;
+    ensure!(
+        !out.status.success() && text(&out).contains("Restart pgm-capture"),
+        "cutover without a capture that leaves the fall-back's writes out:\n{}",
+        text(&out)
+    );
     stack.db2.connect(&stack.db2_name).await?.batch_execute("ALTER SYSTEM SET wal_level = replica").await?;
     tokio::task::block_in_place(|| stack.db2.restart())?;
-    for command in ["rollback", "cutover"] {
-        let out = stack.run(Service::Apply, &[command, "--dry-run"])?;
+    for args in [&["rollback", "--dry-run"][..], &["cutover", "--dry-run"][..]] {
+        let out = stack.run(Service::Apply, args)?;
         ensure!(
             !out.status.success()
                 && text(&out).contains("DB2 has wal_level = replica")
                 && text(&out).contains("wal_level = logical"),
-            "{command} on a DB2 without logical WAL:\n{}",
+            "{args:?} on a DB2 without logical WAL:\n{}",
             text(&out)
         );
+        eprintln!("{args:?}: {}", text(&out).lines().find(|l| l.contains("wal_level")).unwrap_or_default());
     }
+    let out = stack.run(Service::Capture, &["--reverse", "check"])?;
+    ensure!(!out.status.success() && text(&out).contains("wal_level"), "capture --reverse check:\n{}", text(&out));
+    eprintln!("pgm-capture --reverse check:\n{}", text(&out));
     Ok(())
 }
