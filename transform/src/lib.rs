@@ -99,14 +99,15 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     println!("{report}");
                 }
                 let rows: u64 = reports.iter().map(|r| r.db2_rows).sum();
+                let (db1, db2) = config.names();
                 println!(
-                    "verify: {} of {} tables equal, {rows} rows in DB2, {:.1} s",
+                    "verify: {} of {} tables equal, {rows} rows in {db2}, {:.1} s",
                     reports.len() - differing,
                     reports.len(),
                     started.elapsed().as_secs_f64()
                 );
                 if differing > 0 {
-                    anyhow::bail!("{differing} table(s) differ between DB2 and the transformed DB1 (listed above)");
+                    anyhow::bail!("{differing} table(s) differ between {db2} and the transformed {db1} (listed above)");
                 }
                 Ok(())
             }

@@ -131,6 +131,8 @@ pub struct TableReport {
     pub key_range: Option<(String, String)>,
     /// More rows differ than narrowing keeps in memory: the lists are incomplete.
     pub incomplete: bool,
+    /// What the operator calls the source and the target: DB1 and DB2, or DB2 and DB1 with `--reverse`.
+    pub names: (&'static str, &'static str),
 }
 
 fn show_key(columns: &[String], key: &[Option<String>]) -> String {
@@ -143,12 +145,18 @@ impl fmt::Display for TableReport {
         if self.equal {
             return write!(f, "{}: equal ({} rows)", self.table, self.db2_rows);
         }
-        write!(f, "{}: DIFFERENT — transformed DB1 has {} rows, DB2 has {}", self.table, self.db1_rows, self.db2_rows)?;
+        let (db1, db2) = self.names;
+        write!(
+            f,
+            "{}: DIFFERENT — transformed {db1} has {} rows, {db2} has {}",
+            self.table, self.db1_rows, self.db2_rows
+        )?;
         if let Some((low, high)) = &self.key_range {
             write!(f, "; differing keys lie in ({}) {low} .. {high}", self.key_columns.join(", "))?;
         }
+        let (only_db1, only_db2) = (format!("only in {db1}"), format!("only in {db2}"));
         for (label, keys) in
-            [("differ", &self.changed), ("only in DB1", &self.only_db1), ("only in DB2", &self.only_db2)]
+            [("differ", &self.changed), (only_db1.as_str(), &self.only_db1), (only_db2.as_str(), &self.only_db2)]
         {
             if keys.is_empty() {
                 continue;
@@ -180,6 +188,7 @@ struct Verifier<'a> {
     narrowing: BTreeMap<TableRef, BTreeSet<usize>>,
     /// Rows of the transformed DB1 waiting to be hashed by DB2, per target table.
     pending: BTreeMap<TableRef, Vec<Vec<Option<String>>>>,
+    names: (&'static str, &'static str),
 }
 
 /// Compares every target table; the reports come in table order.
@@ -195,6 +204,7 @@ pub async fn run(config: &PipelineConfig, program: &Program) -> Result<Vec<Table
         db2_side: BTreeMap::new(),
         narrowing: BTreeMap::new(),
         pending: BTreeMap::new(),
+        names: config.names(),
     };
     let sources = config.tables();
     let mut feeds: BTreeMap<TableRef, Vec<TableRef>> = BTreeMap::new();
@@ -436,6 +446,7 @@ impl Verifier<'_> {
             key_columns,
             db1_rows: one.rows,
             db2_rows: two.rows,
+            names: self.names,
             equal: one.rows == two.rows && one.sum == two.sum && one.buckets == two.buckets,
             only_db1: Vec::new(),
             only_db2: Vec::new(),
@@ -540,6 +551,7 @@ mod tests {
             key_columns: vec!["id".into()],
             db1_rows: 20,
             db2_rows: 19,
+            names: ("DB1", "DB2"),
             equal: false,
             only_db1: (1..=12).map(|i| key(&i.to_string())).collect(),
             only_db2: Vec::new(),
