@@ -172,21 +172,19 @@ impl Move {
             Move::Rollback => "rollback",
         }
     }
-}
 
-/// The two databases of a move as the operator knows them: `from` is fenced, `to` takes the writes.
-struct Names {
-    from: &'static str,
-    to: &'static str,
-}
-
-impl Move {
     fn names(self) -> Names {
         match self {
             Move::Cutover => Names { from: "DB1", to: "DB2" },
             Move::Rollback => Names { from: "DB2", to: "DB1" },
         }
     }
+}
+
+/// The two databases of a move as the operator knows them: `from` is fenced, `to` takes the writes.
+struct Names {
+    from: &'static str,
+    to: &'static str,
 }
 
 /// What the dry run and the real run both check first.
