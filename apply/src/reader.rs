@@ -23,7 +23,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pgm_common::change::TableRef;
 use pgm_common::config::PipelineConfig;
 use pgm_common::envelope::{OutRecord, RawRecord, RecordOrigin, TxnRecord};
 use pgm_common::parts::{self, Assembler};
@@ -53,9 +52,6 @@ const WAIT_REPORT: Duration = Duration::from_secs(10);
 type Consumer_ = StreamConsumer<kafka::ServiceContext>;
 type Queue = StreamPartitionQueue<kafka::ServiceContext>;
 
-/// Whether apply reads a table's raw topic (it passes the rules unchanged) instead of its out topic.
-type Passthrough = Box<dyn Fn(&TableRef) -> bool + Send + Sync>;
-
 /// An out record with its offset in its partition.
 #[derive(Debug)]
 pub struct Change {
@@ -65,26 +61,62 @@ pub struct Change {
 
 struct Part {
     queue: Queue,
-    /// A raw partition of a table the rules pass unchanged (`transform.passthrough`): its records are applied as
-    /// captured, without an out record.
-    raw: bool,
     head: Option<Change>,
-    /// The offset after the last record consumed; where a restart resumes. Never inside a record sent in parts.
+    /// `head` came from the raw partition (a declared passthrough range), not from this out partition.
+    head_raw: bool,
+    /// The offset after the last record consumed; where a restart resumes. Never inside a record sent in parts, and
+    /// never past a passthrough declaration whose range is not consumed yet.
     next_offset: i64,
     last_taken: Option<Position>,
     /// Joins records sent in parts (`pgm_common::parts`).
     assembler: Assembler,
+    /// The declaration being followed: raw records `from ..= through` are taken from the raw partition.
+    pass: Option<Pass>,
+    /// The raw partition of the same number, opened at the first declaration.
+    raw: Option<RawSide>,
+}
+
+/// A passthrough declaration (`OutRecord::pass_through`) and where it is in the out partition.
+#[derive(Clone, Copy)]
+struct Pass {
+    from: Position,
+    through: Position,
+    offset: i64,
+}
+
+/// The raw partition behind an out partition, read only inside declared ranges.
+struct RawSide {
+    topic: String,
+    queue: Queue,
+    next_offset: i64,
+    assembler: Assembler,
 }
 
 impl Part {
-    fn new(topics: &Topics, topic: &str, queue: Queue, from: i64) -> Self {
+    fn new(queue: Queue, from: i64) -> Self {
         Part {
             queue,
-            raw: topics.table_of_raw(topic).is_some(),
             head: None,
+            head_raw: false,
             next_offset: from,
             last_taken: None,
             assembler: Assembler::default(),
+            pass: None,
+            raw: None,
+        }
+    }
+
+    /// A record at `pos` of the declared range was consumed (taken or dropped): the range ends with its last one,
+    /// and the declaration itself is consumed then.
+    fn consumed_raw(&mut self, pos: Position, offset: i64) {
+        if let Some(raw) = &mut self.raw {
+            raw.next_offset = offset + 1;
+        }
+        if let Some(pass) = self.pass {
+            if pos >= pass.through {
+                self.pass = None;
+                self.next_offset = pass.offset + 1;
+            }
         }
     }
 }
@@ -113,8 +145,6 @@ impl TxnCursor {
 pub struct Reader {
     consumer: Arc<Consumer_>,
     topics: Topics,
-    /// Tables apply reads from their raw topics (they pass the rules unchanged and transform skips them).
-    passthrough: Passthrough,
     txn_topic: String,
     txn: Queue,
     /// Joins txn records sent in parts (a large logical message).
@@ -172,15 +202,6 @@ impl Reader {
                 .map_err(|e| ApplyError::kafka("cannot create the consumer", e))?,
         );
         let topics = config.topics();
-        let passthrough = passthrough(config)?;
-        let raw_tables: Vec<String> =
-            config.tables().iter().filter(|t| passthrough(t)).map(|t| t.to_string()).collect();
-        if !raw_tables.is_empty() {
-            tracing::info!(
-                tables = ?raw_tables,
-                "reading these tables from their raw topics: the rules pass them unchanged (transform.passthrough)"
-            );
-        }
         let txn_topic = topics.txn();
         let waits = Waits { topics: topics.clone(), health: health.clone(), shutdown: shutdown.clone() };
         waits.partition(&consumer, &txn_topic, 0).await?;
@@ -193,10 +214,14 @@ impl Reader {
             .iter()
             .map(|t| (t.name().to_owned(), t.partitions().len()))
             .collect();
-        let mut initial: BTreeMap<(String, i32), i64> = stored.clone().into_iter().collect();
+        // Raw partitions open only when a declaration sends apply there.
+        let mut initial: BTreeMap<(String, i32), i64> = stored
+            .iter()
+            .filter(|((topic, _), _)| topics.table_of_raw(topic).is_none())
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
         for table in config.tables() {
-            let read = if passthrough(&table) { topics.raw(&table) } else { topics.out(&table) };
-            let read = read.map_err(|e| ApplyError::Target(format!("{table}: {e}")))?;
+            let read = topics.out(&table).map_err(|e| ApplyError::Target(format!("{table}: {e}")))?;
             for partition in 0..existing.get(&read).copied().unwrap_or(0) as i32 {
                 initial.entry((read.clone(), partition)).or_insert(0);
             }
@@ -207,7 +232,7 @@ impl Reader {
         let parts = queues
             .into_iter()
             .map(|(key, queue)| {
-                let part = Part::new(&topics, &key.0, queue, initial[&key]);
+                let part = Part::new(queue, initial[&key]);
                 (key, part)
             })
             .collect();
@@ -239,7 +264,6 @@ impl Reader {
         Ok(Reader {
             consumer,
             topics,
-            passthrough,
             txn_topic,
             txn,
             txn_assembler: Assembler::default(),
@@ -279,11 +303,7 @@ impl Reader {
     ) -> Result<TxnCursor, ApplyError> {
         let mut remaining = Vec::with_capacity(counts.len());
         for count in counts {
-            let read = match self.topics.table_of_raw(&count.topic) {
-                Some(table) if (self.passthrough)(&table) => Some(count.topic.clone()),
-                _ => self.topics.out_of_raw(&count.topic),
-            };
-            let out = read.ok_or_else(|| {
+            let out = self.topics.out_of_raw(&count.topic).ok_or_else(|| {
                 ApplyError::Stream(format!(
                     "commit record of {commit} counts records in {}, which is not a raw topic of prefix {}: \
                      is topics.prefix the one capture uses?",
@@ -295,7 +315,7 @@ impl Reader {
             if !self.parts.contains_key(&key) {
                 let from = self.stored.get(&key).copied().unwrap_or(0);
                 let queue = open_queue(&self.consumer, &key.0, key.1, from, &self.waits).await?;
-                self.parts.insert(key.clone(), Part::new(&self.topics, &key.0, queue, from));
+                self.parts.insert(key.clone(), Part::new(queue, from));
             }
             remaining.push((key, count.count));
         }
@@ -322,7 +342,8 @@ impl Reader {
                 continue;
             }
             let part = self.parts.get_mut(key).expect("opened by cursor()");
-            let pos = peek(part, key, cursor.commit, cursor.window, *remaining, applied, &self.waits).await?;
+            let sides = Sides { consumer: &self.consumer, stored: &self.stored, waits: &self.waits };
+            let pos = peek(part, key, cursor.commit, cursor.window, *remaining, applied, sides).await?;
             if best.is_none_or(|(_, b)| pos < b) {
                 best = Some((index, pos));
             }
@@ -332,14 +353,25 @@ impl Reader {
         *remaining -= 1;
         let part = self.parts.get_mut(key).expect("opened by cursor()");
         let change = part.head.take().expect("peeked");
-        part.next_offset = change.offset + 1;
+        if part.head_raw {
+            part.consumed_raw(change.record.pos, change.offset);
+        } else {
+            part.next_offset = change.offset + 1;
+        }
         part.last_taken = Some(change.record.pos);
         Ok(Some(change))
     }
 
     /// Where to resume each out partition read so far, for DB2's progress table (the txn topic's is `txn_next`).
     pub fn positions(&self) -> BTreeMap<(String, i32), i64> {
-        self.parts.iter().map(|(key, part)| (key.clone(), part.next_offset)).collect()
+        let mut positions: BTreeMap<(String, i32), i64> =
+            self.parts.iter().map(|(key, part)| (key.clone(), part.next_offset)).collect();
+        for ((_, partition), part) in &self.parts {
+            if let Some(raw) = &part.raw {
+                positions.insert((raw.topic.clone(), *partition), raw.next_offset);
+            }
+        }
+        positions
     }
 
     /// Commits the positions and the txn topic's to the consumer group, for Kafka lag tools only (apply itself seeks from DB2).
@@ -355,16 +387,6 @@ impl Reader {
             tracing::debug!(%error, "consumer-group offsets not committed (lag tools only; progress is in DB2)");
         }
     }
-}
-
-/// Which tables apply reads from their raw topics: with `transform.passthrough`, those the rules pass unchanged
-/// (the same test transform makes to skip them).
-fn passthrough(config: &PipelineConfig) -> Result<Passthrough, ApplyError> {
-    if !config.transform.passthrough {
-        return Ok(Box::new(|_| false));
-    }
-    let rules = pgm_rules::load_rules(config).map_err(|e| ApplyError::Refused(format!("transform.rules: {e}")))?;
-    Ok(Box::new(move |table| rules.passes_unchanged(table)))
 }
 
 /// Assigns one partition at `from` and gives it its own queue (once its topic exists).
@@ -494,7 +516,51 @@ impl Waits {
     }
 }
 
-/// Makes the partition's head the next record of the transaction and returns its position.
+/// What peek needs besides the partition: to open the raw partition behind it, and to report waits.
+struct Sides<'a> {
+    consumer: &'a Arc<Consumer_>,
+    stored: &'a HashMap<(String, i32), i64>,
+    waits: &'a Waits,
+}
+
+/// The next message of a queue, waiting as long as it takes (reporting a long wait), or an interruption.
+async fn receive<'q, 'w>(
+    queue: &'q Queue,
+    waits: &'w Waits,
+    report: &mut Option<Reported<'w>>,
+    what: impl Fn() -> String,
+    (topic, partition, commit, remaining): (&str, i32, Position, u64),
+) -> Result<rdkafka::message::BorrowedMessage<'q>, ApplyError> {
+    loop {
+        let received = tokio::select! {
+            _ = waits.shutdown.cancelled() => return Err(ApplyError::Interrupted),
+            received = tokio::time::timeout(Duration::from_secs(1), queue.recv()) => received,
+        };
+        match received {
+            Ok(message) => return message.map_err(|e| kafka_error(&format!("reading {topic}[{partition}]"), e)),
+            Err(_) => {
+                let report = report.get_or_insert_with(|| Reported::new(&waits.health));
+                if report.due(&what) {
+                    tracing::warn!(
+                        topic = %topic, partition, txn = %commit.commit_lsn, missing = remaining,
+                        waited_s = report.waited_s(),
+                        "waiting: {}", what()
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Whether a message is a passthrough declaration (its header says so).
+fn is_declaration(message: &rdkafka::message::BorrowedMessage<'_>) -> bool {
+    use rdkafka::message::Headers;
+    message.headers().is_some_and(|h| h.iter().any(|header| header.key == pgm_common::envelope::PASS_HEADER))
+}
+
+/// Makes the partition's head the next record of the transaction and returns its position. Out records come from
+/// the out partition; inside a passthrough declaration's range, the raw records come from the raw partition of the
+/// same number and are applied as captured.
 async fn peek(
     part: &mut Part,
     (topic, partition): &(String, i32),
@@ -502,86 +568,135 @@ async fn peek(
     window: Option<(u64, u64)>,
     remaining: u64,
     applied: Position,
-    waits: &Waits,
+    sides: Sides<'_>,
 ) -> Result<Position, ApplyError> {
+    let waits = sides.waits;
     // Made on the first empty receive only: this runs for every change.
     let mut report: Option<Reported> = None;
     loop {
         if part.head.is_none() {
-            let received = tokio::select! {
-                _ = waits.shutdown.cancelled() => return Err(ApplyError::Interrupted),
-                received = tokio::time::timeout(Duration::from_secs(1), part.queue.recv()) => received,
-            };
-            let message = match received {
-                Err(_) => {
-                    let what = || {
-                        format!(
-                            "transaction {} (commit LSN) still needs {remaining} record(s) from {}[{partition}], \
-                             after offset {}",
-                            commit.commit_lsn,
-                            waits.topics.describe(topic),
-                            part.next_offset
-                        )
-                    };
-                    let report = report.get_or_insert_with(|| Reported::new(&waits.health));
-                    if report.due(what) {
-                        tracing::warn!(
-                            topic = %topic, partition, txn = %commit.commit_lsn, missing = remaining,
-                            waited_s = report.waited_s(),
-                            "waiting: {}", what()
-                        );
+            if let Some(pass) = part.pass {
+                if part.raw.is_none() {
+                    let raw_topic = waits.topics.raw_of_out(topic).ok_or_else(|| {
+                        ApplyError::Stream(format!(
+                            "{topic}[{partition}] declares a passthrough but is not an out topic"
+                        ))
+                    })?;
+                    let from = sides.stored.get(&(raw_topic.clone(), *partition)).copied().unwrap_or(0);
+                    let queue = open_queue(sides.consumer, &raw_topic, *partition, from, waits).await?;
+                    part.raw =
+                        Some(RawSide { topic: raw_topic, queue, next_offset: from, assembler: Assembler::default() });
+                }
+                let raw = part.raw.as_mut().expect("opened above");
+                let what = || {
+                    format!(
+                        "transaction {} (commit LSN) still needs {remaining} record(s) from {}[{partition}] (declared \
+                         passed through up to {}), after offset {}",
+                        commit.commit_lsn,
+                        waits.topics.describe(&raw.topic),
+                        pass.through,
+                        raw.next_offset
+                    )
+                };
+                let message =
+                    receive(&raw.queue, waits, &mut report, what, (&raw.topic, *partition, commit, remaining)).await?;
+                let offset = message.offset();
+                let key = message.key().unwrap_or_default();
+                let assembled =
+                    raw.assembler.push(key, parts::of_message(&message), message.payload().unwrap_or_default());
+                let Some(payload) = assembled.bytes() else { continue };
+                let pos = Position::from_key(key)
+                    .map_err(|e| ApplyError::Stream(format!("{}[{partition}] at offset {offset}: {e}", raw.topic)))?;
+                if pos > pass.through {
+                    return Err(ApplyError::Stream(format!(
+                        "{}[{partition}] at offset {offset}: found {pos} past the declared passthrough range {} ..= {}: \
+                         raw records are missing. Nothing after the applied position {applied} was written.",
+                        raw.topic, pass.from, pass.through
+                    )));
+                }
+                // Before the range (a record the rules rewrote, or a repeat), or a bootstrap chunk's neighbour: passed
+                // over without decoding.
+                let neighbour = window.is_some_and(|(lo, _)| pos.commit_lsn == commit.commit_lsn && pos.ordinal <= lo);
+                if pos < pass.from || neighbour {
+                    part.consumed_raw(pos, offset);
+                    continue;
+                }
+                let origin = RecordOrigin { topic: &raw.topic, partition: *partition, offset };
+                let record = pgm_rules::rewrite::unchanged(RawRecord::decode(payload, origin)?);
+                part.head = Some(Change { record, offset });
+                part.head_raw = true;
+            } else {
+                let what = || {
+                    format!(
+                        "transaction {} (commit LSN) still needs {remaining} record(s) from {}[{partition}], after \
+                         offset {}",
+                        commit.commit_lsn,
+                        waits.topics.describe(topic),
+                        part.next_offset
+                    )
+                };
+                let message =
+                    receive(&part.queue, waits, &mut report, what, (topic, *partition, commit, remaining)).await?;
+                let offset = message.offset();
+                let origin = RecordOrigin { topic, partition: *partition, offset };
+                let key = message.key().unwrap_or_default();
+                let declaration = is_declaration(&message);
+                let assembled =
+                    part.assembler.push(key, parts::of_message(&message), message.payload().unwrap_or_default());
+                // A part before the last: keep reading. next_offset stays before the record's first part.
+                let Some(payload) = assembled.bytes() else { continue };
+                // A bootstrap chunk's neighbours (other chunks, an interrupted attempt) are passed over by their key,
+                // without decoding: after a restart apply reads the whole copy again to find the chunks DB2 lacks.
+                // A declaration's key is only where its range starts: it is always read.
+                if let (Some((lo, _)), Ok(pos), false) = (window, Position::from_key(key), declaration) {
+                    if pos.commit_lsn == commit.commit_lsn && pos.ordinal <= lo {
+                        part.next_offset = offset + 1;
+                        continue;
+                    }
+                }
+                let record = OutRecord::decode(payload, origin)?;
+                if let Some(through) = record.pass_through {
+                    let done = through <= applied || part.last_taken.is_some_and(|last| through <= last);
+                    if done {
+                        // Every record it covers is applied already (a repeat of the declaration, or a restart).
+                        part.next_offset = offset + 1;
+                    } else {
+                        part.pass = Some(Pass { from: record.pos, through, offset });
                     }
                     continue;
                 }
-                Ok(message) => message.map_err(|e| kafka_error(&format!("reading {topic}[{partition}]"), e))?,
-            };
-            let offset = message.offset();
-            let origin = RecordOrigin { topic, partition: *partition, offset };
-            let key = message.key().unwrap_or_default();
-            let assembled =
-                part.assembler.push(key, parts::of_message(&message), message.payload().unwrap_or_default());
-            // A part before the last: keep reading. next_offset stays before the record's first part.
-            let Some(payload) = assembled.bytes() else { continue };
-            // A bootstrap chunk's neighbours (other chunks, an interrupted attempt) are passed over by their key,
-            // without decoding: after a restart apply reads the whole copy again to find the chunks DB2 lacks.
-            if let (Some((lo, _)), Ok(pos)) = (window, Position::from_key(key)) {
-                if pos.commit_lsn == commit.commit_lsn && pos.ordinal <= lo {
-                    part.next_offset = offset + 1;
-                    continue;
-                }
+                part.head = Some(Change { record, offset });
+                part.head_raw = false;
             }
-            let record = if part.raw {
-                pgm_rules::rewrite::unchanged(RawRecord::decode(payload, origin)?)
-            } else {
-                OutRecord::decode(payload, origin)?
-            };
-            part.head = Some(Change { record, offset });
         }
         let head = part.head.as_ref().expect("filled above");
-        let pos = head.record.pos;
+        let (pos, offset) = (head.record.pos, head.offset);
         let mut repeat = pos <= applied || part.last_taken.is_some_and(|last| pos <= last);
         if let Some((lo, hi)) = window.filter(|_| pos.commit_lsn == commit.commit_lsn) {
             if pos.ordinal >= hi {
                 return Err(ApplyError::Stream(format!(
-                    "{topic}[{partition}] at offset {}: found {pos}, a later bootstrap chunk's record, while the chunk \
-                     at ordinals {lo}… still has {remaining} record(s) in this partition: records are missing from \
-                     the out topic. Nothing of this chunk was written.",
-                    head.offset
+                    "{topic}[{partition}] at offset {offset}: found {pos}, a later bootstrap chunk's record, while the \
+                     chunk at ordinals {lo}… still has {remaining} record(s) in this partition: records are missing \
+                     from the out topic. Nothing of this chunk was written."
                 )));
             }
             repeat |= pos.ordinal <= lo;
         }
         if repeat || pos.commit_lsn < commit.commit_lsn {
-            part.next_offset = head.offset + 1;
             part.head = None;
+            if part.head_raw {
+                part.consumed_raw(pos, offset);
+            } else {
+                part.next_offset = offset + 1;
+            }
             continue;
         }
         if pos.commit_lsn > commit.commit_lsn {
             return Err(ApplyError::Stream(format!(
-                "{topic}[{partition}] at offset {}: found {pos} while transaction {} still has {remaining} record(s) \
-                 in this partition: records are missing from the out topic (was it written by something other than \
-                 pgm-transform, or truncated?). Nothing after the applied position {applied} was written.",
-                head.offset, commit.commit_lsn
+                "{topic}[{partition}] at offset {offset}: found {pos} while transaction {} still has {remaining} \
+                 record(s) in this partition: records are missing from the out topic (was it written by something \
+                 other than pgm-transform, or truncated?). Nothing after the applied position {applied} was written.",
+                commit.commit_lsn
             )));
         }
         return Ok(pos);

@@ -491,13 +491,17 @@ pub struct TransformConfig {
     /// other. Without it the worker is a dynamic member: every start and stop reassigns partitions.
     #[serde(default)]
     pub instance_id: Option<String>,
-    /// Tables the rules pass unchanged (no `[[table]]` rule, `unmatched = "pass"`) skip transform: apply reads their
-    /// raw records and applies them as they are, so each change is one broker record instead of two. Transform and
-    /// apply must read the same setting and the same rules file (one configuration for the pipeline): if apply's
-    /// rules passed a table that transform rewrites, DB2 would get untransformed rows. Off by default for that
-    /// reason. Switching it (with both services restarted) is safe: apply drops what it has applied already.
-    #[serde(default)]
+    /// Tables the rules pass unchanged (no `[[table]]` rule, `unmatched = "pass"`) skip the rewrite: instead of one
+    /// out record per change, transform writes a declaration into the out partition ("raw records from position A
+    /// through B pass unchanged"), and apply takes those raw records as captured. Apply follows the declarations,
+    /// never its own configuration, so a rules change moves a table between the two paths at an exact position.
+    /// `false`: transform writes an out record for every change of every table.
+    #[serde(default = "yes")]
     pub passthrough: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_transform_group() -> String {
@@ -514,7 +518,7 @@ impl Default for TransformConfig {
             group_id: default_transform_group(),
             metrics_addr: default_transform_metrics(),
             instance_id: None,
-            passthrough: false,
+            passthrough: true,
         }
     }
 }

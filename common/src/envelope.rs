@@ -231,13 +231,17 @@ impl<'de> Deserialize<'de> for TxnRecord {
     }
 }
 
-/// Transform's output for one raw record: same key, same partition, zero or more target operations.
+/// Transform's output for one raw record: same key, same partition, zero or more target operations. Or a
+/// passthrough declaration (`pass_through` set, no ops): the raw records of the same partition with positions from
+/// `pos` through `pass_through` are applied as captured (the rules pass their table unchanged).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutRecord {
     pub v: u32,
     pub pos: Position,
     pub source: TableRef,
     pub ops: Vec<TargetOp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pass_through: Option<Position>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -361,7 +365,15 @@ impl RawRecord {
     }
 }
 
+/// The Kafka header that marks a passthrough declaration, so a reader can tell it by its headers without decoding.
+pub const PASS_HEADER: &str = "pgm-pass";
+
 impl OutRecord {
+    /// The declaration that raw records `from ..= through` of one partition of `source` pass unchanged.
+    pub fn pass(source: TableRef, from: Position, through: Position) -> Self {
+        OutRecord { v: ENVELOPE_VERSION, pos: from, source, ops: Vec::new(), pass_through: Some(through) }
+    }
+
     pub fn decode(bytes: &[u8], origin: RecordOrigin<'_>) -> Result<Self, EnvelopeError> {
         decode(bytes, origin)
     }

@@ -55,6 +55,12 @@ impl Topics {
         Some(format!("{}.out.{rest}", self.prefix))
     }
 
+    /// The raw topic an out topic is made from (the inverse of [`Topics::out_of_raw`]).
+    pub fn raw_of_out(&self, out_topic: &str) -> Option<String> {
+        let rest = out_topic.strip_prefix(&self.prefix)?.strip_prefix(".out.")?;
+        Some(format!("{}.raw.{rest}", self.prefix))
+    }
+
     /// The table whose raw topic this is (the inverse of [`Topics::raw`]).
     pub fn table_of_raw(&self, raw_topic: &str) -> Option<TableRef> {
         let rest = raw_topic.strip_prefix(&self.prefix)?.strip_prefix(".raw.")?;

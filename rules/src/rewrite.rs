@@ -73,7 +73,7 @@ pub struct Program {
 pub fn unchanged(raw: RawRecord) -> OutRecord {
     let op =
         TargetOp { op: raw.op, target: raw.source.clone(), key: raw.key, new: raw.new, old: raw.old, copy: raw.copy };
-    OutRecord { v: ENVELOPE_VERSION, pos: raw.pos, source: raw.source, ops: vec![op] }
+    OutRecord { v: ENVELOPE_VERSION, pos: raw.pos, source: raw.source, ops: vec![op], pass_through: None }
 }
 
 fn parse_table(name: &str) -> Option<TableRef> {
@@ -135,7 +135,7 @@ impl Program {
                 ops
             }
         };
-        Ok(OutRecord { v: ENVELOPE_VERSION, pos: raw.pos, source: raw.source.clone(), ops })
+        Ok(OutRecord { v: ENVELOPE_VERSION, pos: raw.pos, source: raw.source.clone(), ops, pass_through: None })
     }
 
     /// A batch of copied rows: each row through the rules as a snapshot row, the results batched again per target

@@ -156,6 +156,7 @@ async fn prepare_stream(
                     old: None,
                     copy: None,
                 }],
+                pass_through: None,
             };
             let payload = serde_json::to_vec(&record)?;
             let key = pos.to_key();

@@ -1,14 +1,15 @@
-//! Tables the rules pass unchanged skip transform (`transform.passthrough = true`): apply reads their raw
-//! records, so each of their changes is one broker record. A transaction touching a transformed table and a
-//! passed-through one is still applied whole, in order; turning passthrough off (and on again) loses and doubles
-//! nothing.
+//! Tables the rules pass unchanged skip the rewrite (`transform.passthrough`, on by default): transform declares in
+//! the out partition which raw records pass unchanged, and apply takes those as captured, so each of their changes
+//! is one broker record plus a share of a declaration. Apply follows the declarations, never its own configuration:
+//! switching a table between the two paths under writes (transform restarted with other rules) loses and doubles
+//! nothing, and a transaction touching a transformed table and a passed-through one is still applied whole.
 
 use std::time::Duration;
 
 use crate::BINS;
 use anyhow::{ensure, Context};
 use pgm_test_support::broker::shared_brokers;
-use pgm_test_support::kafka::{list_topics, read_all};
+use pgm_test_support::kafka::read_all;
 use pgm_test_support::stack::{Options, Service, Stack};
 
 const SOURCE: &str = "
@@ -29,9 +30,28 @@ table = "public.accounts"
 amount = { from = "cents", convert = "cents_to_numeric" }
 "#;
 
+/// The same rules with a rule naming `notes` that changes nothing: transform rewrites it (one out record each).
+const RULES_NOTES_REWRITTEN: &str = r#"
+[[table]]
+source = "public.accounts"
+[[table.target]]
+table = "public.accounts"
+[table.target.columns]
+amount = { from = "cents", convert = "cents_to_numeric" }
+
+[[table]]
+source = "public.notes"
+[[table.target]]
+table = "public.notes"
+"#;
+
 /// Transactions that each touch both tables: inserts, updates (one of the key), deletes.
 async fn write(stack: &Stack, from: i32, to: i32) -> anyhow::Result<()> {
     let db1 = stack.source().await?;
+    write_on(&db1, from, to).await
+}
+
+async fn write_on(db1: &tokio_postgres::Client, from: i32, to: i32) -> anyhow::Result<()> {
     for i in from..to {
         db1.batch_execute(&format!(
             "BEGIN;
@@ -63,7 +83,7 @@ async fn assert_db2_equals_db1(stack: &Stack) -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_table_the_rules_pass_unchanged_costs_one_broker_record_per_change() -> anyhow::Result<()> {
+async fn transform_declares_passthrough_and_apply_follows_it_across_path_switches_under_writes() -> anyhow::Result<()> {
     let options = Options {
         source_schema: SOURCE,
         target_schema: TARGET,
@@ -75,41 +95,99 @@ async fn a_table_the_rules_pass_unchanged_costs_one_broker_record_per_change() -
         create_slot: true,
     };
     let stack = Stack::new(BINS, shared_brokers()?, options).await?;
-    stack.configure("transform", "passthrough = true")?;
+    let rewritten = stack.dir.path().join("rules-notes-rewritten.toml");
+    std::fs::write(&rewritten, RULES_NOTES_REWRITTEN)?;
+    let rewritten = rewritten.display().to_string();
     let _capture = stack.spawn(Service::Capture, &["run"])?;
     let mut transform = stack.spawn(Service::Transform, &["run"])?;
-    let mut apply = stack.spawn(Service::Apply, &["run"])?;
+    // Apply reads a configuration that says the opposite of what transform does (passthrough off, notes rewritten):
+    // it must follow what transform declared in Kafka.
+    let _apply = stack.spawn_with_env(
+        Service::Apply,
+        &["run"],
+        &[("PGM__TRANSFORM__PASSTHROUGH", "false"), ("PGM__TRANSFORM__RULES", rewritten.as_str())],
+    )?;
     write(&stack, 1, 61).await?;
     stack.marker("passthrough").await?;
     stack.wait_marker("passthrough", Duration::from_secs(60)).await.with_context(|| stack.logs())?;
     assert_db2_equals_db1(&stack).await.with_context(|| stack.logs())?;
 
-    let topics = tokio::task::block_in_place(|| list_topics(&stack.brokers, &stack.prefix))?;
+    // notes passes unchanged: its out partitions hold declarations only, far fewer than its changes.
     let (raw_notes, out_notes) =
         (format!("{}.raw.public.notes", stack.prefix), format!("{}.out.public.notes", stack.prefix));
-    ensure!(topics.contains(&format!("{}.out.public.accounts", stack.prefix)), "accounts is transformed: {topics:?}");
-    ensure!(!topics.contains(&out_notes), "notes passes unchanged, yet transform wrote {out_notes}: {topics:?}");
-    // 60 inserts, 57 updates, 55 key updates and 53 deletes of notes: one broker record each, in its raw topic only.
     let notes_changes: usize = 60 + 57 + 55 + 53;
     let raw = tokio::task::block_in_place(|| read_all(&stack.brokers, &raw_notes))?;
     ensure!(raw.len() == notes_changes, "{} raw records of notes, expected {notes_changes}", raw.len());
+    let declarations = out_records(&stack, &out_notes)?;
+    ensure!(
+        declarations.iter().all(|r| r.pass_through.is_some() && r.ops.is_empty()),
+        "transform wrote out records for a table the rules pass unchanged"
+    );
+    eprintln!("{notes_changes} changes of notes: {} declaration(s) in {out_notes}", declarations.len());
+    ensure!(declarations.len() * 4 < notes_changes, "{} declarations for {notes_changes} changes", declarations.len());
 
-    // Passthrough off: transform carries notes again and apply reads its out topic from the start, dropping what
-    // it applied already; then on again.
-    for passthrough in ["false", "true"] {
-        transform.kill9()?;
-        apply.kill9()?;
-        let env = [("PGM__TRANSFORM__PASSTHROUGH", passthrough)];
-        transform = stack.spawn_with_env(Service::Transform, &["run"], &env)?;
-        apply = stack.spawn_with_env(Service::Apply, &["run"], &env)?;
-        let from = if passthrough == "false" { 61 } else { 121 };
-        write(&stack, from, from + 60).await?;
-        let label = format!("passthrough {passthrough}");
-        stack.marker(&label).await?;
-        stack.wait_marker(&label, Duration::from_secs(60)).await.with_context(|| stack.logs())?;
-        assert_db2_equals_db1(&stack).await.with_context(|| format!("{label}\n{}", stack.logs()))?;
+    // Under a steady stream of writes, transform is restarted with the other rules, four times (stopped, and once
+    // killed and given time for the group to drop it): notes moves between the two paths at whatever position each
+    // transform starts from.
+    let writer = {
+        let db1 = stack.db1.pg_config(&stack.db1_name);
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let task = tokio::spawn(async move {
+            let (client, connection) = db1.to_tokio_postgres("writer").connect(tokio_postgres::NoTls).await?;
+            tokio::spawn(connection);
+            let mut i = 61;
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                write_on(&client, i, i + 1).await?;
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(3)).await;
+            }
+            anyhow::Ok(i - 61)
+        });
+        (stop, task)
+    };
+    for round in 0..4 {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        if round == 2 {
+            transform.kill9()?;
+            tokio::time::sleep(Duration::from_secs(6)).await;
+        } else {
+            transform.terminate()?;
+        }
+        let env: &[(&str, &str)] = if round % 2 == 0 { &[("PGM__TRANSFORM__RULES", rewritten.as_str())] } else { &[] };
+        transform = stack.spawn_with_env(Service::Transform, &["run"], env)?;
     }
-    let topics = tokio::task::block_in_place(|| list_topics(&stack.brokers, &stack.prefix))?;
-    ensure!(topics.contains(&out_notes), "with passthrough off, transform writes {out_notes}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    writer.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    let written = writer.1.await??;
+    stack.marker("switched").await?;
+    stack.wait_marker("switched", Duration::from_secs(120)).await.with_context(|| stack.logs())?;
+    assert_db2_equals_db1(&stack).await.with_context(|| stack.logs())?;
+    let out = out_records(&stack, &out_notes)?;
+    let (passed, rewritten): (Vec<_>, Vec<_>) = out.iter().partition(|r| r.pass_through.is_some());
+    ensure!(
+        !rewritten.is_empty() && passed.len() > declarations.len(),
+        "both paths were used: {} declarations, {} out records",
+        passed.len(),
+        rewritten.len()
+    );
+    eprintln!(
+        "{written} transactions while transform switched notes between the paths 4 times: {} declarations and {} \
+         out records of notes; DB2 equals DB1 row for row",
+        passed.len(),
+        rewritten.len()
+    );
     Ok(())
+}
+
+/// Every record of an out topic, decoded.
+fn out_records(stack: &Stack, topic: &str) -> anyhow::Result<Vec<pgm_common::envelope::OutRecord>> {
+    let records = tokio::task::block_in_place(|| read_all(&stack.brokers, topic))?;
+    records
+        .iter()
+        .map(|r| {
+            let origin = pgm_common::envelope::RecordOrigin { topic, partition: r.partition, offset: r.offset };
+            Ok(pgm_common::envelope::OutRecord::decode(&r.value, origin)?)
+        })
+        .collect()
 }

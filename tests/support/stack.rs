@@ -65,6 +65,14 @@ impl Running {
         Ok(())
     }
 
+    /// SIGTERM, then waits for the process to end (a clean stop: a consumer leaves its group at once).
+    pub fn terminate(&mut self) -> crate::Result<()> {
+        let status = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status()?;
+        anyhow::ensure!(status.success(), "kill -TERM {} failed", self.child.id());
+        self.child.wait()?;
+        Ok(())
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

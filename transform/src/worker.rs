@@ -21,11 +21,12 @@ use std::time::{Duration, Instant};
 
 use futures::stream::{FuturesOrdered, StreamExt};
 use pgm_common::config::PipelineConfig;
-use pgm_common::envelope::{RawRecord, RecordOrigin};
+use pgm_common::envelope::{OutRecord, RawRecord, RecordOrigin};
 use pgm_common::kafka;
 use pgm_common::parts::{self, Assembler};
 use pgm_common::telemetry::Health;
 use pgm_common::topic_settings::{self, TopicSetupError};
+use pgm_common::Position;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
@@ -102,9 +103,25 @@ impl ConsumerContext for RebalanceCommit {
     }
 }
 
-/// A table apply reads from its raw topic (`transform.passthrough`): no out record is written for it.
-fn left_to_apply(config: &PipelineConfig, program: &Program, table: &pgm_common::change::TableRef) -> bool {
+/// A table whose raw records apply takes as captured (`transform.passthrough` and the rules pass it unchanged):
+/// transform writes passthrough declarations for it instead of one out record per change.
+fn passes(config: &PipelineConfig, program: &Program, table: &pgm_common::change::TableRef) -> bool {
     config.transform.passthrough && program.passes_unchanged(table)
+}
+
+/// A declaration covers at most this many raw records (a restarted apply re-reads at most one declaration's range).
+const PASS_MAX: u64 = 5_000;
+/// Open declarations are written this often: the latency a passed-through change gains in transform.
+const PASS_EVERY: Duration = Duration::from_millis(5);
+
+/// Raw records of one partition that pass unchanged, not yet declared.
+struct Pending {
+    source: pgm_common::change::TableRef,
+    from: Position,
+    through: Position,
+    /// The raw offset of the last record covered: stored once the declaration is acknowledged.
+    last_offset: i64,
+    records: u64,
 }
 
 type Ack = Pin<Box<dyn Future<Output = Result<(String, i32, i64), WorkerError>> + Send>>;
@@ -117,8 +134,8 @@ pub struct Worker {
     config: PipelineConfig,
     /// raw topic → out topic, made (or checked) on first sight.
     out_topics: HashMap<String, String>,
-    /// The raw topics subscribed to: these names, or every `<prefix>.raw.` topic when `None` (no table list).
-    raw_topics: Option<Vec<String>>,
+    /// Passed-through raw records per partition, waiting for their declaration.
+    pending: HashMap<(String, i32), Pending>,
     /// Records arriving in parts ([`parts`]), per partition, while a sequence is in progress.
     assembling: HashMap<(String, i32), Assembler>,
     /// Out values longer than this go as parts.
@@ -145,7 +162,6 @@ impl Worker {
         let consumer: StreamConsumer<RebalanceCommit> = client.create_with_context(RebalanceCommit)?;
         let topics = config.topics();
         let tables = config.tables();
-        let mut raw_topics = None;
         if tables.is_empty() {
             let prefix: String =
                 topics.prefix().chars().map(|c| if c == '.' { "\\.".to_owned() } else { c.to_string() }).collect();
@@ -153,21 +169,19 @@ impl Worker {
         } else {
             let names: Vec<String> = tables
                 .iter()
-                .filter(|t| !left_to_apply(config, &program, t))
                 .map(|t| topics.raw(t))
                 .collect::<Result<_, _>>()
                 .map_err(|e| WorkerError::Config(e.to_string()))?;
-            let skipped = tables.len() - names.len();
-            if skipped > 0 {
+            let passed: Vec<String> =
+                tables.iter().filter(|t| passes(config, &program, t)).map(|t| t.to_string()).collect();
+            if !passed.is_empty() {
                 tracing::info!(
-                    tables = skipped,
-                    "tables the rules pass unchanged are left to apply (transform.passthrough)"
+                    tables = ?passed,
+                    "the rules pass these tables unchanged: apply takes their raw records as captured, declared in \
+                     the out topics (transform.passthrough)"
                 );
             }
-            if !names.is_empty() {
-                consumer.subscribe(&names.iter().map(String::as_str).collect::<Vec<_>>())?;
-            }
-            raw_topics = Some(names);
+            consumer.subscribe(&names.iter().map(String::as_str).collect::<Vec<_>>())?;
         }
         let producer = kafka::producer_config(&config.kafka, "pgm-transform", config.topics.max_message_bytes)
             .create_with_context(kafka::ServiceContext)?;
@@ -178,7 +192,7 @@ impl Worker {
             metrics,
             config: config.clone(),
             out_topics: HashMap::new(),
-            raw_topics,
+            pending: HashMap::new(),
             assembling: HashMap::new(),
             part_size: parts::part_size(config.topics.max_message_bytes),
         })
@@ -215,6 +229,7 @@ impl Worker {
         key: &[u8],
         payload: &[u8],
         (input_topic, offset): (&str, i64),
+        pass: bool,
     ) -> Result<Vec<DeliveryFuture>, WorkerError> {
         let count = parts::count(payload.len(), self.part_size);
         let mut deliveries = Vec::with_capacity(count);
@@ -222,6 +237,10 @@ impl Worker {
             let mut record = FutureRecord::to(out_topic).partition(partition).key(key).payload(slice);
             if let Some(headers) = parts::headers(index, count) {
                 record = record.headers(headers);
+            } else if pass {
+                use rdkafka::message::{Header, OwnedHeaders};
+                let header = Header { key: pgm_common::envelope::PASS_HEADER, value: Some("1") };
+                record = record.headers(OwnedHeaders::new().insert(header));
             }
             let delivery = loop {
                 match self.producer.send_result(record) {
@@ -238,6 +257,33 @@ impl Worker {
             deliveries.push(delivery);
         }
         Ok(deliveries)
+    }
+
+    /// Writes the declaration of a partition's pending passed-through records; its acknowledgement stores the raw
+    /// offset of the last one.
+    async fn declare(&mut self, slot: (String, i32)) -> Result<Option<Ack>, WorkerError> {
+        let Some(pending) = self.pending.remove(&slot) else { return Ok(None) };
+        let (topic, partition) = slot;
+        let out_topic = self.out_topic(&topic, &pending.source).await?;
+        let label = TableLabel::new(&pending.source);
+        self.metrics.passed.get_or_create(&label).inc_by(pending.records);
+        let record = OutRecord::pass(pending.source, pending.from, pending.through);
+        let payload = serde_json::to_vec(&record).expect("out records serialize");
+        let offset = pending.last_offset;
+        let key = pending.from.to_key();
+        let deliveries = self.send(&out_topic, partition, key.as_bytes(), &payload, (&topic, offset), true).await?;
+        Ok(Some(Box::pin(async move {
+            for delivery in deliveries {
+                match delivery.await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err((error, _))) => return Err(WorkerError::Delivery { topic, partition, offset, error }),
+                    Err(_) => {
+                        return Err(WorkerError::Delivery { topic, partition, offset, error: KafkaError::Canceled })
+                    }
+                }
+            }
+            Ok((topic, partition, offset))
+        })))
     }
 
     fn store(&self, topic: &str, partition: i32, offset: i64) {
@@ -271,14 +317,6 @@ impl Worker {
     }
 
     pub async fn run(mut self, health: Health, shutdown: CancellationToken) -> Result<(), WorkerError> {
-        if self.raw_topics.as_ref().is_some_and(Vec::is_empty) {
-            tracing::info!(
-                "every configured table passes the rules unchanged and apply reads them directly \
-                 (transform.passthrough): this worker has nothing to do"
-            );
-            shutdown.cancelled().await;
-            return Ok(());
-        }
         let mut in_flight: FuturesOrdered<Ack> = FuturesOrdered::new();
         let mut broker_away = false;
         // A record sent in parts whose next part has not come for PARTS_WAIT: health says so (capture died between
@@ -288,6 +326,9 @@ impl Worker {
         let mut part_seen: HashMap<(String, i32), Instant> = HashMap::new();
         let mut commit_timer = tokio::time::interval(Duration::from_secs(1));
         commit_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut pass_timer = tokio::time::interval(PASS_EVERY);
+        pass_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let topics = self.config.topics();
         let result = loop {
             tokio::select! {
                 biased;
@@ -326,7 +367,18 @@ impl Worker {
                         health.clear_waiting();
                     }
                 }
-                // 4. Input.
+                // 4. Declarations of what passed through since the last tick.
+                _ = pass_timer.tick(), if !self.pending.is_empty() => {
+                    let slots: Vec<(String, i32)> = self.pending.keys().cloned().collect();
+                    for slot in slots {
+                        match self.declare(slot).await {
+                            Ok(Some(ack)) => in_flight.push_back(ack),
+                            Ok(None) => {}
+                            Err(error) => return Err(error),
+                        }
+                    }
+                }
+                // 5. Input.
                 message = self.consumer.recv(), if in_flight.len() < MAX_IN_FLIGHT => {
                     let message = match message {
                         Ok(message) => message,
@@ -358,11 +410,12 @@ impl Worker {
                     let key = message.key().unwrap_or_default().to_vec();
                     let payload = message.payload().unwrap_or_default();
                     let part = parts::of_message(&message);
+                    let passed = topics.table_of_raw(&topic).filter(|t| passes(&self.config, &self.program, t));
+                    let slot = (topic.clone(), partition);
                     // Whole records (nearly all) skip the assembler unless a sequence is open in their partition.
-                    let raw = if part.is_none() && self.assembling.is_empty() {
-                        RawRecord::decode(payload, origin)?
+                    let raw = if part.is_none() && !self.assembling.contains_key(&slot) {
+                        if passed.is_some() { None } else { Some(RawRecord::decode(payload, origin)?) }
                     } else {
-                        let slot = (topic.clone(), partition);
                         let assembler = self.assembling.entry(slot.clone()).or_default();
                         let assembled = assembler.push(&key, part, payload);
                         let idle = assembler.is_idle();
@@ -370,19 +423,40 @@ impl Worker {
                             self.assembling.remove(&slot);
                             part_seen.remove(&slot);
                         } else {
-                            part_seen.insert(slot, Instant::now());
+                            part_seen.insert(slot.clone(), Instant::now());
                         }
                         // A part before the last: nothing to write or acknowledge yet. Its offset is never stored, so
                         // a restart reads the record again from its first part.
                         let Some(bytes) = assembled.bytes() else { continue };
-                        RawRecord::decode(bytes, origin)?
+                        if passed.is_some() { None } else { Some(RawRecord::decode(bytes, origin)?) }
                     };
-                    if left_to_apply(&self.config, &self.program, &raw.source) {
-                        // Apply reads this table's raw topic itself: nothing to write, the offset only moves on.
+                    if let Some(source) = passed {
+                        // Applied as captured: the record is not even decoded; its range is declared on the next tick.
+                        let pos = Position::from_key(&key).map_err(|e| WorkerError::Config(format!(
+                            "{topic}[{partition}] at offset {offset}: the key is not a position ({e}): was the raw \
+                             topic written by pgm-capture?"
+                        )))?;
                         drop(message);
-                        in_flight.push_back(Box::pin(async move { Ok((topic, partition, offset)) }));
+                        let pending = self.pending.entry(slot.clone()).or_insert_with(|| Pending {
+                            source,
+                            from: pos,
+                            through: pos,
+                            last_offset: offset,
+                            records: 0,
+                        });
+                        pending.through = pos;
+                        pending.last_offset = offset;
+                        pending.records += 1;
+                        if pending.records >= PASS_MAX {
+                            if let Some(ack) = self.declare(slot).await? {
+                                in_flight.push_back(ack);
+                            }
+                        }
                         continue;
                     }
+                    let Some(raw) = raw else {
+                        return Err(WorkerError::Config("a record neither passed nor decoded".into()));
+                    };
                     drop(message);
                     let label = TableLabel::new(&raw.source);
                     let out = match self.program.rewrite(&raw) {
@@ -403,7 +477,7 @@ impl Worker {
                     serde_json::to_writer(&mut payload, &out).expect("out records serialize");
                     drop(out);
                     self.metrics.out_bytes.get_or_create(&label).inc_by(payload.len() as u64);
-                    let deliveries = self.send(&out_topic, partition, &key, &payload, (&topic, offset)).await?;
+                    let deliveries = self.send(&out_topic, partition, &key, &payload, (&topic, offset), false).await?;
                     in_flight.push_back(Box::pin(async move {
                         // The input is done when its output is: every part acknowledged.
                         for delivery in deliveries {
@@ -418,6 +492,19 @@ impl Worker {
                 }
             }
         };
+        // A clean stop declares what passed through, so its offsets can be stored.
+        if result.is_ok() {
+            let slots: Vec<(String, i32)> = self.pending.keys().cloned().collect();
+            for slot in slots {
+                match self.declare(slot).await {
+                    Ok(Some(ack)) => in_flight.push_back(ack),
+                    Ok(None) => {}
+                    Err(error) => {
+                        tracing::warn!(%error, "declaration lost while stopping; its offsets stay uncommitted")
+                    }
+                }
+            }
+        }
         // Whatever ended the loop, keep the work that Kafka acknowledged before it.
         while let Some(ack) = in_flight.next().await {
             match ack {
