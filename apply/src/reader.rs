@@ -656,7 +656,9 @@ async fn peek(
                 }
                 let record = OutRecord::decode(payload, origin)?;
                 if let Some(through) = record.pass_through {
-                    let done = through <= applied || part.last_taken.is_some_and(|last| through <= last);
+                    let done = through < record.pos
+                        || through <= applied
+                        || part.last_taken.is_some_and(|last| through <= last);
                     if done {
                         // Every record it covers is applied already (a repeat of the declaration, or a restart).
                         part.next_offset = offset + 1;

@@ -444,7 +444,8 @@ impl Worker {
                             last_offset: offset,
                             records: 0,
                         });
-                        pending.through = pos;
+                        // A restarted capture repeats positions: the range reaches the highest one seen.
+                        pending.through = pending.through.max(pos);
                         pending.last_offset = offset;
                         pending.records += 1;
                         if pending.records >= PASS_MAX {
