@@ -286,6 +286,17 @@ impl Worker {
         })))
     }
 
+    /// Declares every partition's pending records.
+    async fn declare_all(&mut self, in_flight: &mut FuturesOrdered<Ack>) -> Result<(), WorkerError> {
+        let slots: Vec<(String, i32)> = self.pending.keys().cloned().collect();
+        for slot in slots {
+            if let Some(ack) = self.declare(slot).await? {
+                in_flight.push_back(ack);
+            }
+        }
+        Ok(())
+    }
+
     fn store(&self, topic: &str, partition: i32, offset: i64) {
         // librdkafka's rd_kafka_offset_store takes the offset of the last processed message and stores offset + 1
         // itself: passing offset + 1 here would skip a record on every resume.
@@ -369,13 +380,8 @@ impl Worker {
                 }
                 // 4. Declarations of what passed through since the last tick.
                 _ = pass_timer.tick(), if !self.pending.is_empty() => {
-                    let slots: Vec<(String, i32)> = self.pending.keys().cloned().collect();
-                    for slot in slots {
-                        match self.declare(slot).await {
-                            Ok(Some(ack)) => in_flight.push_back(ack),
-                            Ok(None) => {}
-                            Err(error) => return Err(error),
-                        }
+                    if let Err(error) = self.declare_all(&mut in_flight).await {
+                        break Err(error);
                     }
                 }
                 // 5. Input.
@@ -449,15 +455,16 @@ impl Worker {
                         pending.last_offset = offset;
                         pending.records += 1;
                         if pending.records >= PASS_MAX {
-                            if let Some(ack) = self.declare(slot).await? {
-                                in_flight.push_back(ack);
+                            match self.declare(slot).await {
+                                Ok(Some(ack)) => in_flight.push_back(ack),
+                                Ok(None) => {}
+                                Err(error) => break Err(error),
                             }
                         }
                         continue;
                     }
-                    let Some(raw) = raw else {
-                        return Err(WorkerError::Config("a record neither passed nor decoded".into()));
-                    };
+                    // Decoded above whenever its table is not passed through.
+                    let Some(raw) = raw else { continue };
                     drop(message);
                     let label = TableLabel::new(&raw.source);
                     let out = match self.program.rewrite(&raw) {
@@ -495,15 +502,8 @@ impl Worker {
         };
         // A clean stop declares what passed through, so its offsets can be stored.
         if result.is_ok() {
-            let slots: Vec<(String, i32)> = self.pending.keys().cloned().collect();
-            for slot in slots {
-                match self.declare(slot).await {
-                    Ok(Some(ack)) => in_flight.push_back(ack),
-                    Ok(None) => {}
-                    Err(error) => {
-                        tracing::warn!(%error, "declaration lost while stopping; its offsets stay uncommitted")
-                    }
-                }
+            if let Err(error) = self.declare_all(&mut in_flight).await {
+                tracing::warn!(%error, "declaration lost while stopping; its offsets stay uncommitted");
             }
         }
         // Whatever ended the loop, keep the work that Kafka acknowledged before it.
