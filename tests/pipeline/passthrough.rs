@@ -30,15 +30,8 @@ table = "public.accounts"
 amount = { from = "cents", convert = "cents_to_numeric" }
 "#;
 
-/// The same rules with a rule naming `notes` that changes nothing: transform rewrites it (one out record each).
-const RULES_NOTES_REWRITTEN: &str = r#"
-[[table]]
-source = "public.accounts"
-[[table.target]]
-table = "public.accounts"
-[table.target.columns]
-amount = { from = "cents", convert = "cents_to_numeric" }
-
+/// Added to [`RULES`]: a rule naming `notes` that changes nothing, so transform rewrites it (one out record each).
+const NOTES_REWRITTEN: &str = r#"
 [[table]]
 source = "public.notes"
 [[table.target]]
@@ -96,7 +89,7 @@ async fn transform_declares_passthrough_and_apply_follows_it_across_path_switche
     };
     let stack = Stack::new(BINS, shared_brokers()?, options).await?;
     let rewritten = stack.dir.path().join("rules-notes-rewritten.toml");
-    std::fs::write(&rewritten, RULES_NOTES_REWRITTEN)?;
+    std::fs::write(&rewritten, format!("{RULES}{NOTES_REWRITTEN}"))?;
     let rewritten = rewritten.display().to_string();
     let _capture = stack.spawn(Service::Capture, &["run"])?;
     let mut transform = stack.spawn(Service::Transform, &["run"])?;

@@ -136,6 +136,8 @@ pub struct Worker {
     out_topics: HashMap<String, String>,
     /// Passed-through raw records per partition, waiting for their declaration.
     pending: HashMap<(String, i32), Pending>,
+    /// Per raw topic: its table when the rules pass it unchanged (decided once per topic, not per record).
+    passed_tables: HashMap<String, Option<pgm_common::change::TableRef>>,
     /// Records arriving in parts ([`parts`]), per partition, while a sequence is in progress.
     assembling: HashMap<(String, i32), Assembler>,
     /// Out values longer than this go as parts.
@@ -193,6 +195,7 @@ impl Worker {
             config: config.clone(),
             out_topics: HashMap::new(),
             pending: HashMap::new(),
+            passed_tables: HashMap::new(),
             assembling: HashMap::new(),
             part_size: parts::part_size(config.topics.max_message_bytes),
         })
@@ -416,11 +419,15 @@ impl Worker {
                     let key = message.key().unwrap_or_default().to_vec();
                     let payload = message.payload().unwrap_or_default();
                     let part = parts::of_message(&message);
-                    let passed = topics.table_of_raw(&topic).filter(|t| passes(&self.config, &self.program, t));
+                    if !self.passed_tables.contains_key(&topic) {
+                        let table = topics.table_of_raw(&topic).filter(|t| passes(&self.config, &self.program, t));
+                        self.passed_tables.insert(topic.clone(), table);
+                    }
+                    let passed = self.passed_tables[&topic].is_some();
                     let slot = (topic.clone(), partition);
                     // Whole records (nearly all) skip the assembler unless a sequence is open in their partition.
                     let raw = if part.is_none() && !self.assembling.contains_key(&slot) {
-                        if passed.is_some() { None } else { Some(RawRecord::decode(payload, origin)?) }
+                        if passed { None } else { Some(RawRecord::decode(payload, origin)?) }
                     } else {
                         let assembler = self.assembling.entry(slot.clone()).or_default();
                         let assembled = assembler.push(&key, part, payload);
@@ -434,17 +441,18 @@ impl Worker {
                         // A part before the last: nothing to write or acknowledge yet. Its offset is never stored, so
                         // a restart reads the record again from its first part.
                         let Some(bytes) = assembled.bytes() else { continue };
-                        if passed.is_some() { None } else { Some(RawRecord::decode(bytes, origin)?) }
+                        if passed { None } else { Some(RawRecord::decode(bytes, origin)?) }
                     };
-                    if let Some(source) = passed {
+                    if passed {
                         // Applied as captured: the record is not even decoded; its range is declared on the next tick.
                         let pos = Position::from_key(&key).map_err(|e| WorkerError::Config(format!(
                             "{topic}[{partition}] at offset {offset}: the key is not a position ({e}): was the raw \
                              topic written by pgm-capture?"
                         )))?;
                         drop(message);
+                        let tables = &self.passed_tables;
                         let pending = self.pending.entry(slot.clone()).or_insert_with(|| Pending {
-                            source,
+                            source: tables[&topic].clone().expect("a passed table"),
                             from: pos,
                             through: pos,
                             last_offset: offset,
