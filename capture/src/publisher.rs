@@ -1,7 +1,7 @@
 //! Turns decoded changes into Kafka records and tracks which source positions are durable.
 //!
 //! ```text
-//!   Begin  ──▶ txn topic: begin record                       (ordinal 0)
+//!   Begin  ──▶ (held) txn topic: begin record once the transaction has BEGIN_AFTER_RECORDS records (ordinal 0)
 //!   Row    ──▶ raw topic of its table, partition = hash(key)  (ordinals 1, 2, …; counted per topic-partition)
 //!   Truncate ▶ raw topic of its table, partition 0
 //!   Message ─▶ txn topic (transactional: inside its transaction's ordinals)
@@ -20,7 +20,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use pgm_common::change::{Begin, Commit, Message, Row, RowChange, RowOp, TableRef, Truncate};
 use pgm_common::config::PipelineConfig;
-use pgm_common::envelope::{Op, PartitionCount, RawRecord, TxnRecord, ENVELOPE_VERSION};
+use pgm_common::envelope::{Op, PartitionCount, RawRecord, TxnRecord, BEGIN_AFTER_RECORDS, ENVELOPE_VERSION};
 use pgm_common::topic_settings::{self, TopicSetupError};
 use pgm_common::topics::Topics;
 use pgm_common::{kafka, parts, Lsn, Position};
@@ -46,6 +46,10 @@ struct OpenTxn {
     next_ordinal: u64,
     /// Records per (route index, partition).
     counts: BTreeMap<(usize, i32), u64>,
+    /// Change records sent so far.
+    records: u64,
+    /// The begin record, until the transaction has [`BEGIN_AFTER_RECORDS`] records (never for a bootstrap chunk).
+    begin: Option<TxnRecord>,
 }
 
 /// Where one source table's records go, resolved once per table rather than once per row.
@@ -290,16 +294,21 @@ impl Publisher {
                 begin.xid, begin.commit_lsn, open.xid
             )));
         }
-        let pos = Position::new(begin.commit_lsn, Position::BEGIN);
+        // Written only if the transaction grows long (`publish_raw`): its key and content do not depend on when.
         let record = TxnRecord::Begin {
             v: ENVELOPE_VERSION,
             xid: begin.xid,
             commit_lsn: begin.commit_lsn,
             commit_time: begin.commit_time,
         };
-        self.produce_txn(pos, &record, None).await?;
-        self.txn =
-            Some(OpenTxn { xid: begin.xid, commit_lsn: begin.commit_lsn, next_ordinal: 1, counts: BTreeMap::new() });
+        self.txn = Some(OpenTxn {
+            xid: begin.xid,
+            commit_lsn: begin.commit_lsn,
+            next_ordinal: 1,
+            counts: BTreeMap::new(),
+            records: 0,
+            begin: Some(record),
+        });
         Ok(())
     }
 
@@ -329,7 +338,14 @@ impl Publisher {
                 open.xid
             )));
         }
-        self.txn = Some(OpenTxn { xid: 0, commit_lsn, next_ordinal: base + 1, counts: BTreeMap::new() });
+        self.txn = Some(OpenTxn {
+            xid: 0,
+            commit_lsn,
+            next_ordinal: base + 1,
+            counts: BTreeMap::new(),
+            records: 0,
+            begin: None,
+        });
         Ok(())
     }
 
@@ -386,6 +402,13 @@ impl Publisher {
         self.produce(Some(route), partition, None, pos).await?;
         let txn = self.txn.as_mut().expect("checked by next_position");
         *txn.counts.entry((route, partition)).or_default() += 1;
+        txn.records += 1;
+        if txn.records >= BEGIN_AFTER_RECORDS {
+            if let Some(begin) = txn.begin.take() {
+                let at = Position::new(txn.commit_lsn, Position::BEGIN);
+                self.produce_txn(at, &begin, None).await?;
+            }
+        }
         Ok(())
     }
 

@@ -559,6 +559,67 @@ async fn a_broken_target_stops_apply_with_a_clear_error_and_it_converges_after_t
     Ok(())
 }
 
+/// A row updated many times in one DB2 transaction (a counter, pgbench's branches) is written once with its last
+/// values instead of one statement per change; updates that move the key, carry other columns (an unchanged TOAST
+/// value left out), set NULLs, or are followed by a delete and a new insert keep their order. Every value equal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_updates_of_a_row_fold_into_one_statement_and_every_value_arrives() -> anyhow::Result<()> {
+    let stack = stack("").await?;
+    let _pipeline = start_pipeline(&stack)?;
+    let db1 = stack.source().await?;
+    db1.batch_execute(
+        "INSERT INTO accounts SELECT g, 1000, 'acct ' || g FROM generate_series(1, 10) g;
+         INSERT INTO docs VALUES (1, 'first', repeat('b', 100000), 0);
+         INSERT INTO lines VALUES (1, 1, 1.5, '2026-01-01 00:00:00+00', '\\x00ff', '{a,\"b c\"}', '{\"k\": [1, null]}');",
+    )
+    .await?;
+    let mut hot = 0u64;
+    for round in 0..4 {
+        let mut sql = String::from("BEGIN;");
+        for i in 0..60 {
+            // Hot rows: account 1 and 2, and a composite-key line, many times per transaction.
+            sql.push_str(&format!("UPDATE accounts SET balance = balance + {i}, note = 'r{round} i{i}' WHERE id = 1;"));
+            sql.push_str(&format!(
+                "UPDATE accounts SET balance = balance - 1, note = {} WHERE id = 2;",
+                if i % 3 == 0 { "NULL".to_owned() } else { format!("'n{i}'") }
+            ));
+            sql.push_str(&format!("UPDATE lines SET qty = qty + 0.000000000001 * {i}, tags = tags || '{i}'::text WHERE tenant = 1 AND id = 1;"));
+            hot += 3;
+        }
+        // The key moves away and back, with updates of the moved row between.
+        sql.push_str("UPDATE accounts SET id = 5000 WHERE id = 4; UPDATE accounts SET balance = 7 WHERE id = 5000;");
+        sql.push_str("UPDATE accounts SET balance = 8 WHERE id = 5000; UPDATE accounts SET id = 4 WHERE id = 5000;");
+        sql.push_str("UPDATE accounts SET balance = balance + 1 WHERE id = 4;");
+        // Title-only updates (the TOASTed body not sent) between updates that send the body.
+        sql.push_str(&format!("UPDATE docs SET title = 't{round}a', version = version + 1 WHERE id = 1;"));
+        sql.push_str(&format!("UPDATE docs SET body = repeat('{round}', 90000), version = version + 1 WHERE id = 1;"));
+        sql.push_str(&format!("UPDATE docs SET title = 't{round}b', version = version + 1 WHERE id = 1;"));
+        // Updated, deleted, inserted again, updated.
+        sql.push_str("UPDATE accounts SET balance = 1 WHERE id = 6; UPDATE accounts SET balance = 2 WHERE id = 6;");
+        sql.push_str(&format!("DELETE FROM accounts WHERE id = 6; INSERT INTO accounts VALUES (6, {round}, NULL);"));
+        sql.push_str("UPDATE accounts SET note = 'back' WHERE id = 6; UPDATE accounts SET note = NULL WHERE id = 6;");
+        sql.push_str("COMMIT;");
+        db1.batch_execute(&sql).await?;
+    }
+    // Apply starts on the whole backlog, so the transactions are grouped.
+    let apply = stack.spawn(Service::Apply, &["run"])?;
+    stack.marker("drained").await?;
+    stack.wait_marker("drained", Duration::from_secs(120)).await?;
+    stack.assert_same(&TABLES).await?;
+    let db2 = stack.target().await?;
+    let row = db2.query_one("SELECT balance, note FROM accounts WHERE id = 1", &[]).await?;
+    ensure!(row.get::<_, i64>(0) == 1000 + 4 * (0..60).sum::<i64>(), "account 1's balance");
+    ensure!(row.get::<_, Option<String>>(1).as_deref() == Some("r3 i59"), "account 1's note");
+    let statements = apply.metric_sum("pgm_apply_statement_seconds_count")?;
+    let rows = apply.metric_sum("pgm_apply_rows_total")?;
+    ensure!(rows >= hot as f64, "apply counted {rows} rows for {hot} hot-row updates and more");
+    ensure!(
+        statements < (hot / 5) as f64,
+        "{statements} statements for {hot} updates of three rows: repeated updates of a row were not folded"
+    );
+    Ok(())
+}
+
 /// DB2's replication states all taken by other pipelines' leftover origins: apply names the setting and the
 /// origins; `pgm-apply reset --drop-origin` frees a finished pipeline's state.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context};
 use pgm_common::change::Change;
-use pgm_common::envelope::{RawRecord, RecordOrigin, TxnRecord};
+use pgm_common::envelope::{RawRecord, RecordOrigin, TxnRecord, BEGIN_AFTER_RECORDS};
 use pgm_common::{wal2json, Lsn, Position};
 use pgm_test_support::broker::{shared_brokers, Broker};
 use pgm_test_support::kafka::{list_topics, read_all, Record};
@@ -203,6 +203,8 @@ decoder = "{decoder}"
 struct Expected {
     rows: BTreeMap<Position, String>,
     transactions: BTreeSet<Lsn>,
+    /// Transactions the test wrote with at least BEGIN_AFTER_RECORDS tracked changes.
+    long: usize,
 }
 
 struct Topics {
@@ -272,20 +274,29 @@ fn verify(expected: &Expected, topics: &Topics, repeats_allowed: bool) -> anyhow
             | TxnRecord::Chunk { .. } => {}
         }
     }
-    let begin_set: BTreeSet<Lsn> = begins.keys().copied().collect();
     let commit_set: BTreeSet<Lsn> = commits.keys().copied().collect();
-    ensure!(
-        begin_set == expected.transactions,
-        "begin records: {} vs {} source transactions",
-        begin_set.len(),
-        expected.transactions.len()
-    );
     ensure!(
         commit_set == expected.transactions,
         "commit records: {} vs {} source transactions",
         commit_set.len(),
         expected.transactions.len()
     );
+    // A begin record exactly for each transaction of at least BEGIN_AFTER_RECORDS change records.
+    let long: BTreeSet<Lsn> = commits
+        .values()
+        .filter_map(|commit| match commit {
+            TxnRecord::Commit { commit_lsn, counts, .. } => {
+                (counts.iter().map(|c| c.count).sum::<u64>() >= BEGIN_AFTER_RECORDS).then_some(*commit_lsn)
+            }
+            _ => None,
+        })
+        .collect();
+    let begin_set: BTreeSet<Lsn> = begins.keys().copied().collect();
+    ensure!(
+        begin_set == long,
+        "begin records for {begin_set:?}, transactions of {BEGIN_AFTER_RECORDS}+ records: {long:?}"
+    );
+    ensure!(long.len() == expected.long, "{} long transactions in Kafka, {} written", long.len(), expected.long);
     let mut observed: BTreeMap<(Lsn, String, i32), u64> = BTreeMap::new();
     for (pos, record) in &by_key {
         *observed.entry((pos.commit_lsn, record.topic.clone(), record.partition)).or_default() += 1;
@@ -338,7 +349,12 @@ async fn run_workload(pg: &PgCluster, db: &str, seed: u64, transactions: u32) ->
 }
 
 async fn read_and_verify(setup: &Setup, repeats_allowed: bool) -> anyhow::Result<(usize, usize)> {
-    let expected = setup.expected().await?;
+    read_and_verify_long(setup, repeats_allowed, 0).await
+}
+
+async fn read_and_verify_long(setup: &Setup, repeats_allowed: bool, long: usize) -> anyhow::Result<(usize, usize)> {
+    let mut expected = setup.expected().await?;
+    expected.long = long;
     ensure!(expected.rows.len() > 100, "workload too small: {} changes", expected.rows.len());
     let topics = tokio::task::block_in_place(|| setup.read_topics())?;
     verify(&expected, &topics, repeats_allowed)?;
@@ -356,9 +372,15 @@ async fn capture_publishes_exactly_the_source_changes() -> anyhow::Result<()> {
     let setup = Setup::new(shared_brokers()?).await?;
     let mut capture = setup.start_capture(0)?;
     run_workload(&setup.pg, &setup.db, 1, 300).await?;
+    // One long transaction: the only one with a begin record.
+    let bulk = format!(
+        "INSERT INTO accounts SELECT g, 0, 'bulk' FROM generate_series(1001, {}) g",
+        1000 + BEGIN_AFTER_RECORDS + 200
+    );
+    setup.pg.connect(&setup.db).await?.batch_execute(&bulk).await?;
     setup.wait_drained(Duration::from_secs(60)).await?;
     kill(&mut capture)?; // heartbeats would keep the txn topic busy while reading
-    let (changes, records) = read_and_verify(&setup, false).await?;
+    let (changes, records) = read_and_verify_long(&setup, false, 1).await?;
     assert_eq!(changes, records, "no repeats without a crash");
     Ok(())
 }

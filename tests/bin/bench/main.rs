@@ -4,7 +4,8 @@
 //!   compose/bench [--quick] [--only WORKLOAD:MODE] [--replicators NAMES] [--out FILE]
 //!                                             (builds the release binaries, then runs this)
 //!   PGM_BENCH_SERIES=1 also prints each live run's lag second by second; PGM_BENCH_LIBRDKAFKA='"linger.ms" = "50"'
-//!   adds lines to every service's `[kafka.librdkafka]`; PGM_BENCH_COLD_BROKER=1 skips the broker's warm-up.
+//!   adds lines to every service's `[kafka.librdkafka]`; PGM_BENCH_COLD_BROKER=1 skips the broker's warm-up;
+//!   PGM_BENCH_DECODER=pgoutput sets `capture.decoder`.
 //!
 //! Workloads on DB1: (a) pgbench's built-in tpcb-like script (history with REPLICA IDENTITY FULL), (b) many
 //! single-row transactions (pgbench with a one-INSERT script), (c) one transaction of many rows.
@@ -111,6 +112,8 @@ impl Replicator {
 enum Mode {
     Backlog,
     Live,
+    /// Live at twice the rate (pgbench, native and identity only).
+    Live2x,
 }
 
 struct Sizes {
@@ -122,6 +125,8 @@ struct Sizes {
     live_seconds: u64,
     /// How long the pipeline's idle cost is measured before a live load.
     idle_seconds: u64,
+    /// pgbench transactions run through the replication before anything is measured (see `warm_up`).
+    warm_up_txns: u64,
     /// pg-migrator's runs share one broker.
     shared_broker: bool,
 }
@@ -190,8 +195,9 @@ struct Measured {
     lag_p99: Option<f64>,
     lag_at_stop: Option<f64>,
     processes: BTreeMap<String, (f64, u64)>,
-    /// Broker records and bytes the pipeline wrote in the measured window.
-    traffic: (f64, f64),
+    /// Broker records and bytes the pipeline wrote in the measured window, and the seconds apply waited on DB2
+    /// (its statements and commits).
+    traffic: (f64, f64, f64),
     equal: Result<(), String>,
 }
 
@@ -211,7 +217,7 @@ struct Run<'a> {
     services: Vec<(Service, Running)>,
     cpu_start: BTreeMap<String, f64>,
     /// Broker records and bytes written by the services (from their metrics), by service pid, at the mark.
-    traffic_start: BTreeMap<u32, (f64, f64)>,
+    traffic_start: BTreeMap<u32, (f64, f64, f64)>,
 }
 
 impl<'a> Run<'a> {
@@ -255,6 +261,10 @@ impl<'a> Run<'a> {
         }
         let stack = Stack::new(bins()?, brokers, options).await?;
         stack.configure("transform", "passthrough = true")?;
+        // `PGM_BENCH_DECODER=pgoutput` measures capture with the other decoder.
+        if let Ok(decoder) = std::env::var("PGM_BENCH_DECODER") {
+            stack.configure("capture", &format!("decoder = {decoder:?}"))?;
+        }
         let scale = sizes.scale.to_string();
         for db1 in [true, false] {
             pgbench(&stack, db1, &["-i", "-q", "-s", &scale])?;
@@ -365,6 +375,20 @@ impl<'a> Run<'a> {
             for (service, running) in &self.services {
                 pids.insert(format!("{service:?}").to_lowercase(), running.child.id());
             }
+            // The PostgreSQL processes working for the pipeline, as for native: capture's walsender on DB1 (the
+            // bench's only logical slot) and apply's session on DB2.
+            let db1 = self.stack.source().await?;
+            let walsender = "SELECT active_pid FROM pg_replication_slots WHERE slot_type = 'logical' AND active_pid IS NOT NULL LIMIT 1";
+            if let Some(row) = db1.query_opt(walsender, &[]).await? {
+                pids.insert("walsender (DB1)".into(), row.get::<_, i32>(0) as u32);
+            }
+            if self.connect.is_none() {
+                let db2 = self.stack.target().await?;
+                let apply = "SELECT pid FROM pg_stat_activity WHERE application_name = 'pgm-apply' ORDER BY backend_start LIMIT 1";
+                if let Some(row) = db2.query_opt(apply, &[]).await? {
+                    pids.insert("apply session (DB2)".into(), row.get::<_, i32>(0) as u32);
+                }
+            }
             if let Some(pid) = self.broker.as_ref().and_then(Broker::pid).or_else(|| broker_pid(&self.stack.brokers)) {
                 pids.insert("kafka".into(), pid);
             }
@@ -373,31 +397,38 @@ impl<'a> Run<'a> {
     }
 
     /// Records and bytes (key + value) each running service has written to the broker so far, by pid: capture's
-    /// raw and txn records, transform's out records.
-    fn traffic(&self) -> BTreeMap<u32, (f64, f64)> {
+    /// raw and txn records, transform's out records; and the seconds apply has waited on DB2 (statements, commits).
+    fn traffic(&self) -> BTreeMap<u32, (f64, f64, f64)> {
         let key = pgm_common::lsn::KEY_LEN as f64;
         self.services
             .iter()
-            .filter_map(|(service, running)| {
+            .map(|(service, running)| {
                 let sum = |name: &str| running.metric_sum(name).unwrap_or(0.0);
-                let (records, bytes) = match service {
-                    Service::Capture => (
-                        sum("pgm_capture_records_total") + sum("pgm_capture_txn_records_total"),
-                        sum("pgm_capture_bytes_total") + sum("pgm_capture_txn_bytes_total"),
-                    ),
-                    Service::Transform => (sum("pgm_transform_records_total"), sum("pgm_transform_out_bytes_total")),
-                    _ => return None,
-                };
-                Some((running.child.id(), (records, bytes + records * key)))
+                let id = running.child.id();
+                match service {
+                    Service::Capture => {
+                        let records = sum("pgm_capture_records_total") + sum("pgm_capture_txn_records_total");
+                        let bytes = sum("pgm_capture_bytes_total") + sum("pgm_capture_txn_bytes_total");
+                        (id, (records, bytes + records * key, 0.0))
+                    }
+                    Service::Transform => {
+                        let records = sum("pgm_transform_records_total");
+                        (id, (records, sum("pgm_transform_out_bytes_total") + records * key, 0.0))
+                    }
+                    Service::Apply => {
+                        let waited = sum("pgm_apply_statement_seconds_sum") + sum("pgm_apply_commit_seconds_sum");
+                        (id, (0.0, 0.0, waited))
+                    }
+                }
             })
             .collect()
     }
 
-    /// Broker records and bytes written since the mark.
-    fn traffic_since_mark(&self) -> (f64, f64) {
-        self.traffic().into_iter().fold((0.0, 0.0), |(r, b), (pid, (records, bytes))| {
-            let (r0, b0) = self.traffic_start.get(&pid).copied().unwrap_or((0.0, 0.0));
-            (r + records - r0, b + bytes - b0)
+    /// Broker records and bytes written since the mark, and apply's seconds waiting on DB2.
+    fn traffic_since_mark(&self) -> (f64, f64, f64) {
+        self.traffic().into_iter().fold((0.0, 0.0, 0.0), |(r, b, w), (pid, (records, bytes, waited))| {
+            let (r0, b0, w0) = self.traffic_start.get(&pid).copied().unwrap_or((0.0, 0.0, 0.0));
+            (r + records - r0, b + bytes - b0, w + waited - w0)
         })
     }
 
@@ -463,6 +494,19 @@ impl<'a> Run<'a> {
                 Ok(sizes.big_rows)
             }
         }
+    }
+
+    /// pgbench transactions through the running replication before anything is measured, native and pg-migrator
+    /// alike: a broker that has run for hours has compiled the code paths of the pipeline's produce and fetch
+    /// requests; one started seconds before spends a third of its CPU in its JIT compilers while the pipeline drains
+    /// (a profile in docs/performance.md). Not for Debezium: its end is judged by the workload's tables only.
+    async fn warm_up(&self) -> anyhow::Result<()> {
+        if self.connect.is_some() || std::env::var_os("PGM_BENCH_COLD_BROKER").is_some() {
+            return Ok(());
+        }
+        let txns = (self.sizes.warm_up_txns / 4).to_string();
+        tokio::task::block_in_place(|| pgbench(&self.stack, true, &["-n", "-c", "4", "-j", "2", "-t", &txns]))?;
+        Ok(())
     }
 
     async fn marker(&self, id: i32) -> anyhow::Result<()> {
@@ -577,9 +621,10 @@ impl<'a> Run<'a> {
     }
 
     async fn backlog(mut self) -> anyhow::Result<Measured> {
-        // Warm up (topics made, consumers joined), then stop the replication proper for the load.
+        // Warm up (topics made, consumers joined, code paths hot), then stop the replication proper for the load.
         self.start_consumers()?;
         self.start_replication().await?;
+        self.warm_up().await?;
         self.marker(0).await?;
         self.wait_marker(0, Duration::from_secs(120)).await?;
         self.stop_replication().await?;
@@ -647,6 +692,7 @@ impl<'a> Run<'a> {
     async fn live(mut self, rate: u64, seconds: u64) -> anyhow::Result<Measured> {
         self.start_consumers()?;
         self.start_replication().await?;
+        self.warm_up().await?;
         self.marker(0).await?;
         self.wait_marker(0, Duration::from_secs(120)).await?;
         if self.replicator != Replicator::Native {
@@ -888,6 +934,7 @@ async fn main() -> anyhow::Result<()> {
             live_changes_per_s: 1_000,
             live_seconds: 3,
             idle_seconds: 1,
+            warm_up_txns: 1_000,
             shared_broker: true,
         }
     } else {
@@ -899,6 +946,7 @@ async fn main() -> anyhow::Result<()> {
             live_changes_per_s: 5_000,
             live_seconds: 20,
             idle_seconds: 3,
+            warm_up_txns: 5_000,
             shared_broker: false,
         }
     };
@@ -920,11 +968,17 @@ async fn main() -> anyhow::Result<()> {
             .collect();
     let mut plan: Vec<(Workload, Mode, Replicator)> = Vec::new();
     for workload in [Workload::Pgbench, Workload::Singles, Workload::Big] {
-        for mode in [Mode::Backlog, Mode::Live] {
-            if workload == Workload::Big && mode == Mode::Live {
+        for mode in [Mode::Backlog, Mode::Live, Mode::Live2x] {
+            if workload == Workload::Big && mode != Mode::Backlog {
                 continue; // one transaction: there is no rate to hold
             }
             for &replicator in &replicators {
+                if mode == Mode::Live2x
+                    && (workload != Workload::Pgbench
+                        || !matches!(replicator, Replicator::Native | Replicator::Identity))
+                {
+                    continue;
+                }
                 let name = format!("{workload:?}:{mode:?}").to_lowercase();
                 let picked =
                     replicators_only.as_ref().is_none_or(|r| r.split(',').any(|r| replicator.name().contains(r)));
@@ -955,6 +1009,7 @@ async fn main() -> anyhow::Result<()> {
         let measured = match mode {
             Mode::Backlog => run.backlog().await,
             Mode::Live => run.live(sizes.live_changes_per_s, sizes.live_seconds).await,
+            Mode::Live2x => run.live(2 * sizes.live_changes_per_s, sizes.live_seconds).await,
         };
         // A Debezium run that cannot finish (an error, or not caught up in time) is reported, and the run goes on.
         let measured = match measured {
@@ -979,7 +1034,7 @@ async fn main() -> anyhow::Result<()> {
         // Backlog: the catch-up's throughput. Live: first change committed → last applied.
         let rate = match mode {
             Mode::Backlog => measured.changes as f64 / measured.seconds,
-            Mode::Live => measured.changes as f64 / measured.end_to_end_s,
+            Mode::Live | Mode::Live2x => measured.changes as f64 / measured.end_to_end_s,
         };
         let key = (format!("{workload:?}"), format!("{mode:?}"));
         match replicator {
@@ -1017,11 +1072,11 @@ async fn main() -> anyhow::Result<()> {
         if replicator != Replicator::Native {
             let cpu: Vec<String> =
                 measured.processes.iter().map(|(n, (cpu, _))| format!("{n} {:.0}", per_change(*cpu))).collect();
-            let (records, bytes) = measured.traffic;
+            let (records, bytes, waited) = measured.traffic;
             // Debezium's records and bytes are not counted (no metrics endpoint read here).
             let traffic = if replicator.pipeline() {
                 format!(
-                    "; broker records {:.2}, bytes {:.0}",
+                    "; broker records {:.2}, bytes {:.0}; apply waited on DB2 {waited:.1} s",
                     records / measured.changes.max(1) as f64,
                     bytes / measured.changes.max(1) as f64
                 )
@@ -1043,6 +1098,7 @@ async fn main() -> anyhow::Result<()> {
             "processes": measured.processes.iter().map(|(n, (cpu, rss))| json!({"name": n, "cpu_seconds": cpu, "cpu_us_per_change": per_change(*cpu), "peak_rss_kb": rss})).collect::<Vec<_>>(),
             "broker_records_per_change": replicator.pipeline().then(|| measured.traffic.0 / measured.changes.max(1) as f64),
             "broker_bytes_per_change": replicator.pipeline().then(|| measured.traffic.1 / measured.changes.max(1) as f64),
+            "apply_db2_wait_seconds": replicator.pipeline().then_some(measured.traffic.2),
         }));
     }
     // The initial copy side by side (with `--only bootstrap`, or in a whole run): pgbench scale 100 (10 million
