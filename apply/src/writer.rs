@@ -22,8 +22,9 @@
 //! `session_replication_role = replica` (an `ENABLE ALWAYS` trigger on DB2 would see the per-table order).
 //!
 //! Values are always bound, as PostgreSQL text, and converted by the cast to the column's type from DB2's catalog;
-//! identifiers are always quoted. A batch ends before an operation that touches a key already in it (a second
-//! update of one row, a key update chain), so one statement never depends on its own effects. Targets without a
+//! identifiers are always quoted. A batch ends before an operation that touches a key already in it (a key update
+//! chain, an update after a delete), so one statement never depends on its own effects; a repeated update of one
+//! row with the same columns replaces the earlier one's values instead ([`Batch::same_row_update`]). Targets without a
 //! key (REPLICA IDENTITY FULL sources) are changed one row at a time, by the ctid of the first row equal to the old
 //! row, as PostgreSQL's own apply does.
 
