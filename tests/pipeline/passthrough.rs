@@ -184,3 +184,88 @@ fn out_records(stack: &Stack, topic: &str) -> anyhow::Result<Vec<pgm_common::env
         })
         .collect()
 }
+
+/// The source is written from the first moment, by four sessions at once, while capture creates the raw topics and
+/// transform and apply are still joining: every passed-through change arrives, none is left out of a declaration.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_from_the_first_moment_by_concurrent_sessions_all_arrive_through_passthrough() -> anyhow::Result<()> {
+    const SCHEMA: &str = "
+        CREATE TABLE branches (id int PRIMARY KEY, balance bigint NOT NULL);
+        CREATE TABLE tellers (id int PRIMARY KEY, branch int NOT NULL, balance bigint NOT NULL);
+        CREATE TABLE accounts (id int PRIMARY KEY, balance bigint NOT NULL);
+        CREATE TABLE history (teller int, account int, delta bigint, at timestamptz);
+        ALTER TABLE history REPLICA IDENTITY FULL;
+        CREATE TABLE marker (id int PRIMARY KEY);
+        CREATE TABLE idle (id int PRIMARY KEY);
+        INSERT INTO branches SELECT g, 0 FROM generate_series(1, 4) g;
+        INSERT INTO tellers SELECT g, g % 4 + 1, 0 FROM generate_series(1, 40) g;
+        INSERT INTO accounts SELECT g, 0 FROM generate_series(1, 4000) g;
+    ";
+    let tables =
+        ["public.branches", "public.tellers", "public.accounts", "public.history", "public.marker", "public.idle"];
+    let options = Options {
+        source_schema: SCHEMA,
+        target_schema: SCHEMA,
+        tables: &tables,
+        rules: None,
+        partitions: 4,
+        apply: "",
+        librdkafka: "",
+        create_slot: true,
+    };
+    // A broker of its own, started now, as a fresh deployment's.
+    let broker = pgm_test_support::broker::Broker::start()?;
+    let stack = Stack::new(BINS, broker.brokers(), options).await?;
+    let _capture = stack.spawn(Service::Capture, &["run"])?;
+    let _transform = stack.spawn(Service::Transform, &["run"])?;
+    let _apply = stack.spawn(Service::Apply, &["run"])?;
+    let mut writers = Vec::new();
+    for session in 0..4 {
+        let db1 = stack.db1.pg_config(&stack.db1_name);
+        writers.push(tokio::spawn(async move {
+            let (client, connection) = db1.to_tokio_postgres("writer").connect(tokio_postgres::NoTls).await?;
+            tokio::spawn(connection);
+            for i in 0..600 {
+                let (teller, account, delta) =
+                    ((i * 7 + session) % 40 + 1, (i * 13 + session * 1000) % 4000 + 1, i - 300);
+                client
+                    .batch_execute(&format!(
+                        "BEGIN;
+                         UPDATE accounts SET balance = balance + {delta} WHERE id = {account};
+                         UPDATE tellers SET balance = balance + {delta} WHERE id = {teller};
+                         UPDATE branches SET balance = balance + {delta} WHERE id = {teller} % 4 + 1;
+                         INSERT INTO history VALUES ({teller}, {account}, {delta}, clock_timestamp());
+                         COMMIT;"
+                    ))
+                    .await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for writer in writers {
+        writer.await??;
+    }
+    stack.source().await?.batch_execute("INSERT INTO marker VALUES (1)").await?;
+    stack.marker("all").await?;
+    let arrived = stack.wait_marker("all", Duration::from_secs(120)).await;
+    if arrived.is_err() {
+        // Where each out topic's declarations start, against its raw topic's first records.
+        let mut report = String::new();
+        for table in tables {
+            let out = out_records(&stack, &format!("{}.out.{table}", stack.prefix))?;
+            let raw =
+                tokio::task::block_in_place(|| read_all(&stack.brokers, &format!("{}.raw.{table}", stack.prefix)))?;
+            let first_raw: Vec<String> = raw
+                .iter()
+                .take(4)
+                .map(|r| format!("[{}]@{} {}", r.partition, r.offset, String::from_utf8_lossy(&r.key)))
+                .collect();
+            let declared: Vec<String> =
+                out.iter().take(6).map(|r| format!("{} ..= {:?}", r.pos, r.pass_through)).collect();
+            report.push_str(&format!("{table}: first raw records {first_raw:?}; first declarations {declared:?}\n"));
+        }
+        arrived.with_context(|| format!("{report}{}", stack.logs()))?;
+    }
+    stack.assert_same(&tables).await.with_context(|| stack.logs())?;
+    Ok(())
+}

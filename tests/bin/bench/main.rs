@@ -5,7 +5,8 @@
 //!                                             (builds the release binaries, then runs this)
 //!   PGM_BENCH_SERIES=1 also prints each live run's lag second by second; PGM_BENCH_LIBRDKAFKA='"linger.ms" = "50"'
 //!   adds lines to every service's `[kafka.librdkafka]`; PGM_BENCH_COLD_BROKER=1 skips the broker's warm-up;
-//!   PGM_BENCH_DECODER=pgoutput sets `capture.decoder`.
+//!   PGM_BENCH_DECODER=pgoutput sets `capture.decoder`; PGM_BENCH_KEEP=1 leaves a live run's stack and broker
+//!   running when its warm-up marker does not arrive (the line `KEEP brokers=… prefix=… dir=…` says where).
 //!
 //! Workloads on DB1: (a) pgbench's built-in tpcb-like script (history with REPLICA IDENTITY FULL), (b) many
 //! single-row transactions (pgbench with a one-INSERT script), (c) one transaction of many rows.
@@ -506,6 +507,33 @@ impl<'a> Run<'a> {
         }
         let txns = (self.sizes.warm_up_txns / 4).to_string();
         tokio::task::block_in_place(|| pgbench(&self.stack, true, &["-n", "-c", "4", "-j", "2", "-t", &txns]))?;
+        self.settle().await
+    }
+
+    /// After the warm-up, waits (at most 20 s) until the broker's CPU falls below 10 % of a CPU over a second: its
+    /// JIT compilers work through what the warm-up queued (C2 and C1 were 8 % of both CPUs while DB1 was idle,
+    /// docs/performance.md), which a broker that has run for hours has long done. Prints how long that took.
+    async fn settle(&self) -> anyhow::Result<()> {
+        let Some(pid) = self.broker.as_ref().and_then(Broker::pid).or_else(|| broker_pid(&self.stack.brokers)) else {
+            return Ok(());
+        };
+        let started = Instant::now();
+        let mut last = process_usage(pid).map_or(0.0, |(cpu, _)| cpu);
+        let mut busy = f64::NAN;
+        while started.elapsed() < Duration::from_secs(20) {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let now = process_usage(pid).map_or(last, |(cpu, _)| cpu);
+            busy = now - last;
+            last = now;
+            if busy < 0.10 {
+                break;
+            }
+        }
+        println!(
+            "          broker settled after the warm-up in {:.0} s (last second: {:.0} % of a CPU)",
+            started.elapsed().as_secs_f64(),
+            busy * 100.0
+        );
         Ok(())
     }
 
@@ -694,7 +722,18 @@ impl<'a> Run<'a> {
         self.start_replication().await?;
         self.warm_up().await?;
         self.marker(0).await?;
-        self.wait_marker(0, Duration::from_secs(120)).await?;
+        if let Err(error) = self.wait_marker(0, Duration::from_secs(120)).await {
+            if std::env::var_os("PGM_BENCH_KEEP").is_some() {
+                println!(
+                    "KEEP brokers={} prefix={} dir={}",
+                    self.stack.brokers,
+                    self.stack.prefix,
+                    self.stack.dir.path().display()
+                );
+                std::mem::forget(self);
+            }
+            return Err(error);
+        }
         if self.replicator != Replicator::Native {
             // What the pipeline (or Debezium's worker) and the broker cost while DB1 is idle (consumers polling, heartbeats).
             self.mark_cpu().await?;
