@@ -654,7 +654,18 @@ impl<'a> Run<'a> {
         self.start_replication().await?;
         self.warm_up().await?;
         self.marker(0).await?;
-        self.wait_marker(0, Duration::from_secs(120)).await?;
+        if let Err(error) = self.wait_marker(0, Duration::from_secs(120)).await {
+            if std::env::var_os("PGM_BENCH_KEEP").is_some() {
+                println!(
+                    "KEEP brokers={} prefix={} dir={}",
+                    self.stack.brokers,
+                    self.stack.prefix,
+                    self.stack.dir.path().display()
+                );
+                std::mem::forget(self);
+            }
+            return Err(error);
+        }
         self.stop_replication().await?;
         let started = Instant::now();
         let changes = self.load(None).await?;
