@@ -497,6 +497,17 @@ impl<'a> Run<'a> {
         }
     }
 
+    /// With `PGM_BENCH_KEEP`, leaves the run's stack and broker running (for a look at the topics when the warm-up
+    /// marker did not arrive) and says where; returns the error either way.
+    fn keep_on_failure(self, error: anyhow::Error) -> anyhow::Error {
+        if std::env::var_os("PGM_BENCH_KEEP").is_some() {
+            let (brokers, prefix) = (&self.stack.brokers, &self.stack.prefix);
+            println!("KEEP brokers={brokers} prefix={prefix} dir={}", self.stack.dir.path().display());
+            std::mem::forget(self);
+        }
+        error
+    }
+
     /// pgbench transactions through the running replication before anything is measured, native and pg-migrator
     /// alike: a broker that has run for hours has compiled the code paths of the pipeline's produce and fetch
     /// requests; one started seconds before spends a third of its CPU in its JIT compilers while the pipeline drains
@@ -655,16 +666,7 @@ impl<'a> Run<'a> {
         self.warm_up().await?;
         self.marker(0).await?;
         if let Err(error) = self.wait_marker(0, Duration::from_secs(120)).await {
-            if std::env::var_os("PGM_BENCH_KEEP").is_some() {
-                println!(
-                    "KEEP brokers={} prefix={} dir={}",
-                    self.stack.brokers,
-                    self.stack.prefix,
-                    self.stack.dir.path().display()
-                );
-                std::mem::forget(self);
-            }
-            return Err(error);
+            return Err(self.keep_on_failure(error));
         }
         self.stop_replication().await?;
         let started = Instant::now();
@@ -734,16 +736,7 @@ impl<'a> Run<'a> {
         self.warm_up().await?;
         self.marker(0).await?;
         if let Err(error) = self.wait_marker(0, Duration::from_secs(120)).await {
-            if std::env::var_os("PGM_BENCH_KEEP").is_some() {
-                println!(
-                    "KEEP brokers={} prefix={} dir={}",
-                    self.stack.brokers,
-                    self.stack.prefix,
-                    self.stack.dir.path().display()
-                );
-                std::mem::forget(self);
-            }
-            return Err(error);
+            return Err(self.keep_on_failure(error));
         }
         if self.replicator != Replicator::Native {
             // What the pipeline (or Debezium's worker) and the broker cost while DB1 is idle (consumers polling, heartbeats).
