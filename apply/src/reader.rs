@@ -694,6 +694,11 @@ async fn peek(
             continue;
         }
         if pos.commit_lsn > commit.commit_lsn {
+            // The head came from the raw partition when a declaration passed it through: name where it was read.
+            let topic = match (&part.raw, part.head_raw) {
+                (Some(raw), true) => &raw.topic,
+                _ => topic,
+            };
             return Err(ApplyError::Stream(format!(
                 "{topic}[{partition}] at offset {offset}: found {pos} while transaction {} still has {remaining} \
                  record(s) in this partition: records are missing from the out topic (was it written by something \
